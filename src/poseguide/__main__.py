@@ -1,0 +1,5 @@
+import sys
+
+from poseguide.cli import main
+
+sys.exit(main())

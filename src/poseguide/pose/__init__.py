@@ -1,0 +1,1 @@
+"""Pose toolkit: keypoint formats, skeleton rendering, heatmaps and masks, OKS, estimators."""
