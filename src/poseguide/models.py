@@ -1,0 +1,175 @@
+"""Load and freeze the Stable Diffusion parts, build or load the ControlNet, tiny test models.
+
+Every model is loaded with ``from_pretrained`` from a hub id or a local folder, so the code path
+that loads SD1.5 on a GPU machine is the one the tests run on tiny models saved to disk. The
+special name ``builtin:tiny-sd`` builds (once) a tiny SD-architecture pipeline folder from
+configs, with random weights, so everything runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TINY_SD = "builtin:tiny-sd"
+TINY_SD_VERSION = 1  # bump when the tiny architecture changes; old folders are rebuilt
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model id is neither a local folder nor reachable on the hub."""
+
+
+def cache_root() -> Path:
+    """Where poseguide keeps built models: $POSEGUIDE_CACHE or ~/.cache/poseguide."""
+    return Path(os.environ.get("POSEGUIDE_CACHE", Path.home() / ".cache" / "poseguide"))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_pretrained(name: str, revision: str | None = None, what: str = "model") -> str:
+    """Return a local folder for ``name``: a folder as is, a built-in, or a hub snapshot.
+
+    Hub ids come from the local Hugging Face cache when present; otherwise they are downloaded
+    with short time-outs. When the hub cannot be reached (offline mode, no network) this fails
+    at once with a message saying how to pass a local folder instead.
+    """
+    if name == TINY_SD:
+        from poseguide.tiny import build_tiny_sd
+
+        return str(build_tiny_sd())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{what} {name!r} is a file; pass a folder (save_pretrained)")
+        return str(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision, local_files_only=True)
+    except Exception:
+        pass
+    howto = (
+        f"Download it where there is network (`hf download {name} --local-dir DIR`) "
+        f"and pass the folder instead of the id (for example in the config or as an override)."
+    )
+    if hub_offline():
+        raise ModelNotFoundError(
+            f"{what} {name!r} is not a local folder and not in the Hugging Face cache, and the "
+            f"hub is offline (HF_HUB_OFFLINE=1). {howto}"
+        )
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    try:
+        return snapshot_download(name, revision=revision, etag_timeout=10)
+    except Exception as err:
+        raise ModelNotFoundError(
+            f"{what} {name!r} could not be fetched from the Hugging Face hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). {howto}"
+        ) from None
+
+
+@dataclass
+class SDParts:
+    """The frozen Stable Diffusion parts (eval mode, no gradients)."""
+
+    vae: Any  # diffusers AutoencoderKL
+    unet: Any  # diffusers UNet2DConditionModel
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    scheduler: Any  # diffusers DDPMScheduler (training noise schedule)
+    source: str  # the folder they came from
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_sd_parts(
+    base: str,
+    revision: str | None = None,
+    variant: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> SDParts:
+    """Load VAE, UNet, text encoder, tokenizer and noise scheduler from an SD1.5-layout folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = resolve_pretrained(base, revision, what="Stable Diffusion base")
+    kw = {"variant": variant} if variant else {}
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw)
+        unet = UNet2DConditionModel.from_pretrained(
+            folder, subfolder="unet", torch_dtype=dtype, **kw
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", dtype=dtype, **kw
+        )
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"Stable Diffusion base {base!r} ({folder}) could not be loaded: {err}. It must be a "
+            "diffusers pipeline folder with vae/, unet/, text_encoder/, tokenizer/ and scheduler/."
+        ) from None
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    for module in (vae, unet, text_encoder):
+        freeze(module).to(device)
+    return SDParts(vae, unet, text_encoder, tokenizer, scheduler, folder)
+
+
+def build_controlnet(unet: Any, init: str | None = None, revision: str | None = None) -> Any:
+    """A trainable ControlNet: copied from the UNet encoder (``init=None``) or loaded."""
+    from diffusers import ControlNetModel
+
+    if init is None:
+        controlnet = ControlNetModel.from_unet(unet)
+    else:
+        folder = resolve_pretrained(init, revision, what="ControlNet")
+        try:
+            controlnet = ControlNetModel.from_pretrained(folder, torch_dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise ModelNotFoundError(
+                f"ControlNet {init!r} ({folder}) could not be loaded: {err}"
+            ) from None
+    # Master weights stay fp32 whatever the frozen parts use (fp16 ControlNet training diverges).
+    if controlnet.dtype != torch.float32:
+        controlnet.to(dtype=torch.float32)
+    controlnet.to(unet.device)
+    controlnet.train()
+    controlnet.requires_grad_(True)
+    return controlnet
+
+
+def encode_prompts(parts: SDParts, prompts: list[str]) -> torch.Tensor:
+    """CLIP text embeddings (B, 77, hidden) for prompts, truncated to the tokenizer's length."""
+    ids = parts.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=parts.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(parts.text_encoder.device)
+    with torch.no_grad():
+        return parts.text_encoder(ids)[0]
+
+
+def model_identity(folder: str) -> dict:
+    """What identifies a model folder for caches: its path and its components' config hashes."""
+    import hashlib
+
+    identity: dict = {"source": str(folder)}
+    for sub in ("vae", "text_encoder", "unet"):
+        config = Path(folder) / sub / "config.json"
+        if config.is_file():
+            identity[sub] = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    return identity

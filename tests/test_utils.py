@@ -1,0 +1,74 @@
+"""Atomic output keeps the previous file on any failure; images open without third-party patches."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image, UnidentifiedImageError
+
+from poseguide.utils import io as pio
+from poseguide.utils.device import resolve_device
+from poseguide.utils.images import pil_open
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.json"
+    pio.atomic_write_json(target, {"x": 1})
+    pio.atomic_write_json(target, {"x": 2})
+    assert target.read_text().strip().replace(" ", "").replace("\n", "") == '{"x":2}'
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+
+
+def test_full_disk_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "metrics.json"
+    pio.atomic_write_text(target, "good")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        pio.atomic_write_text(target, "half-written")
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_directory_is_all_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint"
+    with pio.atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), pio.atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("v2 partial")
+        raise RuntimeError("killed half way")
+    assert (target / "weights").read_text() == "v1"
+    with pio.atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("v2")
+    assert (target / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_atomic_save_image_round_trip(tmp_path: Path) -> None:
+    image = Image.new("RGB", (5, 4), (10, 20, 30))
+    pio.atomic_save_image(tmp_path / "a.png", image)
+    assert pil_open(tmp_path / "a.png").getpixel((2, 2)) == (10, 20, 30)
+    with pytest.raises(ValueError, match="unknown image file extension"):
+        pio.atomic_save_image(tmp_path / "a.xyz", image)
+
+
+def test_corrupt_image_error_survives_ultralytics_patch(tmp_path: Path) -> None:
+    import ultralytics  # noqa: F401  - patches PIL.Image.open on import
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(UnidentifiedImageError):
+        pil_open(bad)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
