@@ -1,0 +1,1 @@
+"""Datasets: sources (hub parquet, JSONL manifest, COCO), validation, preprocessing, caches."""

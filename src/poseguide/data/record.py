@@ -1,0 +1,81 @@
+"""The sample record every source yields, and the error a bad row raises.
+
+A source is anything with ``__len__``, ``ids`` and ``load(index) -> Sample``; see
+:class:`Source`. Sources decode lazily: building one never reads every image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+# Why a row can be bad; `skip` reports count rows per reason under these names.
+ROW_PROBLEMS: tuple[str, ...] = (
+    "missing_file",  # an image or pose file does not exist
+    "unreadable_image",  # not an image, corrupt or truncated
+    "zero_size",  # width or height is 0
+    "too_many_pixels",  # over data.max_image_pixels (decompression-bomb guard)
+    "pose_size_mismatch",  # pose image and image differ in size
+    "bad_caption",  # empty, whitespace only, or not a string
+    "bad_keypoints",  # wrong shape, NaN/inf, visibility not in {0, 1, 2}
+)
+
+
+class RowError(ValueError):
+    """A dataset row cannot be used; names the row and the problem."""
+
+    def __init__(self, row: str, problem: str, detail: str) -> None:
+        if problem not in ROW_PROBLEMS:
+            raise ValueError(f"unknown row problem {problem!r}")
+        self.row, self.problem, self.detail = row, problem, detail
+        super().__init__(f"row {row}: {problem}: {detail}")
+
+
+@dataclass
+class Sample:
+    """One training or evaluation example at its original size.
+
+    ``keypoints`` are ground truth in COCO-17 layout, (P, 17, 3) x, y, v in ``image`` pixels,
+    or None when the source has none. ``areas`` (P,) are the people's segment areas in pixels
+    when known (COCO); OKS falls back to ``0.53 * box area`` otherwise.
+    """
+
+    id: str
+    image: Image.Image  # RGB
+    caption: str
+    pose_image: Image.Image | None = None  # RGB skeleton, same size as image; None = render it
+    keypoints: np.ndarray | None = None
+    areas: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)  # where the row came from (path, shard, index)
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(width, height) of the original image."""
+        return self.image.size
+
+
+class Source(Protocol):
+    """A dataset source: a fixed, ordered list of rows, decoded on demand."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def ids(self) -> list[str]:
+        """Row ids in order (cheap: no image decoding)."""
+        ...
+
+    def load(self, index: int) -> Sample:
+        """Decode row ``index``; raises :class:`RowError` for a bad row."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A short hash that changes when the rows' content would change."""
+        ...
+
+    def describe(self) -> dict:
+        """Counts, columns and types for ``poseguide data inspect``."""
+        ...
