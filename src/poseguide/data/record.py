@@ -14,14 +14,19 @@ from PIL import Image
 
 # Why a row can be bad; `skip` reports count rows per reason under these names.
 ROW_PROBLEMS: tuple[str, ...] = (
-    "missing_file",  # an image or pose file does not exist
+    "missing_file",  # an image or pose file does not exist, a null image cell, no pose at all
     "unreadable_image",  # not an image, corrupt or truncated
-    "zero_size",  # width or height is 0
+    "zero_size",  # an empty (0-byte) file, or width or height 0
     "too_many_pixels",  # over data.max_image_pixels (decompression-bomb guard)
-    "pose_size_mismatch",  # pose image and image differ in size
+    "pose_size_mismatch",  # pose image (or the size keypoints refer to) differs from the image
     "bad_caption",  # empty, whitespace only, or not a string
     "bad_keypoints",  # wrong shape, NaN/inf, visibility not in {0, 1, 2}
 )
+
+
+class SourceError(ValueError):
+    """A source cannot be opened at all (missing column, malformed manifest line, unreachable
+    hub dataset...); unlike :class:`RowError` it is never skipped. The message says what to do."""
 
 
 class RowError(ValueError):

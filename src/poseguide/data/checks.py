@@ -1,0 +1,213 @@
+"""Decoding and row checks shared by every source.
+
+Every source decodes its images with :func:`open_image` and finishes each row with
+:func:`check_sample`, so a bad row gives the same :class:`~poseguide.data.record.RowError` problem
+whatever the source (the names are :data:`~poseguide.data.record.ROW_PROBLEMS`):
+
+* ``missing_file``: the file does not exist (or a dataset cell is null).
+* ``zero_size``: the file is empty (0 bytes), or its header says width or height 0.
+* ``too_many_pixels``: width * height is over the limit (``data.max_image_pixels``). The size is
+  read from the header before any pixel is decoded, so a decompression bomb costs nothing.
+* ``unreadable_image``: not an image, corrupt or truncated. Images are decoded in full here (PIL
+  decodes lazily), PNG chunk checksums are verified, and ``ImageFile.LOAD_TRUNCATED_IMAGES`` must
+  stay False (a warning is logged once if some other library switched it on).
+* ``pose_size_mismatch``, ``bad_caption``, ``bad_keypoints``: see :func:`check_sample`.
+
+Pixels are returned as stored: EXIF orientation is not applied, because COCO keypoints are given in
+stored-pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from poseguide.config.schema import DataConfig
+from poseguide.data.record import RowError, Sample
+from poseguide.pose.io import parse_pose
+from poseguide.pose.skeleton import KeypointError, validate_keypoints
+from poseguide.utils.images import pil_open
+
+log = logging.getLogger(__name__)
+
+# The config's default, used when a source is built without a config.
+DEFAULT_MAX_IMAGE_PIXELS: int = DataConfig.max_image_pixels
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_warned_truncated = False
+
+
+def _read(src: ImageInput, row: str, what: str) -> tuple[bytes, str]:
+    """The encoded bytes of an image and a short description of where they came from."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), what
+    path = Path(src)
+    where = f"{what} {path}"
+    try:
+        return path.read_bytes(), where
+    except FileNotFoundError:
+        raise RowError(row, "missing_file", f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise RowError(row, "missing_file", f"{where} is a folder, not an image file") from None
+    except OSError as err:
+        raise RowError(row, "unreadable_image", f"{where} cannot be read: {err}") from None
+
+
+def _png_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, without PIL (which refuses 0-pixel images)."""
+    if data[:8] != _PNG_SIGNATURE or len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_truncation_flag() -> None:
+    global _warned_truncated
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
+        _warned_truncated = True
+        log.warning(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some other code): truncated "
+            "images will load with grey areas instead of being reported as unreadable_image"
+        )
+
+
+def open_image(src: ImageInput, row: str, max_pixels: int, what: str = "image") -> Image.Image:
+    """Decode an untrusted image in full and return it as an RGB PIL image.
+
+    ``src`` is a file path or the encoded bytes; ``row`` and ``what`` (e.g. ``"pose image"`` or
+    ``"column 'image'"``) name it in errors. Raises :class:`RowError` with problem
+    ``missing_file``, ``zero_size``, ``too_many_pixels`` or ``unreadable_image``.
+    """
+    data, where = _read(src, row, what)
+    if not data:
+        raise RowError(row, "zero_size", f"{where} is empty (0 bytes)")
+    _check_truncation_flag()
+    with warnings.catch_warnings():
+        # Our own limit is checked from the header below; PIL's warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = pil_open(io.BytesIO(data))
+        except Image.DecompressionBombError as err:
+            raise RowError(
+                row,
+                "too_many_pixels",
+                f"{where}: {err} (PIL's own limit, PIL.Image.MAX_IMAGE_PIXELS, also applies)",
+            ) from None
+        except Exception as err:  # any failure to identify untrusted bytes
+            size = _png_header_size(data)
+            if size is not None and 0 in size:
+                raise RowError(row, "zero_size", f"{where} is {size[0]}x{size[1]} pixels") from None
+            raise RowError(
+                row, "unreadable_image", f"{where} is not a readable image ({err})"
+            ) from None
+        width, height = image.size
+        if width == 0 or height == 0:
+            raise RowError(row, "zero_size", f"{where} is {width}x{height} pixels")
+        if width * height > max_pixels:
+            raise RowError(
+                row,
+                "too_many_pixels",
+                f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels} (data.max_image_pixels; a guard against decompression bombs)",
+            )
+        try:
+            if image.format == "PNG":
+                image.verify()  # chunk checksums up to IEND: catches PNGs cut inside the data
+                image = pil_open(io.BytesIO(data))
+            image.load()  # PIL decodes lazily: truncation and corruption show only here
+            return image.convert("RGB")
+        except Exception as err:  # any failure to decode untrusted bytes
+            raise RowError(
+                row, "unreadable_image", f"{where} is corrupt or truncated ({err})"
+            ) from None
+
+
+def parse_keypoints(raw: object, row: str, where: str = "keypoints") -> np.ndarray | None:
+    """(P, 17, 3) float64 ground-truth keypoints from a dataset cell, or None when absent.
+
+    Accepts a list of people (each 17 ``[x, y, v]`` triples or 51 flat COCO numbers), one flat
+    person, a keypoint-file mapping (:mod:`poseguide.pose.io`), or any of these as a JSON string.
+    Raises :class:`RowError` ``bad_keypoints`` naming the person and joint.
+    """
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise KeypointError(f"not valid JSON ({err.msg})") from None
+        if isinstance(raw, dict):
+            return parse_pose(raw, where).people
+        return validate_keypoints(raw, where=where)
+    except KeypointError as err:
+        raise RowError(row, "bad_keypoints", str(err)) from None
+
+
+def parse_areas(raw: object, row: str, num_people: int | None) -> np.ndarray | None:
+    """(P,) float64 person areas in pixels, or None; must be finite, >= 0, one per person."""
+    if raw is None:
+        return None
+    try:
+        areas = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RowError(row, "bad_keypoints", f"areas {raw!r} are not a list of numbers") from None
+    if areas.ndim != 1 or (num_people is not None and areas.shape[0] != num_people):
+        raise RowError(
+            row,
+            "bad_keypoints",
+            f"areas have shape {areas.shape}; expected one area per person ({num_people},)",
+        )
+    if not np.isfinite(areas).all() or (areas < 0).any():
+        raise RowError(row, "bad_keypoints", f"areas must be finite and >= 0, got {areas.tolist()}")
+    return areas
+
+
+def check_caption(caption: object, row: str) -> str:
+    """Return ``caption`` if it is a non-empty string, else raise ``bad_caption``."""
+    if not isinstance(caption, str):
+        kind = "missing (null)" if caption is None else f"a {type(caption).__name__}"
+        raise RowError(row, "bad_caption", f"caption is {kind}, expected a non-empty string")
+    if not caption.strip():
+        raise RowError(row, "bad_caption", f"caption is empty or whitespace only ({caption!r})")
+    return caption
+
+
+def check_sample(sample: Sample) -> Sample:
+    """Cross-field checks on a decoded sample; returns it with keypoints as (P, 17, 3) float64.
+
+    ``pose_size_mismatch`` when the pose image's size differs from the image's; ``bad_caption``
+    for an empty, whitespace-only or non-string caption; ``bad_keypoints`` for keypoints of the
+    wrong shape, non-finite values or visibility outside {0, 1, 2}, or areas that do not match.
+    """
+    row = sample.id
+    check_caption(sample.caption, row)
+    if sample.pose_image is not None and sample.pose_image.size != sample.image.size:
+        (pw, ph), (w, h) = sample.pose_image.size, sample.image.size
+        raise RowError(
+            row, "pose_size_mismatch", f"pose image is {pw}x{ph} but the image is {w}x{h}"
+        )
+    if sample.keypoints is not None:
+        sample.keypoints = parse_keypoints(sample.keypoints, row)
+    if sample.areas is not None:
+        num_people = None if sample.keypoints is None else sample.keypoints.shape[0]
+        sample.areas = parse_areas(sample.areas, row, num_people)
+    return sample
+
+
+def stat_token(path: Path) -> str:
+    """A cheap token that changes when a file changes (size and mtime), for fingerprints."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"

@@ -1,0 +1,147 @@
+"""The torch Dataset, its sampler and collate function for training.
+
+Batches are dicts with fixed keys (B = batch size, R = ``data.resolution``, D = text width):
+
+=================  =============================  ===============================================
+key                shape / type                   meaning
+=================  =============================  ===============================================
+``index``          (B,) int64                     row index in the source (seeds per-row noise)
+``ids``            list[str]                      row ids
+``captions``       list[str]                      captions ("" when dropped)
+``conditioning``   (B, 3, R, R) float32 in [0,1]  the skeleton image (ControlNet input)
+``pixel_values``   (B, 3, R, R) float32 [-1, 1]   the image (absent when latents are cached)
+``latent_mean``    (B, 4, R/8, R/8) float32       cached VAE posterior mean (cache only)
+``latent_std``     (B, 4, R/8, R/8) float32       cached VAE posterior std (cache only)
+``text_emb``       (B, 77, D) float32             cached text embedding (cache only)
+``keypoints``      list[(P, 17, 3) | None]        ground truth in training pixels
+``flipped``        (B,) bool                      whether the row was mirrored
+=================  =============================  ===============================================
+
+Sharding: every epoch has one permutation of the rows (seeded by ``(seed, epoch)``); process
+``rank`` of ``world`` takes positions ``rank, rank + world, ...``, padded by wrapping around so
+that all processes take the same number of steps. The sampler can start mid-epoch, which is how
+a resumed run continues at the exact next sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from poseguide.config.schema import DataConfig
+from poseguide.data.preprocess import image_to_tensor, prepare
+from poseguide.data.record import Source
+
+
+class LatentLookup(Protocol):
+    """What the dataset needs from a latent cache."""
+
+    def latents(self, index: int, flipped: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def text(self, caption: str) -> torch.Tensor | None: ...
+
+
+class PoseDataset(Dataset):
+    """Training examples from a source: prepared images, or cached latents when available.
+
+    ``rows`` are the usable row indices of the source (after validation); item ``i`` is row
+    ``rows[i]``. Call :meth:`set_epoch` before each epoch (it changes the flip/dropout draws).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        rows: Sequence[int],
+        cfg: DataConfig,
+        style: str,
+        seed: int,
+        cache: LatentLookup | None = None,
+    ) -> None:
+        self.source, self.rows, self.cfg = source, list(rows), cfg
+        self.style, self.seed, self.cache = style, seed, cache
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.rows[i]
+        sample = self.source.load(index)
+        item = prepare(sample, index, self.cfg, self.style, self.seed, self.epoch)
+        out: dict[str, Any] = {
+            "index": index,
+            "id": item.id,
+            "caption": item.caption,
+            "conditioning": image_to_tensor(item.pose, low=0.0),
+            "keypoints": item.keypoints,
+            "flipped": item.flipped,
+        }
+        if self.cache is None:
+            out["pixel_values"] = image_to_tensor(item.image, low=-1.0)
+        else:
+            out["latent_mean"], out["latent_std"] = self.cache.latents(index, item.flipped)
+            text = self.cache.text(item.caption)
+            if text is not None:
+                out["text_emb"] = text
+        return out
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of dataset items into the batch layout of the module docstring."""
+    batch: dict[str, Any] = {
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+        "ids": [it["id"] for it in items],
+        "captions": [it["caption"] for it in items],
+        "keypoints": [it["keypoints"] for it in items],
+        "flipped": torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
+    }
+    for key in ("conditioning", "pixel_values", "latent_mean", "latent_std", "text_emb"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch
+
+
+class ShardedSampler(Sampler[int]):
+    """Epoch-seeded permutation, sharded across processes, startable mid-epoch.
+
+    ``start`` counts samples already taken by this process in the current epoch.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        if size <= 0:
+            raise ValueError(
+                "cannot sample from an empty dataset (every row skipped or none given)"
+            )
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    @property
+    def per_process(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This process's positions for ``epoch`` (before ``start`` is applied)."""
+        order = np.arange(self.size)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, 7919]).permutation(self.size)
+        padded = np.resize(order, self.per_process * self.world)  # wrap to equal shares
+        return padded[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order(self.epoch)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_process - self.start

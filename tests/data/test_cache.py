@@ -1,0 +1,143 @@
+"""The latent/text cache is exact, refuses stale contents, and resumes an interrupted build."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from poseguide.config.schema import CacheConfig, DataConfig
+from poseguide.data import cache as cache_mod
+from poseguide.data.cache import (
+    CacheError,
+    LatentCache,
+    build_cache,
+    encode_latent_dist,
+    find_cache,
+    sample_latents,
+)
+from poseguide.data.manifest import ManifestSource
+from poseguide.data.preprocess import image_to_tensor, prepare, sample_torch_generator
+from poseguide.models import encode_prompts, load_sd_parts
+
+from .test_pipeline import write_rows
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_sd: str):
+    return load_sd_parts(tiny_sd)
+
+
+def config(tmp_path: Path, **kw: object) -> DataConfig:
+    cache = CacheConfig(dir=str(tmp_path / "cache"), shard_size=2, batch_size=2)
+    return replace(DataConfig(resolution=64, cache=cache), **kw)
+
+
+def test_cached_batch_equals_the_batch_computed_on_the_fly(tmp_path: Path, parts) -> None:
+    source = ManifestSource(write_rows(tmp_path, 5))
+    cfg = config(tmp_path, hflip=0.5)
+    info = build_cache(source, list(range(5)), cfg, parts, "controlnet10", seed=0, progress=False)
+    assert info.rows == 5 and info.captions == 6 and info.bytes > 0  # 5 captions + ""
+    cache = find_cache(source, list(range(5)), cfg, parts)
+    scaling = parts.vae.config.scaling_factor
+    for flip in (False, True):
+        rows = [0, 3, 4]
+        pixels = torch.stack(
+            [
+                image_to_tensor(
+                    prepare(source.load(i), i, cfg, "controlnet10", 0, 0, flip=flip).image
+                )
+                for i in rows
+            ]
+        )
+        mean, std = encode_latent_dist(parts.vae, pixels)
+        cached = [cache.latents(i, flip) for i in rows]
+        torch.testing.assert_close(torch.stack([c[0] for c in cached]), mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.stack([c[1] for c in cached]), std, rtol=0, atol=1e-5)
+
+        def gens(rows: list[int] = rows) -> list[torch.Generator]:
+            return [sample_torch_generator(0, 1, i) for i in rows]
+
+        on_the_fly = sample_latents(mean, std, gens(), scaling)
+        from_cache = sample_latents(
+            torch.stack([c[0] for c in cached]),
+            torch.stack([c[1] for c in cached]),
+            gens(),
+            scaling,
+        )
+        torch.testing.assert_close(from_cache, on_the_fly, rtol=0, atol=1e-5)
+        # and it is what the VAE's own sampling gives with the same noise
+        generator = sample_torch_generator(0, 1, rows[0])
+        dist = parts.vae.encode(pixels[:1]).latent_dist
+        torch.testing.assert_close(
+            dist.sample(generator) * scaling, on_the_fly[:1], rtol=0, atol=1e-6
+        )
+    caption = source.load(2).caption
+    torch.testing.assert_close(
+        cache.text(caption), encode_prompts(parts, [caption])[0], rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(cache.text(""), encode_prompts(parts, [""])[0], rtol=0, atol=1e-5)
+
+
+def test_a_second_build_reuses_the_cache(tmp_path: Path, parts) -> None:
+    source = ManifestSource(write_rows(tmp_path, 3))
+    cfg = config(tmp_path)
+    first = build_cache(source, [0, 1, 2], cfg, parts, "controlnet10", 0, progress=False)
+    again = build_cache(source, [0, 1, 2], cfg, parts, "controlnet10", 0, progress=False)
+    assert first.built_shards == 2 + 2  # latent shards of 2+1 rows, text shards of 3+1 captions
+    assert again.built_shards == 0 and again.folder == first.folder
+
+
+def test_stale_or_mismatched_cache_is_refused(tmp_path: Path, parts) -> None:
+    manifest = write_rows(tmp_path, 3)
+    cfg = config(tmp_path)
+    info = build_cache(
+        ManifestSource(manifest), [0, 1, 2], cfg, parts, "controlnet10", 0, progress=False
+    )
+    # The dataset changed after the build: no cache matches it any more.
+    lines = manifest.read_text().splitlines()
+    lines[1] = lines[1].replace("person number 1", "someone else")
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CacheError, match="no cache at"):
+        find_cache(ManifestSource(manifest), [0, 1, 2], cfg, parts)
+    # Pointing data.cache.dir at that one folder: refused, naming what differs.
+    pinned = replace(cfg, cache=replace(cfg.cache, dir=str(info.folder)))
+    with pytest.raises(CacheError, match=r"dataset: cache has '\w+', run needs '\w+'"):
+        find_cache(ManifestSource(manifest), [0, 1, 2], pinned, parts)
+    with pytest.raises(CacheError, match="resolution: cache has 64, run needs 128"):
+        find_cache(ManifestSource(manifest), [0, 1, 2], replace(pinned, resolution=128), parts)
+
+
+def test_interrupted_build_resumes_to_the_same_files(tmp_path: Path, parts, monkeypatch) -> None:
+    source = ManifestSource(write_rows(tmp_path, 5))
+    clean = config(tmp_path / "clean")
+    build_cache(source, list(range(5)), clean, parts, "controlnet10", 0, progress=False)
+
+    interrupted = config(tmp_path / "interrupted")
+    real, calls = cache_mod._encode_rows, {"n": 0}
+
+    def dies_on_the_second_shard(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "_encode_rows", dies_on_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(source, list(range(5)), interrupted, parts, "controlnet10", 0, progress=False)
+    folder = next(Path(interrupted.cache.dir).iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["latents-00000.safetensors"]
+    with pytest.raises(CacheError, match="no cache at"):
+        LatentCache.open(folder)
+    monkeypatch.setattr(cache_mod, "_encode_rows", real)
+    info = build_cache(
+        source, list(range(5)), interrupted, parts, "controlnet10", 0, progress=False
+    )
+    assert info.built_shards == 2 + 3  # the two missing latent shards and the three text shards
+    a = {p.name: p.read_bytes() for p in next(Path(clean.cache.dir).iterdir()).iterdir()}
+    b = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert a == b
+    assert json.loads(b["manifest.json"])["complete"] is True
