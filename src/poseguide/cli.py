@@ -10,7 +10,12 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger("poseguide")
 
 # Errors meant for people: printed as one line, exit status 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    OSError,
+    RuntimeError,
+)
 
 
 def _config_show(args: argparse.Namespace) -> None:
@@ -44,6 +49,57 @@ def _pose_estimate(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     summary = estimate_file(args.image, args.out, config.pose, render=args.render)
     print(summary)
+
+
+def _data_inspect(args: argparse.Namespace) -> None:
+    from poseguide.data.inspect import inspect_source
+
+    print(inspect_source(_cli_source(args), n=args.rows))
+
+
+def _data_preview(args: argparse.Namespace) -> None:
+    from poseguide.data.inspect import preview_grid
+
+    print(f"wrote {preview_grid(_cli_source(args), args.out, n=args.rows)}")
+
+
+def _cli_source(args: argparse.Namespace):  # a Source
+    from poseguide.data.sources import source_from_cli
+
+    return source_from_cli(
+        args.source, kind=args.kind, split=args.split, images_dir=args.images_dir,
+        captions=args.captions, limit=args.limit,
+    )  # fmt: skip
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from poseguide.data.synth import synthesize
+
+    manifest = synthesize(
+        args.out, args.n, args.seed, size=tuple(args.size), two_people=args.two_people
+    )
+    print(f"wrote {args.n} samples; manifest: {manifest}")
+
+
+def _cache_build(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.data.api import build_train_cache
+
+    info = build_train_cache(load_config(args.config, args.overrides))
+    print(
+        f"cache: {info['rows']} rows ({info['skipped']} skipped), {info['captions']} captions, "
+        f"{info['mib']} MiB on disk in {info['folder']} ({info['built_shards']} shards built now)"
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.train.runner import run_training
+
+    result = run_training(load_config(args.config, args.overrides), args.stage, args.resume)
+    print(f"finished at step {result['global_step']}; run folder {result['run_dir']}")
+    for stage, folder in result["exports"].items():
+        print(f"  {stage}: {folder}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -100,6 +156,45 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--out", required=True, help="output keypoint JSON")
     estimate.add_argument("--render", help="also draw the skeleton to this PNG")
     _add_config_args(estimate, required=False)
+
+    data = commands.add_parser("data", help="inspect, preview and synthesise datasets")
+    data = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("inspect", _data_inspect, "counts, columns and a few rows of a dataset source"),
+        ("preview", _data_preview, "a PNG grid of image | pose | caption for a few rows"),
+    ):
+        sub = _add(data, name, func, text)
+        sub.add_argument("source", help="manifest .jsonl, COCO person_keypoints .json, parquet "
+                         "folder, or hub dataset id")  # fmt: skip
+        sub.add_argument("--kind", choices=["hub", "manifest", "coco"], help="override the guess")
+        sub.add_argument("--split", default="train", help="hub split (default: train)")
+        sub.add_argument("--images-dir", help="COCO: the images folder")
+        sub.add_argument("--captions", help="COCO: captions json or JSONL {image_id, caption}")
+        sub.add_argument("--limit", type=int, help="only the first N rows")
+        sub.add_argument("--rows", type=int, default=6 if name == "preview" else 3)
+        if name == "preview":
+            sub.add_argument("--out", required=True, help="output PNG")
+    synth = _add(data, "synth", _data_synth, "write N synthetic people as a manifest dataset")
+    synth.add_argument("--n", type=int, required=True, help="number of samples")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
+    synth.add_argument("--two-people", type=float, default=0.3, help="fraction with two people")
+
+    cache = commands.add_parser("cache", help="the latent and text-embedding cache")
+    cache = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    _add_config_args(_add(cache, "build", _cache_build, "scan the training rows and cache them"))
+
+    train = _add(commands, "train", _train, "train the config's stages (stage 1, stage 2, ...)")
+    _add_config_args(train)
+    train.add_argument(
+        "--stage", action="append", metavar="NAME",
+        help="run only this stage (repeatable); default: all unfinished stages",
+    )  # fmt: skip
+    train.add_argument(
+        "--resume", metavar="latest|PATH",
+        help="continue from the latest checkpoint of the run, or from a checkpoint folder",
+    )  # fmt: skip
 
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

@@ -113,6 +113,12 @@ class CacheConfig:
     dir: str = "runs/cache"  # one sub-folder per (models, preprocessing, dataset) identity
     shard_size: int = 256  # samples per safetensors shard
     batch_size: int = 8  # images per VAE call while building
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage precision
+    text: bool = True  # also cache one text embedding per unique caption
+
+    def __post_init__(self) -> None:
+        _positive("shard_size", self.shard_size)
+        _positive("batch_size", self.batch_size)
 
 
 @dataclass
@@ -143,9 +149,141 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    # The frozen SD1.5 parts: a hub id, a local diffusers folder, or "builtin:tiny-sd" (a tiny
+    # random-weight model built offline, for tests and the demo).
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    variant: str | None = None  # weights variant, e.g. "fp16"
+
+
+@dataclass
+class LossConfig:
+    # "denoising": mean((eps_theta - eps)^2) (stage 1). "heatmap": HumanSD's heatmap-guided loss
+    # mean((1 + weight * H_E) * (eps_theta - eps)^2) (stage 2).
+    kind: Literal["denoising", "heatmap"] = "denoising"
+    weight: float = 0.05  # w (the thesis: 0.05; HumanSD's config: 0.1)
+    # Where the mask comes from. predicted_error: HumanSD's pipeline (VAE-decode the prediction
+    # error, pose heatmaps of it, threshold, VAE-encode the mask). ground_truth: the keypoints of
+    # the sample drawn directly at latent resolution (no decode, estimator or encode).
+    source: Literal["predicted_error", "ground_truth"] = "predicted_error"
+    threshold: float = 0.05  # heatmap threshold for the binary mask H_M
+    polarity: Literal["not_detected", "detected"] = "not_detected"  # HumanSD as released
+    reduction: Literal["sum", "max"] = "sum"  # over the 17 joints; HumanSD sums (0..17)
+    mask_resize: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # H_M to image size
+    # The estimator for predicted_error; null = pose.estimator.
+    estimator: EstimatorConfig | None = None
+    # ground_truth masks: "skeleton" (limbs and joints) or "keypoints" (Gaussians at joints)
+    gt_mask: Literal["skeleton", "keypoints"] = "skeleton"
+    gt_limb_width: float = 1.0  # latent pixels (1 latent px = 8 image px = OpenPose's limb width)
+    gt_sigma: float = 1.0  # latent pixels, for gt_mask: keypoints
+
+    def __post_init__(self) -> None:
+        _positive("weight", self.weight, allow_zero=True)
+        _unit_interval("threshold", self.threshold)
+        _positive("gt_limb_width", self.gt_limb_width)
+        _positive("gt_sigma", self.gt_sigma)
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage1"
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 1
+    max_steps: int | None = None  # stop the stage after this many optimizer steps
+    lr: float = 5e-7
+    lr_scheduler: str = "constant"  # any diffusers get_scheduler name
+    warmup_steps: int = 0
+    # Where the ControlNet starts: "unet" (ControlNetModel.from_unet), "previous" (the previous
+    # stage's final weights), or a ControlNet folder or hub id (e.g. the baseline
+    # lllyasviel/sd-controlnet-openpose). null = "unet" for the first stage, else "previous".
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name: {self.name!r} must be a plain non-empty folder name")
+        _positive("epochs", self.epochs)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        _positive("lr", self.lr)
+        _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit needs bitsandbytes
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # gradient clipping; null = off
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 500  # optimizer steps between validation grids; 0 = only at the end of stages
+    num_samples: int = 4  # fixed poses and prompts taken from the first rows of the eval split
+    seed: int = 0
+
+
+def _default_stages() -> list[StageConfig]:
+    return [
+        StageConfig(name="stage1", loss=LossConfig(kind="denoising"), epochs=4),
+        StageConfig(name="stage2", loss=LossConfig(kind="heatmap"), epochs=2),
+    ]
+
+
+@dataclass
+class TrainConfig:
+    stages: list[StageConfig] = field(default_factory=_default_stages)
+    batch_size: int = 1  # per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # frozen parts in this dtype
+    gradient_checkpointing: bool = False
+    tf32: bool = True  # allow TF32 matmuls on Ampere+ GPUs
+    checkpoint_every: int = 1000  # optimizer steps; a checkpoint also ends every stage
+    keep_checkpoints: int = 3  # the newest K step checkpoints are kept
+    log_every: int = 1  # steps between JSONL metric lines
+    tensorboard: bool = False
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages: at least one stage is needed")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stages: names must be unique, got {names}")
+        _positive("batch_size", self.batch_size)
+        _positive("grad_accum", self.grad_accum)
+        _positive("checkpoint_every", self.checkpoint_every)
+        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("log_every", self.log_every)
+
+
+@dataclass
+class GenerateConfig:
+    steps: int = 20  # denoising steps
+    guidance_scale: float = 7.5
+    scheduler: Literal["unipc", "ddim", "euler", "euler_a", "dpm", "pndm", "ddpm"] = "unipc"
+    conditioning_scale: float = 1.0  # ControlNet residual scale
+    negative_prompt: str = ""
+    batch_size: int = 4  # images per pipeline call
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA
+
+    def __post_init__(self) -> None:
+        _positive("steps", self.steps)
+        _positive("guidance_scale", self.guidance_scale, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass
 class Config:
     """The whole poseguide config."""
 
     run: RunConfig = field(default_factory=RunConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)

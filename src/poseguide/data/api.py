@@ -1,0 +1,78 @@
+"""Config-level data tasks shared by the CLI, the trainer and the demo."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from poseguide.config import Config
+from poseguide.config.schema import SourceConfig
+from poseguide.data.record import Source
+from poseguide.data.sources import open_source
+from poseguide.data.validate import ScanReport, scan
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(config: Config) -> Path:
+    """The run folder: ``run.output_dir / run.name``."""
+    return Path(config.run.output_dir) / config.run.name
+
+
+def checked_source(
+    config: Config, which: SourceConfig | None = None, out_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[Source, ScanReport]:  # fmt: skip
+    """Open a source (default ``data.train``) and scan its rows under ``data.on_bad_row``.
+
+    Skipped rows are listed in ``out_dir`` (default: the run folder); the scan result is cached
+    beside the latent caches so a second run over the same data does not decode it again.
+    """
+    cfg = config.data
+    source = open_source(which or cfg.train, cfg.max_image_pixels)
+    report = scan(
+        source,
+        cfg.on_bad_row,
+        out_dir=out_dir or run_dir(config),
+        progress=progress,
+        cache_dir=Path(cfg.cache.dir) / "scans",
+        workers=cfg.num_workers,
+    )
+    if report.skipped:
+        log.warning(
+            "%s: skipped %d of %d rows (%s); the list is in %s",
+            source.name, len(report.skipped), report.total,
+            ", ".join(f"{k}: {v}" for k, v in report.counts.items() if v),
+            out_dir or run_dir(config),
+        )  # fmt: skip
+    return source, report
+
+
+def build_train_cache(config: Config, progress: bool = True) -> dict:
+    """``poseguide cache build``: scan the training rows and cache their latents and captions."""
+    from poseguide.data.cache import build_cache
+    from poseguide.models import load_sd_parts
+    from poseguide.utils.device import resolve_device
+
+    source, report = checked_source(config, progress=progress)
+    parts = load_sd_parts(
+        config.model.base, config.model.revision, config.model.variant,
+        device=resolve_device(config.run.device),
+    )  # fmt: skip
+    info = build_cache(
+        source,
+        report.valid,
+        config.data,
+        parts,
+        config.pose.render.style,
+        config.run.seed,
+        progress,
+    )
+    return {
+        "folder": str(info.folder),
+        "rows": info.rows,
+        "skipped": len(report.skipped),
+        "captions": info.captions,
+        "mib": round(info.bytes / 2**20, 2),
+        "built_shards": info.built_shards,
+    }

@@ -1,0 +1,168 @@
+"""Training checkpoints: everything needed to continue bit for bit, written atomically.
+
+A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/`` holding
+
+* ``controlnet.safetensors``: the trainable weights (fp32 master copy);
+* ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only): state dicts, loaded with
+  ``torch.load(weights_only=True)``;
+* ``rng-<rank>.pt``: Python, NumPy, torch CPU and CUDA generator states of each process;
+* ``state.json``: the position (stage, global step, step within the stage, epoch, step within the
+  epoch), whether the stage is finished, the world size, and the run's config as plain data.
+
+The folder is built under a temporary name and renamed into place, then ``checkpoints/latest``
+is rewritten to name it; the oldest step checkpoints beyond ``train.keep_checkpoints`` are
+removed afterwards. A crash or a full disk at any point leaves the previous checkpoint and the
+``latest`` pointer valid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit this run."""
+
+
+@dataclass
+class Position:
+    """Where training stands; saved in ``state.json``."""
+
+    stage_index: int = 0
+    stage_name: str = ""
+    global_step: int = 0  # optimizer steps over all stages
+    stage_step: int = 0  # optimizer steps in the current stage
+    epoch: int = 0  # epoch within the stage
+    epoch_step: int = 0  # optimizer steps already taken in this epoch
+    stage_done: bool = False  # the stage finished; resuming starts the next one
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state of this process, as tensors and plain data (weights_only-safe)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"{PREFIX}{global_step:08d}"
+
+
+def save_checkpoint(
+    root: Path,
+    position: Position,
+    controlnet_state: dict[str, torch.Tensor],
+    optimizer: Any,
+    lr_scheduler: Any,
+    scaler: Any | None,
+    rng_states: list[dict[str, Any]],
+    config: dict,
+    keep: int,
+    world_size: int = 1,
+) -> Path:
+    """Write a complete checkpoint atomically, point ``latest`` at it, and rotate old ones."""
+    target = root / checkpoint_name(position.global_step)
+    with atomic_directory(target) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in controlnet_state.items()},
+                  str(tmp / "controlnet.safetensors"))  # fmt: skip
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        for rank, state in enumerate(rng_states):
+            torch.save(state, tmp / f"rng-{rank}.pt")
+        state = {"position": asdict(position), "world_size": world_size, "config": config}
+        atomic_write_json(tmp / "state.json", state)
+    atomic_write_text(root / LATEST, target.name + "\n")
+    rotate(root, keep)
+    return target
+
+
+def rotate(root: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` step checkpoints (never the one ``latest`` names)."""
+    pinned = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    found = sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not p.name.startswith("."))
+    removed = []
+    for old in found[:-keep] if keep > 0 else found:
+        if old.name != pinned:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
+def resolve_checkpoint(root: Path, which: str) -> Path:
+    """``latest`` (the pointer in ``root``) or a checkpoint folder path."""
+    if which == LATEST:
+        pointer = root / LATEST
+        if not pointer.is_file():
+            raise CheckpointError(f"no checkpoint to resume from in {root} (no 'latest' pointer)")
+        path = root / pointer.read_text().strip()
+    else:
+        path = Path(which)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path} is not a complete poseguide checkpoint (no state.json)")
+    return path
+
+
+@dataclass
+class Loaded:
+    path: Path
+    position: Position
+    world_size: int
+    config: dict
+    controlnet_state: dict[str, torch.Tensor]
+
+    def load_into(self, optimizer: Any, lr_scheduler: Any, scaler: Any | None, rank: int) -> None:
+        """Restore optimizer, LR scheduler, grad scaler and this process's RNG states."""
+        optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
+        lr_scheduler.load_state_dict(torch.load(self.path / "lr_scheduler.pt", weights_only=True))
+        if scaler is not None and (self.path / "scaler.pt").is_file():
+            scaler.load_state_dict(torch.load(self.path / "scaler.pt", weights_only=True))
+        rng_file = self.path / f"rng-{rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+
+
+def load_checkpoint(path: Path) -> Loaded:
+    state = json.loads((path / "state.json").read_text())
+    return Loaded(
+        path,
+        Position(**state["position"]),
+        state["world_size"],
+        state["config"],
+        load_file(str(path / "controlnet.safetensors")),
+    )

@@ -1,0 +1,109 @@
+"""What a user sees of a run: JSONL metrics, optional TensorBoard, loss/LR curves.
+
+``<run>/metrics.jsonl`` gets one line per logged optimizer step (main process only)::
+
+    {"stage": "stage2", "step": 12, "global_step": 112, "epoch": 0, "loss": 0.081,
+     "mse": 0.079, "lr": 5e-07, "samples_per_s": 1.7, "he_mean": -0.4, "he_min": -3.1,
+     "he_max": 3.3, "neg_weight_frac": 0.0}
+
+A resumed run first drops the lines after its checkpoint's step, so the file always describes
+one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from poseguide.utils.io import atomic_save_image, atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Append-only JSONL metrics with an optional TensorBoard mirror (main process only)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def truncate_after(self, global_step: int) -> None:
+        """Drop lines logged after ``global_step`` (they will be recomputed on resume)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["global_step"] <= global_step]  # fmt: skip
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "global_step", "epoch"):
+                    self.writer.add_scalar(f"{record['stage']}/{key}", value, record["global_step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(metrics: list[dict], out: Path, stage: str | None = None) -> Path | None:
+    """Loss and learning-rate curves per stage (the thesis' Fig. 4.1) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [m for m in metrics if stage is None or m["stage"] == stage]
+    if not rows:
+        return None
+    stages = list(dict.fromkeys(m["stage"] for m in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in stages:
+        part = [m for m in rows if m["stage"] == name]
+        steps = [m["global_step"] for m in part]
+        losses = [m["loss"] for m in part]
+        window = max(1, int(math.sqrt(len(losses))))
+        axes[0].plot(steps, losses, alpha=0.25)
+        axes[0].plot(steps, _smooth(losses, window), label=f"{name} (mean of {window})")
+        axes[1].plot(steps, [m["lr"] for m in part], label=name)
+    axes[0].set(title="training loss", xlabel="optimizer step", ylabel="loss")
+    axes[1].set(title="learning rate", xlabel="optimizer step", ylabel="lr")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    from poseguide.utils.images import pil_open
+
+    return atomic_save_image(out, pil_open(buffer))

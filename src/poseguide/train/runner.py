@@ -1,0 +1,183 @@
+"""``poseguide train``: run the configured stages in order, resume, export.
+
+Per-process seeding: process ``rank`` seeds Python, NumPy and torch with ``run.seed + rank``
+(accelerate's ``set_seed``). Everything that shapes a row's training signal (its latent sample,
+noise, timestep, flip and caption dropout, the stage-2 mask sample, the epoch's data order) is
+instead derived from ``(run.seed, stage, epoch, row index)``, so it does not depend on the number
+of processes or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from poseguide.config import Config, save_config, to_dict
+from poseguide.data.api import checked_source, run_dir
+from poseguide.train.checkpoint import LATEST, Loaded, load_checkpoint, resolve_checkpoint
+from poseguide.train.loop import Run, StopFlag, train_stage
+from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
+from poseguide.train.setup import TrainingError, load_frozen, make_accelerator
+from poseguide.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STAGE_MARKER = "poseguide_stage.json"
+# Config keys that may change between a checkpoint and its resumption (they do not change what
+# is computed).
+RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "data.cache.dir",
+               "data.cache.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
+               "train.log_every", "train.tensorboard", "train.validation", "generate",
+               "pose.render.min_score"}  # fmt: skip
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_resumable(loaded: Loaded, config: Config, world: int) -> None:
+    """Refuse a resume that could not continue the same run exactly."""
+    if loaded.world_size != world:
+        raise TrainingError(
+            f"{loaded.path} was written by {loaded.world_size} process(es); resume it with the "
+            f"same number (got {world}), or the data order would change"
+        )
+    old, new = _flatten(loaded.config), _flatten(to_dict(config))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+               and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]  # fmt: skip
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise TrainingError(
+            f"the config changed since {loaded.path} was written ({details}); "
+            "resume with the original config or start a new run.name"
+        )
+
+
+def _stage_indices(config: Config, names: list[str] | None) -> list[int]:
+    all_names = [s.name for s in config.train.stages]
+    if not names:
+        return list(range(len(all_names)))
+    unknown = [n for n in names if n not in all_names]
+    if unknown:
+        raise TrainingError(f"unknown stage(s) {unknown}; the config has {all_names}")
+    return sorted(all_names.index(n) for n in names)
+
+
+def _finished(run: Run, name: str) -> dict | None:
+    marker = run.export_dir(name) / STAGE_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _open_cache(config: Config, acc: Any, source: Any, rows: list[int], parts: Any) -> Any:
+    if not config.data.cache.enabled:
+        return None
+    from poseguide.data.cache import build_cache, find_cache
+
+    if acc.is_main_process:
+        build_cache(source, rows, config.data, parts, config.pose.render.style, config.run.seed)
+    acc.wait_for_everyone()
+    return find_cache(source, rows, config.data, parts)
+
+
+def _make_run(config: Config, resume: str | None) -> tuple[Run, Loaded | None]:
+    from accelerate.utils import set_seed
+
+    acc = make_accelerator(config)
+    set_seed(config.run.seed + acc.process_index)
+    folder = run_dir(config)
+    loaded = None
+    if resume is not None:
+        loaded = load_checkpoint(resolve_checkpoint(folder / "checkpoints", resume))
+        check_resumable(loaded, config, acc.num_processes)
+    elif (folder / "checkpoints" / LATEST).is_file() and not _latest_done(folder):
+        raise TrainingError(f"{folder} has an unfinished run; continue it with --resume latest "
+                            "or choose another run.name")  # fmt: skip
+    if acc.is_main_process:
+        save_config(config, folder / "config.yaml")
+        source, report = checked_source(config, out_dir=folder)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:  # reads the scan the main process cached
+        source, report = checked_source(config, out_dir=folder, progress=False)
+    frozen = load_frozen(config, acc.device)
+    cache = _open_cache(config, acc, source, report.valid, frozen.parts)
+    metrics = MetricsLog(folder, config.train.tensorboard, enabled=acc.is_main_process)
+    if loaded is not None:
+        metrics.truncate_after(loaded.position.global_step)
+    run = Run(config, folder, acc, frozen, source, report.valid, cache, metrics, StopFlag())
+    run.validator = _validator(run)
+    return run, loaded
+
+
+def _latest_done(folder: Path) -> bool:
+    try:
+        state = load_checkpoint(resolve_checkpoint(folder / "checkpoints", LATEST))
+    except Exception:
+        return False
+    return state.position.stage_done
+
+
+def _validator(run: Run) -> Any:
+    try:
+        from poseguide.train.validation import make_validator
+    except ImportError:
+        return None
+    return make_validator(run)
+
+
+def _mark_finished(run: Run, name: str, global_step: int) -> None:
+    if run.accelerator.is_main_process:
+        atomic_write_json(run.export_dir(name) / STAGE_MARKER,
+                          {"stage": name, "global_step": global_step})  # fmt: skip
+    run.accelerator.wait_for_everyone()
+
+
+def run_training(
+    config: Config, stages: list[str] | None = None, resume: str | None = None
+) -> dict[str, Any]:
+    """Train the selected stages (default: all, skipping finished ones) and export each.
+
+    Returns ``{"run_dir", "exports": {stage: folder}, "global_step"}``.
+    """
+    run, loaded = _make_run(config, resume)
+    selected = _stage_indices(config, stages)
+    all_stages = config.train.stages
+    exports: dict[str, str] = {}
+    global_step = 0
+    run.stop.install()
+    try:
+        for index in range(len(all_stages)):
+            name = all_stages[index].name
+            done = _finished(run, name)
+            resuming = loaded is not None and loaded.position.stage_index == index
+            skip = index not in selected or (done is not None and not stages and not resuming)
+            if loaded is not None and loaded.position.stage_index > index:
+                skip = True
+            if skip:
+                if done is not None:
+                    global_step, exports[name] = done["global_step"], str(run.export_dir(name))
+                    if index in selected:
+                        log.info("%s already finished (%s); --stage %s trains it again",
+                                 name, run.export_dir(name), name)  # fmt: skip
+                continue
+            init = all_stages[index].init or ("unet" if index == 0 else "previous")
+            previous = run.export_dir(all_stages[index - 1].name) if index else None
+            export, global_step = train_stage(
+                run, index, init, previous, loaded if resuming else None, global_step
+            )
+            metrics = read_metrics(run.run_dir / "metrics.jsonl")
+            _mark_finished(run, name, global_step)
+            exports[name] = str(export)
+            if run.accelerator.is_main_process:
+                plot_curves(metrics, run.run_dir / f"curves-{name}.png", stage=name)
+                plot_curves(metrics, run.run_dir / "curves.png")
+    finally:
+        run.stop.restore()
+        run.metrics.close()
+    return {"run_dir": str(run.run_dir), "exports": exports, "global_step": global_step}

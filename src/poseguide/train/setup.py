@@ -1,0 +1,141 @@
+"""Build what a run needs: the accelerator, the frozen models, the data, optimizers, ControlNets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from poseguide.config import Config
+from poseguide.config.schema import OptimConfig, StageConfig
+from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
+from poseguide.models import SDParts, build_controlnet, load_sd_parts
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (bad set-up, diverged loss); the message says which stage and step."""
+
+
+def make_accelerator(config: Config) -> Any:
+    """An accelerate Accelerator: one device, several GPUs or nodes, from `accelerate launch`."""
+    from accelerate import Accelerator
+
+    cpu = config.run.device == "cpu"
+    try:
+        return Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
+    except (ValueError, RuntimeError) as err:
+        raise TrainingError(
+            f"train.mixed_precision={config.train.mixed_precision!r} is not available here: {err}"
+        ) from None
+
+
+@dataclass
+class Frozen:
+    """The frozen SD parts on the training device, and facts derived from the config."""
+
+    parts: SDParts
+    weight_dtype: torch.dtype
+    device: torch.device
+    fp32_unet_source: str = field(default="")  # where to reload an fp32 UNet for from_unet
+
+
+def load_frozen(config: Config, device: torch.device) -> Frozen:
+    """Load VAE, UNet and text encoder frozen, in the mixed-precision dtype, on ``device``."""
+    dtype = WEIGHT_DTYPES[config.train.mixed_precision]
+    m = config.model
+    parts = load_sd_parts(m.base, m.revision, m.variant, dtype=dtype, device=device)
+    if config.train.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()  # gradients flow through the frozen UNet
+    if config.train.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Frozen(parts, dtype, device, parts.source)
+
+
+def controlnet_for_stage(
+    frozen: Frozen, stage: StageConfig, init: str, previous: Path | None
+) -> Any:
+    """The trainable fp32 ControlNet a stage starts from: ``unet``, ``previous`` or a folder/id."""
+    unet = frozen.parts.unet
+    if init == "unet":
+        if unet.dtype != torch.float32:  # copy the encoder from full-precision weights
+            from diffusers import UNet2DConditionModel
+
+            unet = UNet2DConditionModel.from_pretrained(frozen.fp32_unet_source, subfolder="unet")
+        controlnet = build_controlnet(unet)
+    elif init == "previous":
+        if previous is None or not (previous / "config.json").is_file():
+            raise TrainingError(
+                f"stage {stage.name!r} starts from the previous stage's export, which is missing "
+                f"({previous}). Run the previous stage first, or set "
+                f"train.stages.{stage.name}.init to a ControlNet folder or hub id."
+            )
+        controlnet = build_controlnet(unet, str(previous))
+    else:
+        controlnet = build_controlnet(unet, init)
+    return controlnet.to(frozen.device)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, lr: float) -> Any:
+    kwargs = {"lr": lr, "betas": (optim.beta1, optim.beta2), "weight_decay": optim.weight_decay,
+              "eps": optim.eps}  # fmt: skip
+    if optim.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainingError(
+                "train.optim.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes` "
+                "(CUDA only), or use train.optim.optimizer=adamw"
+            ) from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def make_lr_scheduler(optimizer: Any, stage: StageConfig, total_steps: int) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    try:
+        return get_scheduler(stage.lr_scheduler, optimizer, num_warmup_steps=stage.warmup_steps,
+                             num_training_steps=total_steps)  # fmt: skip
+    except ValueError as err:
+        raise TrainingError(f"train.stages.{stage.name}.lr_scheduler: {err}") from None
+
+
+def make_loader(
+    config: Config, source: Any, rows: list[int], cache: Any, rank: int, world: int
+) -> tuple[PoseDataset, ShardedSampler, DataLoader]:
+    """Dataset, sharded sampler and DataLoader for this process."""
+    dataset = PoseDataset(
+        source, rows, config.data, config.pose.render.style, config.run.seed, cache
+    )
+    sampler = ShardedSampler(len(rows), config.run.seed, rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.train.batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.data.num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return dataset, sampler, loader
+
+
+def steps_per_epoch(sampler: ShardedSampler, config: Config) -> int:
+    """Optimizer steps per epoch on each process (incomplete micro-batch groups are dropped)."""
+    steps = sampler.per_process // config.train.batch_size // config.train.grad_accum
+    if steps == 0:
+        raise TrainingError(
+            f"{sampler.size} rows cannot fill one optimizer step of batch_size "
+            f"{config.train.batch_size} x grad_accum {config.train.grad_accum} x "
+            f"{sampler.world} processes"
+        )
+    return steps
