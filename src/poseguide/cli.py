@@ -226,8 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
-        if args.verbose:
+    except Exception as err:
+        if type(err).__name__ == "Interrupted":  # a signal stopped training after a checkpoint
+            print(str(err), file=sys.stderr)
+            return 130
+        if not isinstance(err, USER_ERRORS) or args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2

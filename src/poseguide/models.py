@@ -163,13 +163,32 @@ def encode_prompts(parts: SDParts, prompts: list[str]) -> torch.Tensor:
         return parts.text_encoder(ids)[0]
 
 
-def model_identity(folder: str) -> dict:
-    """What identifies a model folder for caches: its path and its components' config hashes."""
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """A cheap content digest: size plus the first and last MiB (weights files are large)."""
     import hashlib
 
-    identity: dict = {"source": str(folder)}
-    for sub in ("vae", "text_encoder", "unet"):
-        config = Path(folder) / sub / "config.json"
-        if config.is_file():
-            identity[sub] = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(chunk))
+        if path.stat().st_size > chunk:
+            handle.seek(-chunk, os.SEEK_END)
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def model_identity(
+    folder: str, subfolders: tuple[str, ...] = ("vae", "text_encoder", "tokenizer")
+) -> dict:
+    """What identifies the models a cache was built with: config and weights digests per part.
+
+    The folder path itself is not part of it, so a moved or re-downloaded copy of the same
+    weights keeps its caches.
+    """
+    identity: dict = {}
+    for sub in subfolders:
+        part = Path(folder) / sub
+        files = sorted(p for p in part.glob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ModelNotFoundError(f"{part}: no config or weights to identify the {sub}")
+        identity[sub] = {p.name: _file_digest(p) for p in files}
     return identity

@@ -63,10 +63,16 @@ def tiny_tokenizer(folder: Path) -> object:
 
 def tiny_components(seed: int = 0) -> dict:
     """Fresh tiny VAE, UNet and text encoder with seeded random weights, and SD1.5's scheduler."""
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
+        torch.manual_seed(seed)
+        return _tiny_components()
+
+
+def _tiny_components() -> dict:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
         block_out_channels=(32, 64),

@@ -33,6 +33,7 @@ from safetensors.torch import save as safetensors_bytes
 from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import Source
+from poseguide.errors import UserError
 from poseguide.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache is missing, stale, or does not match the run; the message says why and what to do."""
 
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/`` holding
 
-* ``controlnet.safetensors``: the trainable weights (fp32 master copy);
+* ``controlnet.safetensors`` and ``config.json``: the trainable weights (fp32 master copy) and
+  the ControlNet's architecture;
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only): state dicts, loaded with
   ``torch.load(weights_only=True)``;
 * ``rng-<rank>.pt``: Python, NumPy, torch CPU and CUDA generator states of each process;
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from poseguide.errors import UserError
 from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ LATEST = "latest"
 PREFIX = "step-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not fit this run."""
 
 
@@ -85,7 +87,7 @@ def checkpoint_name(global_step: int) -> str:
 def save_checkpoint(
     root: Path,
     position: Position,
-    controlnet_state: dict[str, torch.Tensor],
+    controlnet: Any,
     optimizer: Any,
     lr_scheduler: Any,
     scaler: Any | None,
@@ -94,11 +96,14 @@ def save_checkpoint(
     keep: int,
     world_size: int = 1,
 ) -> Path:
-    """Write a complete checkpoint atomically, point ``latest`` at it, and rotate old ones."""
+    """Write a complete checkpoint atomically, point ``latest`` at it, and rotate old ones.
+
+    ``controlnet`` is the unwrapped diffusers ControlNetModel."""
     target = root / checkpoint_name(position.global_step)
     with atomic_directory(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in controlnet_state.items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
                   str(tmp / "controlnet.safetensors"))  # fmt: skip
+        controlnet.save_config(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if scaler is not None:
@@ -145,6 +150,14 @@ class Loaded:
     world_size: int
     config: dict
     controlnet_state: dict[str, torch.Tensor]
+
+    def build_controlnet(self, device: torch.device) -> Any:
+        """The checkpoint's ControlNet (architecture and fp32 weights) on ``device``."""
+        from diffusers import ControlNetModel
+
+        model = ControlNetModel.from_config(ControlNetModel.load_config(self.path))
+        model.load_state_dict(self.controlnet_state)
+        return model.to(device=device, dtype=torch.float32).train()
 
     def load_into(self, optimizer: Any, lr_scheduler: Any, scaler: Any | None, rank: int) -> None:
         """Restore optimizer, LR scheduler, grad scaler and this process's RNG states."""

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from poseguide.config import Config, to_dict
 from poseguide.config.schema import StageConfig
-from poseguide.train.checkpoint import Loaded, Position, rng_state, save_checkpoint
+from poseguide.errors import UserError
+from poseguide.train.checkpoint import LATEST, Loaded, Position, rng_state, save_checkpoint
 from poseguide.train.monitor import MetricsLog
 from poseguide.train.setup import (
     Frozen,
@@ -32,7 +33,7 @@ from poseguide.utils.io import atomic_directory
 log = logging.getLogger(__name__)
 
 
-class Interrupted(RuntimeError):
+class Interrupted(UserError, RuntimeError):
     """SIGINT/SIGTERM arrived; a checkpoint was written and the run stopped cleanly."""
 
 
@@ -154,9 +155,15 @@ def _optimizer_step(run: Run, stage: StageConfig, model: Any, opt: Any, sched: A
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    out = {k: sum(d[k] for d in logged) / len(logged) for k in logged[0]}
-    out["loss"] = float(acc.reduce(total.clone(), reduction="mean"))
-    out["_stop"] = stop
+    keys = list(logged[0])
+    local = torch.tensor([sum(d[k] for d in logged) / len(logged) for k in keys], device=acc.device)
+    means = acc.reduce(local, reduction="mean").tolist()  # the mean over all processes
+    out: dict = {**dict(zip(keys, means, strict=True)), "_stop": stop}
+    if "neg_weight_frac" in out:  # min/max over processes would need other reductions: keep local
+        out["he_min"], out["he_max"] = (
+            min(d["he_min"] for d in logged),
+            max(d["he_max"] for d in logged),
+        )
     return out
 
 
@@ -169,10 +176,18 @@ def save(run: Run, model: Any, opt: Any, sched: Any, pos: Position) -> Path | No
     path = None
     if acc.is_main_process:
         scaler = getattr(acc, "scaler", None)
-        path = save_checkpoint(
-            run.checkpoints, pos, acc.unwrap_model(model).state_dict(), opt, sched, scaler,
-            rngs, to_dict(run.config), run.config.train.keep_checkpoints, acc.num_processes,
-        )  # fmt: skip
+        try:
+            path = save_checkpoint(
+                run.checkpoints, pos, acc.unwrap_model(model), opt, sched, scaler,
+                rngs, to_dict(run.config), run.config.train.keep_checkpoints, acc.num_processes,
+            )  # fmt: skip
+        except OSError as err:
+            latest = run.checkpoints / LATEST
+            kept = latest.read_text().strip() if latest.is_file() else "none yet"
+            raise TrainingError(
+                f"could not write the checkpoint of {pos.stage_name} step {pos.stage_step} "
+                f"({err}); the previous checkpoint ({kept}) is intact"
+            ) from err
         log.info("checkpoint %s", path)
     acc.wait_for_everyone()
     return path
@@ -208,9 +223,10 @@ def train_stage(
 
     cfg, acc = run.config, run.accelerator
     stage = cfg.train.stages[index]
-    model = controlnet_for_stage(run.frozen, stage, "previous" if loaded else init, previous)
     if loaded is not None:
-        model.load_state_dict(loaded.controlnet_state)
+        model = loaded.build_controlnet(run.frozen.device)
+    else:
+        model = controlnet_for_stage(run.frozen, stage, init, previous, cfg.run.seed + index)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     dataset, sampler, loader = make_loader(cfg, run.source, run.rows, run.cache,

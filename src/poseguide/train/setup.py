@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from poseguide.config import Config
 from poseguide.config.schema import OptimConfig, StageConfig
 from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
+from poseguide.errors import UserError
 from poseguide.models import SDParts, build_controlnet, load_sd_parts
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on (bad set-up, diverged loss); the message says which stage and step."""
 
 
@@ -61,9 +62,20 @@ def load_frozen(config: Config, device: torch.device) -> Frozen:
 
 
 def controlnet_for_stage(
+    frozen: Frozen, stage: StageConfig, init: str, previous: Path | None, seed: int
+) -> Any:
+    """The trainable fp32 ControlNet a stage starts from: ``unet``, ``previous`` or a folder/id.
+
+    ``from_unet`` initialises the conditioning embedding randomly: it is seeded with ``seed``
+    so the start does not depend on what consumed the global RNG before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _controlnet_for_stage(frozen, stage, init, previous)
+
+
+def _controlnet_for_stage(
     frozen: Frozen, stage: StageConfig, init: str, previous: Path | None
 ) -> Any:
-    """The trainable fp32 ControlNet a stage starts from: ``unet``, ``previous`` or a folder/id."""
     unet = frozen.parts.unet
     if init == "unet":
         if unet.dtype != torch.float32:  # copy the encoder from full-precision weights

@@ -1,0 +1,592 @@
+"""The one generation path: SD1.5 + a pose ControlNet, a prompt and a pose -> images.
+
+Training validation, evaluation, ``poseguide generate`` and the demo UI all call :func:`generate`
+on a pipeline from :func:`load_pipeline` (models from folders or hub ids) or
+:func:`pipeline_from_parts` (models already in memory, e.g. the ControlNet being trained).
+
+Reproducibility: image ``i`` is drawn with its own generator seeded with ``seeds[i]``, so the image
+for a (prompt, pose, seed) triple does not depend on the batch it was generated in nor on the
+batch size. The generators live on the CPU, which also makes the starting noise the same on every
+device (a CUDA generator draws different numbers from a CPU one for the same seed).
+
+The pose comes in one of three kinds (:class:`PoseInput`): a skeleton image (used as is), COCO-17
+keypoints (a JSON file, a mapping or an array; rendered), or a photo (its pose is estimated, then
+rendered). :func:`pose_from_path` picks the kind of a file, see :func:`guess_image_kind`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from poseguide.config.schema import GenerateConfig
+from poseguide.errors import UserError
+from poseguide.models import ModelNotFoundError, SDParts, resolve_pretrained
+from poseguide.pose.api import detections_to_coco, estimator_from_config, load_photo
+from poseguide.pose.estimator import PoseEstimator
+from poseguide.pose.io import parse_pose, read_pose
+from poseguide.pose.render import DEFAULT_RENDER_STYLE, render_skeleton
+from poseguide.pose.skeleton import KeypointError, as_people
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = (512, 512)  # (width, height): SD1.5's and the thesis' generation size
+# GenerateConfig.scheduler -> diffusers scheduler class, built from the pipeline's own config.
+SCHEDULERS: dict[str, str] = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "ddpm": "DDPMScheduler",
+}
+# A generated image whose brightest value is below this (of 1.0) is reported as black.
+BLACK_LEVEL = 1.0 / 255.0
+
+# The skeleton-or-photo heuristic (guess_image_kind), on a copy at most ANALYSIS_SIDE px wide.
+ANALYSIS_SIDE = 256
+DARK_LEVEL = 24  # a background pixel's brightest channel is at most this (JPEG noise allowed)
+SKELETON_MIN_DARK = 0.5  # at least this fraction of the pixels is background
+SATURATED = 0.5  # (max - min) / max of a pixel at least this: an OpenPose colour (min is ~0)
+SKELETON_MIN_SATURATED = 0.7  # at least this fraction of the non-background pixels is saturated
+
+PoseKind = Literal["keypoints", "skeleton", "photo"]
+POSE_KINDS: tuple[str, ...] = ("keypoints", "skeleton", "photo")
+KEYPOINT_SUFFIXES = (".json",)
+
+
+class NoPersonFoundError(UserError, ValueError):
+    """The pose estimator found nobody in the photo that should give the pose."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``GenerateConfig.dtype`` as a torch dtype; ``"auto"`` = float16 on CUDA, else float32."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def make_scheduler(name: str, config: Any) -> Any:
+    """A fresh scheduler ``name`` (a key of :data:`SCHEDULERS`) from a scheduler config.
+
+    The noise schedule (betas, timesteps, prediction type) comes from ``config``, the base
+    model's scheduler config, so every sampler solves the same diffusion the model was trained on.
+    """
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls = getattr(diffusers, SCHEDULERS[name])
+    extra = {"skip_prk_steps": True} if name == "pndm" else {}  # SD's PNDM skips Runge-Kutta
+    return cls.from_config(config, **extra)
+
+
+def _check_controlnet(controlnet: Any) -> None:
+    from diffusers import ControlNetModel
+
+    if not isinstance(controlnet, ControlNetModel):
+        raise TypeError(
+            f"controlnet is a {type(controlnet).__name__}, expected a diffusers ControlNetModel "
+            "(unwrap a DDP or compiled model first, e.g. with accelerator.unwrap_model)"
+        )
+
+
+def _load_controlnet(name: str, dtype: torch.dtype, revision: str | None) -> Any:
+    from diffusers import ControlNetModel
+
+    folder = resolve_pretrained(name, revision, what="ControlNet")
+    try:
+        return ControlNetModel.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"ControlNet {name!r} ({folder}) could not be loaded: {err}. It must be a folder "
+            "written by ControlNetModel.save_pretrained (config.json and weights)."
+        ) from None
+
+
+def load_pipeline(
+    base: str,
+    controlnet: str | Any,
+    cfg: GenerateConfig,
+    device: torch.device | str = "cpu",
+    revision: str | None = None,
+    variant: str | None = None,
+    controlnet_revision: str | None = None,
+    progress: bool = False,
+) -> Any:
+    """A ``StableDiffusionControlNetPipeline`` on ``device`` in ``cfg.dtype``, no safety checker.
+
+    Args:
+        base: an SD1.5-layout pipeline folder, hub id or ``builtin:tiny-sd``.
+        controlnet: a ControlNet folder or hub id, or a ``ControlNetModel`` in memory. A model in
+            memory is used as is: not copied, cast or moved (mixed dtypes run under autocast,
+            see :func:`generate`), so it must already be on ``device``.
+        cfg: ``dtype`` and ``scheduler`` are applied here, the rest in :func:`generate`.
+        revision, variant: of the base (variant e.g. "fp16").
+        progress: show diffusers' per-step progress bar.
+    """
+    from diffusers import StableDiffusionControlNetPipeline
+
+    device = torch.device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if isinstance(controlnet, str):
+        controlnet = _load_controlnet(controlnet, dtype, controlnet_revision).to(device)
+    _check_controlnet(controlnet)
+    if controlnet.device.type != device.type:
+        raise ValueError(f"the ControlNet is on {controlnet.device}; the pipeline goes to {device}")
+    folder = resolve_pretrained(base, revision, what="Stable Diffusion base")
+    try:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            folder,
+            controlnet=controlnet,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            dtype=dtype,
+            **({"variant": variant} if variant else {}),
+        )
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"Stable Diffusion base {base!r} ({folder}) could not be loaded: {err}. It must be a "
+            "diffusers pipeline folder (model_index.json, vae/, unet/, text_encoder/, ...)."
+        ) from None
+    for module in (pipe.vae, pipe.unet, pipe.text_encoder):  # never the caller's ControlNet
+        module.to(device)
+    pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+def pipeline_from_parts(
+    parts: SDParts, controlnet: Any, cfg: GenerateConfig, progress: bool = False
+) -> Any:
+    """A pipeline over SD parts and a ControlNet already in memory (training validation).
+
+    Nothing is copied, cast or moved: the parts and the ControlNet keep their dtypes and devices
+    (``cfg.dtype`` is not applied; mixed dtypes, e.g. fp16 frozen parts and the fp32 training
+    ControlNet, run under autocast in :func:`generate`). The sampler is a new scheduler built
+    from ``parts.scheduler``'s config, so the training noise scheduler is never stepped.
+    """
+    from diffusers import StableDiffusionControlNetPipeline
+
+    _check_controlnet(controlnet)
+    devices = {m.device for m in (parts.vae, parts.unet, parts.text_encoder, controlnet)}
+    if len(devices) > 1:
+        raise ValueError(f"the SD parts and the ControlNet are on different devices: {devices}")
+    pipe = StableDiffusionControlNetPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        controlnet=controlnet,
+        scheduler=make_scheduler(cfg.scheduler, parts.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Poses
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoseInput:
+    """A pose in one of three explicit kinds.
+
+    ``skeleton``: ``image`` is an OpenPose skeleton image, used as is. ``keypoints``: ``people``
+    is (P, 17, 3) COCO-17 ``(x, y, v)`` in the pixels of ``canvas`` (W, H), or of the generation
+    size when ``canvas`` is None. ``photo``: ``image`` is a photo whose pose is estimated.
+    ``source`` names where it came from, for messages.
+    """
+
+    kind: PoseKind
+    image: Image.Image | None = None
+    people: np.ndarray | None = None
+    canvas: tuple[int, int] | None = None
+    source: str = "<pose>"
+
+    @classmethod
+    def skeleton(cls, image: Image.Image, source: str = "<skeleton image>") -> PoseInput:
+        return cls("skeleton", image=image.convert("RGB"), canvas=image.size, source=source)
+
+    @classmethod
+    def photo(cls, image: Image.Image, source: str = "<photo>") -> PoseInput:
+        return cls("photo", image=image.convert("RGB"), canvas=image.size, source=source)
+
+    @classmethod
+    def keypoints(
+        cls, people: Any, canvas: tuple[int, int] | None = None, source: str = "<keypoints>"
+    ) -> PoseInput:
+        """From a (P, 17, 3) array, or a keypoint JSON mapping (see :mod:`poseguide.pose.io`)."""
+        if isinstance(people, dict) or (
+            isinstance(people, list) and people and isinstance(people[0], dict)
+        ):
+            parsed = parse_pose(people, source)
+            return cls(
+                "keypoints", people=parsed.people, canvas=canvas or parsed.size, source=source
+            )
+        try:
+            array = as_people(people)
+        except KeypointError as err:
+            raise KeypointError(f"{source}: {err}") from None
+        return cls("keypoints", people=array, canvas=canvas, source=source)
+
+
+def guess_image_kind(image: Image.Image) -> Literal["skeleton", "photo"]:
+    """``"skeleton"`` for an OpenPose skeleton image, else ``"photo"``.
+
+    A skeleton image is mostly background (at least :data:`SKELETON_MIN_DARK` of the pixels have
+    every channel <= :data:`DARK_LEVEL`) and what is drawn is saturated OpenPose colour (at least
+    :data:`SKELETON_MIN_SATURATED` of the drawn pixels have ``(max - min) / max >=``
+    :data:`SATURATED`). An all-black image counts as a skeleton (a pose with nobody in it).
+    Photos that are mostly black with vivid colours (neon at night) are misread: pass the kind.
+    """
+    image = image.convert("RGB")
+    if max(image.size) > ANALYSIS_SIDE:  # nearest keeps the colours unmixed
+        scale = ANALYSIS_SIDE / max(image.size)
+        small = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(small, Image.Resampling.NEAREST)
+    pixels = np.asarray(image, dtype=np.float32).reshape(-1, 3)
+    high, low = pixels.max(axis=1), pixels.min(axis=1)
+    dark = high <= DARK_LEVEL
+    if dark.mean() < SKELETON_MIN_DARK:
+        return "photo"
+    drawn = ~dark
+    if not drawn.any():
+        return "skeleton"
+    saturation = (high[drawn] - low[drawn]) / high[drawn]
+    return "skeleton" if (saturation >= SATURATED).mean() >= SKELETON_MIN_SATURATED else "photo"
+
+
+def pose_from_path(path: str | Path, kind: str = "auto") -> PoseInput:
+    """Read a pose file: ``.json`` -> keypoints; an image -> :func:`guess_image_kind` decides.
+
+    ``kind`` ("keypoints", "skeleton" or "photo") overrides the guess.
+    """
+    path = Path(path)
+    if kind not in ("auto", *POSE_KINDS):
+        raise ValueError(f"unknown pose kind {kind!r}; choose auto, {', '.join(POSE_KINDS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"pose file not found: {path}")
+    if kind == "keypoints" or (kind == "auto" and path.suffix.lower() in KEYPOINT_SUFFIXES):
+        pose = read_pose(path)
+        return PoseInput("keypoints", people=pose.people, canvas=pose.size, source=str(path))
+    image = load_photo(path)  # a clear ValueError for an unreadable image
+    if kind == "auto":
+        kind = guess_image_kind(image)
+        log.info("%s: read as a %s (pass the pose kind to override)", path, kind)
+    return PoseInput(kind, image=image, canvas=image.size, source=str(path))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class PoseCondition:
+    """The ControlNet input for one pose.
+
+    ``image``: RGB skeleton image at the generation size. ``people``: the (P, 17, 3) keypoints
+    drawn on it, in its pixels (None for a skeleton image given as is). ``source_size``: (W, H)
+    of the pose's original canvas (photo, skeleton image or keypoint file), the size evaluation
+    maps generated images back to; None when keypoints came without one.
+    """
+
+    image: Image.Image
+    people: np.ndarray | None
+    source_size: tuple[int, int] | None
+
+
+def _scaled(people: np.ndarray, canvas: tuple[int, int] | None, size: tuple[int, int]):
+    """Keypoints moved from ``canvas`` to ``size`` pixels (a stretch, as the images are)."""
+    people = people.copy()
+    if canvas is not None and tuple(canvas) != tuple(size):
+        people[..., 0] *= size[0] / canvas[0]
+        people[..., 1] *= size[1] / canvas[1]
+    return people
+
+
+def pose_condition(
+    pose: PoseInput | Image.Image | dict | np.ndarray | str | Path,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    style: str = DEFAULT_RENDER_STYLE,
+    estimator: PoseEstimator | None = None,
+    min_score: float = 0.3,
+) -> PoseCondition:
+    """Turn a pose into the skeleton image ControlNet sees, at ``size`` (W, H).
+
+    ``pose``: a :class:`PoseInput`; a PIL image (taken as a skeleton image: wrap a photo in
+    ``PoseInput.photo``); a keypoint mapping or (P, 17, 3) array; or a file path
+    (:func:`pose_from_path`, kind guessed). Skeleton images are resized (bicubic); keypoints are
+    scaled from their canvas and drawn in ``style``; photos go through ``estimator`` (default:
+    the configured default estimator), joints below ``min_score`` are dropped.
+    """
+    size = (int(size[0]), int(size[1]))
+    if isinstance(pose, (str, Path)):
+        pose = pose_from_path(pose)
+    elif isinstance(pose, Image.Image):
+        pose = PoseInput.skeleton(pose)
+    elif not isinstance(pose, PoseInput):
+        pose = PoseInput.keypoints(pose)
+    if pose.kind == "skeleton":
+        image = pose.image.convert("RGB")
+        source_size = pose.canvas or image.size
+        if image.size != size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        return PoseCondition(image, None, source_size)
+    people = _estimate(pose, estimator, min_score) if pose.kind == "photo" else pose.people
+    people = _scaled(people, pose.canvas, size)
+    labelled = people[people[..., 2] > 0]
+    if ((labelled[:, :2] < 0) | (labelled[:, :2] > size)).any():
+        log.warning("%s: keypoints fall outside the %dx%d canvas", pose.source, *size)
+    image = Image.fromarray(render_skeleton(people, size, style))
+    return PoseCondition(image, people, pose.canvas)
+
+
+def _estimate(pose: PoseInput, estimator: PoseEstimator | None, min_score: float) -> np.ndarray:
+    if estimator is None:
+        from poseguide.config.schema import EstimatorConfig
+
+        estimator = estimator_from_config(EstimatorConfig())
+    found = estimator.estimate_people([pose.image])[0]
+    people = detections_to_coco(found, min_score)
+    if len(found) == 0 or not (people[..., 2] > 0).any():
+        raise NoPersonFoundError(
+            f"{pose.source}: no person found in the photo (detection threshold from the "
+            f"estimator config, joint threshold {min_score}); use a photo with a clearly visible "
+            "person, or give the pose as a keypoint JSON or a skeleton image"
+        )
+    return people
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def _broadcast(name: str, value: Any, n: int) -> list:
+    """``value`` as a list of ``n``: a single item (or a list of one) is repeated."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) == 1:
+        return items * n
+    if len(items) != n:
+        raise ValueError(f"{name}: got {len(items)}, expected 1 or {n} (one per seed)")
+    return items
+
+
+@contextlib.contextmanager
+def _inference_mode(pipe: Any) -> Iterator[None]:
+    """Eval mode (each model's train/eval mode restored afterwards) and, when the models' dtypes
+    differ (fp16 frozen parts beside the fp32 training ControlNet), autocast to the lower one."""
+    modules = [pipe.vae, pipe.text_encoder, pipe.unet, pipe.controlnet]
+    training = [m.training for m in modules]
+    low = [m.dtype for m in modules if m.dtype != torch.float32]
+    mixed = len({m.dtype for m in modules}) > 1
+    dtype = pipe.unet.dtype if pipe.unet.dtype in low else (low[0] if low else torch.float32)
+    autocast = torch.autocast(pipe.device.type, dtype=dtype) if mixed else contextlib.nullcontext()
+    try:
+        for module in modules:
+            module.eval()
+        with torch.no_grad(), autocast:
+            yield
+    finally:
+        for module, mode in zip(modules, training, strict=True):
+            module.train(mode)
+
+
+def _warn_bad(images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int]) -> None:
+    for image, prompt, seed in zip(images, prompts, seeds, strict=True):
+        bad = (
+            "NaN" if not np.isfinite(image).all() else "black" if image.max() < BLACK_LEVEL else ""
+        )
+        if bad:
+            log.warning(
+                "the image for prompt %r, seed %d is %s; in float16 the VAE can overflow: "
+                "try generate.dtype=float32 or bfloat16",
+                prompt,
+                seed,
+                bad,
+            )
+
+
+def generate_arrays(
+    pipe: Any,
+    prompts: str | Sequence[str],
+    poses: Image.Image | Sequence[Image.Image],
+    seeds: Sequence[int],
+    cfg: GenerateConfig,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """One image per seed as float32 (H, W, 3) RGB arrays in [0, 1] (NaN where the VAE failed).
+
+    ``prompts`` and ``poses`` (skeleton images, resized to ``size`` (W, H) if needed) are single
+    items or one per seed. Images are generated ``cfg.batch_size`` at a time; image ``i`` uses
+    a CPU generator seeded with ``seeds[i]``, so it does not depend on the batch it is in.
+    """
+    seeds = [int(s) for s in seeds]
+    n = len(seeds)
+    if n == 0:
+        return []
+    prompts, poses = _broadcast("prompts", prompts, n), _broadcast("poses", poses, n)
+    width, height = int(size[0]), int(size[1])
+    factor = pipe.vae_scale_factor
+    if width <= 0 or height <= 0 or width % factor or height % factor:
+        raise ValueError(
+            f"size {width}x{height}: both sides must be positive multiples of {factor}"
+        )
+    poses = [p.convert("RGB") for p in poses]
+    poses = [
+        p if p.size == (width, height) else p.resize((width, height), Image.Resampling.BICUBIC)
+        for p in poses
+    ]
+    from tqdm.auto import tqdm
+
+    out: list[np.ndarray] = []
+    with _inference_mode(pipe), tqdm(total=n, desc="generating", disable=not progress) as bar:
+        for start in range(0, n, cfg.batch_size):
+            batch = slice(start, start + cfg.batch_size)
+            k = len(seeds[batch])
+            result = pipe(
+                prompt=prompts[batch],
+                image=poses[batch],
+                height=height,
+                width=width,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                negative_prompt=[cfg.negative_prompt] * k if cfg.negative_prompt else None,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[batch]],
+                controlnet_conditioning_scale=cfg.conditioning_scale,
+                output_type="np",
+            )
+            out.extend(np.asarray(image, dtype=np.float32) for image in result.images)
+            bar.update(k)
+    _warn_bad(out, prompts, seeds)
+    return out
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """A float (H, W, 3) array in [0, 1] as an RGB image, rounded as diffusers does; NaN -> 0."""
+    array = np.nan_to_num(np.clip(image, 0.0, 1.0), nan=0.0)
+    return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def generate(
+    pipe: Any,
+    prompts: str | Sequence[str],
+    poses: Image.Image | Sequence[Image.Image],
+    seeds: Sequence[int],
+    cfg: GenerateConfig,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    output_sizes: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+    progress: bool = False,
+) -> list[Image.Image]:
+    """Generate one RGB image per seed: the one path for validation, evaluation, CLI and UI.
+
+    Args:
+        pipe: from :func:`load_pipeline` or :func:`pipeline_from_parts`.
+        prompts: one prompt, or one per seed.
+        poses: skeleton images (:func:`pose_condition`), one, or one per seed.
+        seeds: one image per seed; several seeds give several images of a prompt.
+        cfg: steps, guidance, conditioning scale, negative prompt, batch size.
+        size: (W, H) generation size, multiples of the VAE's factor (8).
+        output_sizes: (W, H), one or one per image: the generated images are resized to it
+            (bicubic), e.g. back to the original image size for evaluation. None: ``size``.
+        progress: show a progress bar over the images.
+    """
+    arrays = generate_arrays(pipe, prompts, poses, seeds, cfg, size, progress)
+    images = [to_pil(a) for a in arrays]
+    if output_sizes is None:
+        return images
+    if len(output_sizes) == 2 and all(isinstance(v, (int, np.integer)) for v in output_sizes):
+        output_sizes = [output_sizes]
+    sizes = _broadcast("output_sizes", output_sizes, len(images))
+    return [
+        im if im.size == tuple(s) else im.resize(tuple(s), Image.Resampling.BICUBIC)
+        for im, s in zip(images, sizes, strict=True)
+    ]
+
+
+def run_generate(
+    config: Any,
+    controlnet: str,
+    prompt: str,
+    pose: str | Path,
+    out_dir: str | Path,
+    n: int = 1,
+    seed: int = 0,
+    size: tuple[int, int] | None = None,
+    output_size: tuple[int, int] | Literal["source"] | None = None,
+    pose_kind: str = "auto",
+    estimator: PoseEstimator | None = None,
+) -> list[Path]:
+    """``poseguide generate``: ``n`` images of ``prompt`` in the pose of a file, written to disk.
+
+    ``pose`` is a keypoint JSON, a skeleton image or a photo (``pose_kind`` overrides the guess,
+    see :func:`pose_from_path`). Image ``i`` uses seed ``seed + i``, so ``image_7.png`` comes out
+    the same when generated alone with ``seed=7``. ``size`` is the generation size (W, H),
+    default ``config.data.resolution`` square; ``output_size`` a size to resize the images to, or
+    ``"source"`` for the pose file's own size. Writes ``out_dir/pose.png`` (the ControlNet input),
+    ``pose.json`` (its keypoints, when rendered from keypoints or a photo), ``image_{seed}.png``
+    and ``generate.json`` (the settings). Returns the image paths.
+    """
+    import dataclasses
+
+    from poseguide.pose.io import write_pose
+    from poseguide.utils.device import resolve_device
+    from poseguide.utils.io import atomic_save_image, atomic_write_json
+
+    if n < 1:
+        raise ValueError(f"n: must be at least 1, got {n}")
+    size = tuple(size) if size else (config.data.resolution, config.data.resolution)
+    pose_input = pose_from_path(pose, pose_kind)
+    if pose_input.kind == "photo" and estimator is None:
+        estimator = estimator_from_config(config.pose.estimator)
+    render = config.pose.render
+    cond = pose_condition(pose_input, size, render.style, estimator, render.min_score)
+    target = (cond.source_size or size) if output_size == "source" else output_size
+    device = resolve_device(config.run.device)
+    model = config.model
+    pipe = load_pipeline(
+        model.base, controlnet, config.generate, device, model.revision, model.variant
+    )
+    seeds = [seed + i for i in range(n)]
+    images = generate(pipe, prompt, cond.image, seeds, config.generate, size, target, progress=True)
+
+    out = Path(out_dir)
+    atomic_save_image(out / "pose.png", cond.image)
+    if cond.people is not None:
+        write_pose(out / "pose.json", cond.people, size=size)
+    paths = [
+        atomic_save_image(out / f"image_{s}.png", im) for s, im in zip(seeds, images, strict=True)
+    ]
+    record = {
+        "prompt": prompt,
+        "seeds": seeds,
+        "pose": {"source": pose_input.source, "kind": pose_input.kind},
+        "size": list(size),
+        "output_size": list(target) if target else list(size),
+        "base": model.base,
+        "controlnet": controlnet,
+        "generate": dataclasses.asdict(config.generate),
+        "device": str(device),
+    }
+    atomic_write_json(out / "generate.json", record)
+    return paths

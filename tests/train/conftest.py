@@ -1,0 +1,62 @@
+"""Tiny training runs: a config writer and helpers to run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(root: Path, **sections: object) -> Path:
+    """A tiny-preset config at ``root/config.yaml``; its paths are relative, so run it with
+    ``root`` as the working folder (two roots then hold identical configs)."""
+    config = {
+        "base": str(REPO / "configs" / "tiny.yaml"),
+        "run": {"name": "t", "output_dir": "runs", "seed": 3, "device": "cpu"},
+        "data": {
+            "train": {"kind": "synthetic", "path": "data/train",
+                      "synthetic": {"n": 8, "seed": 0, "size": [64, 64]}},
+            "eval": {"kind": "synthetic", "path": "data/eval",
+                     "synthetic": {"n": 4, "seed": 1, "size": [64, 64]}},
+            "cache": {"dir": "cache"},
+        },
+        "train": {
+            "batch_size": 2,
+            "checkpoint_every": 1,
+            "stages": [
+                {"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 2, "lr": 1e-3},
+                {"name": "stage2", "loss": {"kind": "heatmap", "source": "predicted_error"},
+                 "epochs": 1, "lr": 1e-3},
+            ],
+        },
+    }  # fmt: skip
+    for key, value in sections.items():
+        section = config.setdefault(key, {})
+        section.update(value)  # type: ignore[union-attr]
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", YOLO_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "poseguide", *args], cwd=cwd, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
