@@ -72,3 +72,15 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        pio.atomic_write_text(tmp_path / "a.txt", "x")
+        with pio.atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -151,7 +151,7 @@ def load_pipeline(
     _check_controlnet(controlnet)
     if controlnet.device.type != device.type:
         raise ValueError(f"the ControlNet is on {controlnet.device}; the pipeline goes to {device}")
-    folder = resolve_pretrained(base, revision, what="Stable Diffusion base")
+    folder = resolve_pretrained(base, revision, what="Stable Diffusion base", variant=variant)
     try:
         pipe = StableDiffusionControlNetPipeline.from_pretrained(
             folder,

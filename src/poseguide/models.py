@@ -35,7 +35,23 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def resolve_pretrained(name: str, revision: str | None = None, what: str = "model") -> str:
+# What a diffusers folder needs: configs, tokenizer files and safetensors weights. Hub repos such
+# as SD1.5 also hold multi-GB single-file checkpoints and pickled .bin weights, which are never
+# downloaded (nor unpickled).
+HUB_PATTERNS = ("*.json", "*.txt", "*/*.json", "*/*.txt", "*.safetensors", "*/*.safetensors")
+SINGLE_FILE_CHECKPOINTS = ("v1-*", "*pruned*", "*emaonly*")
+KNOWN_VARIANTS = ("fp16", "bf16", "non_ema", "ema")
+
+
+def _ignored(variant: str | None) -> list[str]:
+    """Hub files not to download: single-file checkpoints and other weight variants."""
+    others = [v for v in KNOWN_VARIANTS if v != variant]
+    return [*SINGLE_FILE_CHECKPOINTS, *(f"*.{v}.safetensors" for v in others)]
+
+
+def resolve_pretrained(
+    name: str, revision: str | None = None, what: str = "model", variant: str | None = None
+) -> str:
     """Return a local folder for ``name``: a folder as is, a built-in, or a hub snapshot.
 
     Hub ids come from the local Hugging Face cache when present; otherwise they are downloaded
@@ -68,7 +84,10 @@ def resolve_pretrained(name: str, revision: str | None = None, what: str = "mode
         )
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        return snapshot_download(name, revision=revision, etag_timeout=10)
+        return snapshot_download(
+            name, revision=revision, etag_timeout=10,
+            allow_patterns=list(HUB_PATTERNS), ignore_patterns=_ignored(variant),
+        )  # fmt: skip
     except Exception as err:
         raise ModelNotFoundError(
             f"{what} {name!r} could not be fetched from the Hugging Face hub "
@@ -105,7 +124,7 @@ def load_sd_parts(
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = resolve_pretrained(base, revision, what="Stable Diffusion base")
+    folder = resolve_pretrained(base, revision, what="Stable Diffusion base", variant=variant)
     kw = {"variant": variant} if variant else {}
     try:
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw)
