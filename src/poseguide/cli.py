@@ -102,6 +102,33 @@ def _train(args: argparse.Namespace) -> None:
         print(f"  {stage}: {folder}")
 
 
+def _explain_loss(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.train.explain import explain_loss
+
+    config = load_config(args.config, args.overrides)
+    summary = explain_loss(
+        config, args.sample, args.timestep, args.out, args.stage, args.controlnet
+    )
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.generate import run_generate
+
+    config = load_config(args.config, args.overrides)
+    output_size = "source" if args.source_size else args.output_size
+    paths = run_generate(
+        config, args.controlnet, args.prompt, args.pose, args.out, n=args.n, seed=args.seed,
+        size=tuple(args.size) if args.size else None,
+        output_size=tuple(output_size) if isinstance(output_size, list) else output_size,
+        pose_kind=args.pose_kind,
+    )  # fmt: skip
+    for path in paths:
+        print(f"wrote {path}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from poseguide.config import load_config
     from poseguide.demo import run_demo
@@ -195,6 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="latest|PATH",
         help="continue from the latest checkpoint of the run, or from a checkpoint folder",
     )  # fmt: skip
+
+    explain = _add(commands, "explain-loss", _explain_loss,
+                   "what the stage-2 loss weighs for one training sample (Fig. 4.2)")  # fmt: skip
+    _add_config_args(explain)
+    explain.add_argument("--sample", required=True, help="row id of a training sample")
+    explain.add_argument("--timestep", type=int, default=500, help="diffusion timestep")
+    explain.add_argument("--stage", help="stage name (default: the first heatmap-loss stage)")
+    explain.add_argument("--controlnet", help="ControlNet folder or id (default: the run's)")
+    explain.add_argument("--out", default="explain_loss.png", help="output PNG")
+
+    gen = _add(commands, "generate", _generate, "generate images from a prompt and a pose")
+    gen.add_argument("--controlnet", required=True, help="ControlNet folder or hub id")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--pose", required=True, help="skeleton image, keypoint JSON or photo")
+    gen.add_argument(
+        "--pose-kind", default="auto", choices=["auto", "keypoints", "skeleton", "photo"]
+    )
+    gen.add_argument("--out", default="generated", help="output folder")
+    gen.add_argument("-n", type=int, default=1, help="number of images (seeds seed..seed+n-1)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--size", type=int, nargs=2, metavar=("W", "H"),
+                     help="generation size (default: data.resolution square)")  # fmt: skip
+    out_size = gen.add_mutually_exclusive_group()
+    out_size.add_argument("--output-size", type=int, nargs=2, metavar=("W", "H"),
+                          help="resize the images to this size")  # fmt: skip
+    out_size.add_argument("--source-size", action="store_true",
+                          help="resize the images to the pose's original size")  # fmt: skip
+    _add_config_args(gen, required=False)
 
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

@@ -3,7 +3,8 @@
 Every model is loaded with ``from_pretrained`` from a hub id or a local folder, so the code path
 that loads SD1.5 on a GPU machine is the one the tests run on tiny models saved to disk. The
 special name ``builtin:tiny-sd`` builds (once) a tiny SD-architecture pipeline folder from
-configs, with random weights, so everything runs offline on a CPU.
+configs, with random weights, so everything runs offline on a CPU; ``builtin:sd15-random`` builds
+SD1.5's full-size architecture with random weights (~4 GB on disk), for benchmarks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 TINY_SD = "builtin:tiny-sd"
 TINY_SD_VERSION = 1  # bump when the tiny architecture changes; old folders are rebuilt
+SD15_RANDOM = "builtin:sd15-random"
+SD15_RANDOM_VERSION = 1  # bump when its construction changes; old folders are rebuilt
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -62,6 +65,10 @@ def resolve_pretrained(
         from poseguide.tiny import build_tiny_sd
 
         return str(build_tiny_sd())
+    if name == SD15_RANDOM:
+        from poseguide.tiny import build_random_sd15
+
+        return str(build_random_sd15())
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -1,10 +1,15 @@
-"""A tiny Stable-Diffusion-architecture pipeline built from configs, for tests and the demo.
+"""Stable-Diffusion-architecture pipelines built from configs with random weights, offline.
 
 Same classes and folder layout as SD1.5 (AutoencoderKL with an 8x downsampling encoder, a
 UNet2DConditionModel with cross-attention, a CLIP text model and tokenizer, a DDPM noise
-schedule with SD1.5's betas), only narrow: it has random weights, runs in milliseconds on a CPU
-and is saved with ``save_pretrained`` so that it is loaded through the same ``from_pretrained``
-path as the real model.
+schedule with SD1.5's betas), saved with ``save_pretrained`` so that they are loaded through the
+same ``from_pretrained`` path as the real model. Two sizes:
+
+* :func:`build_tiny_sd` (``builtin:tiny-sd``): narrow, runs in milliseconds on a CPU; for tests
+  and the demo.
+* :func:`build_random_sd15` (``builtin:sd15-random``): SD1.5's exact architecture (UNet, VAE, CLIP
+  ViT-L/14 text encoder sizes) with random weights; for speed and memory benchmarks. It is ~4 GB
+  on disk. Both use the tiny byte-level tokenizer (no BPE merges to download).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +36,69 @@ SD15_SCHEDULER = {  # SD1.5's scheduler/scheduler_config.json (PNDM), the values
     "set_alpha_to_one": False,
     "steps_offset": 1,
     "skip_prk_steps": True,
+}
+
+# Architectures as constructor arguments: {"unet": UNet2DConditionModel, "vae": AutoencoderKL,
+# "text": CLIPTextConfig}. The text config's vocabulary defaults to the byte tokenizer's.
+TINY_ARCH: dict[str, dict[str, Any]] = {
+    "unet": {
+        "sample_size": 8,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": TINY_HIDDEN,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    },
+    "vae": {  # four blocks: the encoder downsamples 8x, as SD's does
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (8, 8, 16, 16),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "sample_size": 64,
+    },
+    "text": {
+        "hidden_size": TINY_HIDDEN,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+    },
+}
+# SD1.5's unet/, vae/ and text_encoder/ configs (runwayml/stable-diffusion-v1-5).
+SD15_ARCH: dict[str, dict[str, Any]] = {
+    "unet": {
+        "sample_size": 64,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    "vae": {
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (128, 256, 512, 512),
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    "text": {  # CLIP ViT-L/14's text tower
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "vocab_size": 49408,  # CLIP's BPE vocabulary; the byte tokenizer uses its first 514 ids
+        "hidden_act": "quick_gelu",
+    },
 }
 
 
@@ -63,69 +132,41 @@ def tiny_tokenizer(folder: Path) -> object:
 
 def tiny_components(seed: int = 0) -> dict:
     """Fresh tiny VAE, UNet and text encoder with seeded random weights, and SD1.5's scheduler."""
+    return random_components(TINY_ARCH, seed)
 
+
+def random_components(arch: dict[str, dict[str, Any]], seed: int = 0) -> dict:
+    """VAE, UNet and text encoder of ``arch`` with seeded random weights, SD1.5's scheduler."""
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
         torch.manual_seed(seed)
-        return _tiny_components()
+        return _components(arch)
 
 
-def _tiny_components() -> dict:
+def _components(arch: dict[str, dict[str, Any]]) -> dict:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TINY_HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(  # four blocks: the encoder downsamples 8x, as SD's does
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-    )
-    vocab_size = len(_byte_vocab())
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=TINY_HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-    )
+    unet = UNet2DConditionModel(**arch["unet"])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, **arch["vae"])
+    vocab = _byte_vocab()
+    # The specials are the byte tokenizer's ids, which any vocabulary size >= its own covers.
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    text = {"vocab_size": len(vocab), **arch["text"]}
+    config = CLIPTextConfig(**text, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    text_encoder = CLIPTextModel(config)
     scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)  # SD1.5 ships a PNDM scheduler
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
-def build_tiny_sd(folder: str | Path | None = None, seed: int = 0) -> Path:
-    """Build (once) and return a tiny SD pipeline folder loadable with ``from_pretrained``."""
+def _build(folder: Path, arch: dict[str, dict[str, Any]], seed: int) -> Path:
+    """Build (once) a pipeline folder of ``arch`` with seeded random weights at ``folder``."""
     from diffusers import StableDiffusionPipeline
 
-    from poseguide.models import TINY_SD_VERSION, cache_root
-
-    folder = (
-        Path(folder) if folder else cache_root() / "models" / f"tiny-sd-v{TINY_SD_VERSION}-s{seed}"
-    )
     if (folder / "model_index.json").is_file():
         return folder
-    log.info("building the tiny SD pipeline in %s", folder)
+    log.info("building a random-weight SD pipeline in %s", folder)
     with atomic_directory(folder) as tmp:
-        parts = tiny_components(seed)
+        parts = random_components(arch, seed)
         tokenizer = tiny_tokenizer(tmp / "_tok")
         pipe = StableDiffusionPipeline(
             **parts,
@@ -143,3 +184,25 @@ def build_tiny_sd(folder: str | Path | None = None, seed: int = 0) -> Path:
             leftover.unlink()
         (tmp / "_tok").rmdir()
     return folder
+
+
+def build_tiny_sd(folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Build (once) and return a tiny SD pipeline folder loadable with ``from_pretrained``."""
+    from poseguide.models import TINY_SD_VERSION, cache_root
+
+    name = f"tiny-sd-v{TINY_SD_VERSION}-s{seed}"
+    return _build(Path(folder) if folder else cache_root() / "models" / name, TINY_ARCH, seed)
+
+
+def build_random_sd15(folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Build (once) and return an SD1.5-architecture pipeline folder with random weights.
+
+    The UNet (860M parameters), VAE (84M) and text encoder (123M) have SD1.5's exact shapes, so
+    speed, memory and FLOPs match the real model; the outputs are meaningless. Building takes
+    about a minute on a CPU and writes ~4 GB (float32 safetensors) under
+    ``cache_root()/models/`` (or ``folder``): meant for benchmarks, not for tests.
+    """
+    from poseguide.models import SD15_RANDOM_VERSION, cache_root
+
+    name = f"sd15-random-v{SD15_RANDOM_VERSION}-s{seed}"
+    return _build(Path(folder) if folder else cache_root() / "models" / name, SD15_ARCH, seed)

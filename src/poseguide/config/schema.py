@@ -278,6 +278,53 @@ class GenerateConfig:
 
 
 @dataclass
+class EvalModelConfig:
+    name: str = "baseline"  # the row label in the report
+    # A ControlNet folder or hub id, or "stage:NAME" for this run's export of stage NAME.
+    controlnet: str = "lllyasviel/sd-controlnet-openpose"
+
+
+def _default_eval_models() -> list[EvalModelConfig]:
+    return [
+        EvalModelConfig("baseline", "lllyasviel/sd-controlnet-openpose"),
+        EvalModelConfig("stage1", "stage:stage1"),
+        EvalModelConfig("stage2", "stage:stage2"),
+    ]
+
+
+@dataclass
+class EvalConfig:
+    models: list[EvalModelConfig] = field(default_factory=_default_eval_models)
+    limit: int | None = None  # evaluate only the first N eval rows
+    seed: int = 0  # the image of eval row i uses seed + i, the same for every model
+    # OKS: keypoints of the generated image by this estimator (the thesis: YOLOv8x-pose)
+    estimator: EstimatorConfig = field(
+        default_factory=lambda: EstimatorConfig(weights="yolov8x-pose.pt")
+    )
+    # Ground truth for OKS: "dataset" keypoints, "estimator" (pseudo ground truth from the
+    # original image, clearly labelled), or "auto" (dataset keypoints when the split has them).
+    ground_truth: Literal["auto", "dataset", "estimator"] = "auto"
+    min_oks: float = 0.0  # matching threshold (0: any overlap matches; COCOeval uses 0.5..0.95)
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    lpips_pretrained: bool = True  # false = random backbone (offline plumbing only, not a metric)
+    clip_model: str = "openai/clip-vit-large-patch14"  # a hub id or folder
+    fid: bool = False  # also FID and KID against the originals (torchmetrics)
+    bootstrap: int = 1000  # resamples for the confidence intervals
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"models: names must be unique, got {names}")
+        if self.limit is not None:
+            _positive("limit", self.limit)
+        _unit_interval("min_oks", self.min_oks)
+        _positive("bootstrap", self.bootstrap, allow_zero=True)
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence: must be in (0, 1), got {self.confidence}")
+
+
+@dataclass
 class Config:
     """The whole poseguide config."""
 
@@ -287,3 +334,4 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)

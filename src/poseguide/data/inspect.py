@@ -6,20 +6,16 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 
 from poseguide.data.record import RowError, Sample, Source
 from poseguide.data.sources import source_from_cli
 from poseguide.data.validate import load_checked
 from poseguide.pose.render import DEFAULT_RENDER_STYLE, render_skeleton
+from poseguide.utils.grid import image_grid
 from poseguide.utils.io import atomic_save_image
 
 __all__ = ["inspect_source", "preview_grid", "source_from_cli"]
-
-BACKGROUND = (245, 245, 245)
-PLACEHOLDER = (200, 200, 200)
-TEXT = (20, 20, 20)
-ERROR_TEXT = (190, 0, 0)
 
 
 def _size(image: Image.Image | None) -> str:
@@ -69,21 +65,6 @@ def _pose_for(sample: Sample, style: str) -> tuple[Image.Image | None, str]:
     )
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _thumb(image: Image.Image | None, cell: int) -> Image.Image:
-    canvas = Image.new("RGB", (cell, cell), PLACEHOLDER)
-    if image is not None:
-        thumb = ImageOps.contain(image, (cell, cell))
-        canvas.paste(thumb, ((cell - thumb.width) // 2, (cell - thumb.height) // 2))
-    return canvas
-
-
 def _preview_row(source: Source, index: int, cell: int, style: str) -> tuple[list, str, bool]:
     """(thumbnails, text, is_error) for one row."""
     try:
@@ -109,25 +90,9 @@ def preview_grid(
     rows show their problem in red. The PNG is written atomically; returns its path.
     """
     rows = [_preview_row(source, i, cell, style) for i in range(min(n, len(source)))]
-    pad, text_width, font_size = 8, 2 * cell, 13
-    font = _font(font_size)
-    width = 2 * cell + text_width + 4 * pad
-    grid = Image.new("RGB", (width, pad + max(len(rows), 1) * (cell + pad)), BACKGROUND)
-    draw = ImageDraw.Draw(grid)
-    chars = max(20, int(text_width / (0.55 * font_size)))
-    for k, (images, text, is_error) in enumerate(rows):
-        top = pad + k * (cell + pad)
-        for j, image in enumerate(images):
-            grid.paste(_thumb(image, cell), (pad + j * (cell + pad), top))
-        wrapped = [w for part in text.split("\n") for w in (textwrap.wrap(part, chars) or [""])]
-        max_lines = max(1, cell // (font_size + 3))
-        draw.multiline_text(
-            (3 * pad + 2 * cell, top),
-            "\n".join(wrapped[:max_lines]),
-            fill=ERROR_TEXT if is_error else TEXT,
-            font=font,
-            spacing=3,
-        )
     if not rows:
-        draw.text((pad, pad), f"{source.name}: no rows", fill=TEXT, font=font)
+        grid = image_grid([], [f"{source.name}: no rows"], cell=cell)
+    else:
+        images, texts, errors = zip(*rows, strict=True)
+        grid = image_grid(list(images), list(texts), cell=cell, errors=list(errors))
     return atomic_save_image(out_png, grid)

@@ -1,0 +1,170 @@
+"""``poseguide explain-loss``: the thesis' Fig. 4.2 for one training sample.
+
+It runs the training step's own code (:func:`poseguide.train.step.make_inputs`,
+:func:`~poseguide.train.step.predict`, :func:`poseguide.losses.stage_loss`) on one row with the
+row's own noise, at a chosen timestep, and shows what stage 2 weighs: the image, the pose, the
+decoded prediction error M, the estimator heatmap H, the binary mask H_M, the four channels of
+H_E with their ranges, and the weight map ``1 + w * H_E``. The tensors are saved beside the PNG
+(``.safetensors``) so the figure can be checked against the loss.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from poseguide.config import Config
+from poseguide.data.dataset import PoseDataset, collate
+from poseguide.train.setup import TrainingError, load_frozen
+from poseguide.train.step import STREAM_MASK, epoch_key, make_inputs, predict, row_generators
+from poseguide.utils.device import resolve_device
+from poseguide.utils.io import atomic_save_image, atomic_write_bytes, atomic_write_json
+
+
+def _stage(config: Config, name: str | None) -> tuple[int, Any]:
+    stages = config.train.stages
+    if name is None:
+        heat = [i for i, s in enumerate(stages) if s.loss.kind == "heatmap"]
+        if not heat:
+            raise TrainingError("no stage uses the heatmap loss; pass --stage NAME")
+        return heat[0], stages[heat[0]]
+    names = [s.name for s in stages]
+    if name not in names:
+        raise TrainingError(f"unknown stage {name!r}; the config has {names}")
+    return names.index(name), stages[names.index(name)]
+
+
+def _row(source: Any, sample_id: str) -> int:
+    ids = source.ids()
+    if sample_id not in ids:
+        raise TrainingError(f"sample {sample_id!r} is not in {source.name} (first ids: {ids[:5]})")
+    return ids.index(sample_id)
+
+
+def _controlnet(config: Config, frozen: Any, index: int, controlnet: str | None) -> Any:
+    """The given ControlNet, else this stage's export, else the previous stage's, else from_unet."""
+    from poseguide.data.api import run_dir
+    from poseguide.train.setup import controlnet_for_stage
+
+    stages = config.train.stages
+    exports = [run_dir(config) / "exports" / s.name for s in stages[: index + 1]][::-1]
+    found = next((str(p) for p in exports if (p / "config.json").is_file()), None)
+    init = controlnet or found or "unet"
+    return controlnet_for_stage(frozen, stages[index], init, None, config.run.seed + index).eval()
+
+
+def explain_loss(
+    config: Config, sample_id: str, timestep: int, out: str | Path, stage: str | None = None,
+    controlnet: str | None = None,
+) -> dict:  # fmt: skip
+    """Write the figure (``out``), its tensors and a JSON summary; return the summary."""
+    from poseguide.data.sources import open_source
+    from poseguide.losses import denoising_target, stage_loss
+    from poseguide.pose.api import estimator_from_config
+
+    index, spec = _stage(config, stage)
+    frozen = load_frozen(config, resolve_device(config.run.device))
+    steps = frozen.parts.scheduler.config.num_train_timesteps
+    if not 0 <= timestep < steps:
+        raise TrainingError(f"--timestep must be in [0, {steps}), got {timestep}")
+    source = open_source(config.data.train, config.data.max_image_pixels)
+    row = _row(source, sample_id)
+    data = replace(config.data, hflip=0.0, caption_dropout=0.0)
+    batch = collate(
+        [PoseDataset(source, [row], data, config.pose.render.style, config.run.seed)[0]]
+    )
+    key = epoch_key(index, 0)
+    seed = config.run.seed
+    inputs = make_inputs(frozen.parts, batch, row_generators(seed, key, batch["index"]),
+                         frozen.device, frozen.weight_dtype)  # fmt: skip
+    t = torch.full_like(inputs.timesteps, timestep)
+    noisy = frozen.parts.scheduler.add_noise(inputs.latents, inputs.noise, t)
+    inputs = replace(inputs, timesteps=t, noisy=noisy.to(frozen.weight_dtype))
+    model = _controlnet(config, frozen, index, controlnet)
+    with torch.no_grad():
+        pred = predict(model, frozen.parts.unet, inputs)
+    target = denoising_target(frozen.parts.scheduler, inputs.latents, inputs.noise, t)
+    estimator = None
+    if spec.loss.kind == "heatmap" and spec.loss.source == "predicted_error":
+        estimator = estimator_from_config(spec.loss.estimator or config.pose.estimator)
+    terms = stage_loss(
+        spec.loss, pred, target, vae=frozen.parts.vae, estimator=estimator,
+        keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
+        generator=row_generators(seed, key, batch["index"], STREAM_MASK), return_debug=True,
+    )  # fmt: skip
+    return _write(out, spec, batch, terms, timestep, sample_id)
+
+
+def _write(out: str | Path, spec: Any, batch: dict, terms: dict, t: int, sample_id: str) -> dict:
+    out = Path(out)
+    debug = {k: v.detach().float().cpu() for k, v in terms["_debug"].items()}
+    if "h_e" in debug:
+        debug["weight"] = 1.0 + spec.loss.weight * debug["h_e"]
+    summary = {"sample": sample_id, "stage": spec.name, "timestep": t,
+               **{k: float(v[0]) for k, v in terms.items() if not k.startswith("_")}}  # fmt: skip
+    tensors = {k: v[0].contiguous() for k, v in debug.items()}
+    atomic_write_bytes(out.with_suffix(".safetensors"), safetensors_bytes(tensors))
+    atomic_write_json(out.with_suffix(".json"), summary)
+    atomic_save_image(out, _figure(batch, debug, summary, spec.loss.weight))
+    return summary
+
+
+def _show(ax: Any, array: np.ndarray, title: str, cmap: str | None = None) -> None:
+    image = ax.imshow(array, cmap=cmap)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    if cmap is not None:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+
+
+def _figure(batch: dict, debug: dict, summary: dict, weight: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from poseguide.utils.images import pil_open
+
+    fig, axes = plt.subplots(2, 5, figsize=(16, 6.6))
+    image = (batch["pixel_values"][0].permute(1, 2, 0).numpy() + 1) / 2
+    _show(axes[0, 0], image.clip(0, 1), f"image {summary['sample']}")
+    _show(axes[0, 1], batch["conditioning"][0].permute(1, 2, 0).numpy(), "pose")
+    panels = [("decoded", "M: decoded error"), ("heatmaps", "H: estimator heatmap (max)"),
+              ("h_m", "H_M: binary mask")]  # fmt: skip
+    for ax, (key, title) in zip(axes[0, 2:], panels, strict=True):
+        if key in debug:
+            value = debug[key][0]
+            array = value.permute(1, 2, 0).numpy() if key == "decoded" else value.amax(0).numpy()
+            _show(ax, array, title, None if key == "decoded" else "viridis")
+        else:
+            ax.axis("off")
+    h_e = debug.get("h_e")
+    for c in range(4):
+        if h_e is not None:
+            channel = h_e[0, c if h_e.shape[1] > 1 else 0].numpy()
+            _show(
+                axes[1, c],
+                channel,
+                f"H_E[{c}] min {channel.min():.2f} max {channel.max():.2f}",
+                "coolwarm",
+            )
+        else:
+            axes[1, c].axis("off")
+    if "weight" in debug:
+        w = debug["weight"][0].mean(0).numpy()
+        _show(axes[1, 4], w, f"weight 1 + {weight} H_E (mean of channels)", "magma")
+    else:
+        axes[1, 4].axis("off")
+    fig.suptitle(f"{summary['stage']}, t = {summary['timestep']}: loss {summary['loss']:.4f}, "
+                 f"mse {summary['mse']:.4f}", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return pil_open(buffer)

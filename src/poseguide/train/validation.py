@@ -1,0 +1,67 @@
+"""Validation grids during training: fixed prompts, poses and seeds, so grids are comparable.
+
+The samples are the first ``train.validation.num_samples`` rows of the eval split (the training
+split when none is configured), prepared as for training (no flip, no caption dropout). Each
+grid is ``<run>/validation/<stage>-step-XXXXXXXX.png``: one line per sample, pose | image, then
+the caption. Generation uses :func:`poseguide.generate.generate`, the same path as evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from poseguide.data.preprocess import prepare
+from poseguide.utils.grid import image_grid
+from poseguide.utils.io import atomic_save_image
+
+log = logging.getLogger(__name__)
+
+
+def _samples(run: Any) -> list[tuple[Any, str]]:
+    """(pose image, caption) of the fixed validation rows."""
+    cfg = run.config
+    n = cfg.train.validation.num_samples
+    if cfg.data.eval is not None:
+        from poseguide.data.sources import open_source
+
+        source, rows = open_source(cfg.data.eval, cfg.data.max_image_pixels), None
+    else:
+        source, rows = run.source, run.rows
+    indices = (rows or list(range(len(source))))[:n]
+    plain = replace(cfg.data, hflip=0.0, caption_dropout=0.0)
+    out = []
+    for index in indices:
+        item = prepare(source.load(index), index, plain, cfg.pose.render.style, cfg.run.seed, 0)
+        out.append((item.pose, item.caption))
+    return out
+
+
+def make_validator(run: Any) -> Any:
+    """A callable ``(controlnet, stage, global_step)`` writing a grid, or None when disabled."""
+    if run.config.train.validation.num_samples == 0:
+        return None
+    samples = _samples(run) if run.accelerator.is_main_process else []
+    seed = run.config.train.validation.seed
+
+    def validate(controlnet: Any, stage: str, global_step: int) -> None:
+        if run.accelerator.is_main_process:
+            from poseguide.generate import generate, pipeline_from_parts
+
+            size = (run.config.data.resolution,) * 2
+            pipe = pipeline_from_parts(run.frozen.parts, controlnet, run.config.generate)
+            poses, captions = [p for p, _ in samples], [c for _, c in samples]
+            seeds = [seed + i for i in range(len(samples))]
+            images = generate(pipe, captions, poses, seeds, run.config.generate, size=size)
+            grid = image_grid(
+                [[p, im] for p, im in zip(poses, images, strict=True)],
+                [f"seed {s}: {c}" for s, c in zip(seeds, captions, strict=True)],
+                titles=["pose", f"{stage}, step {global_step}"],
+            )
+            path = run.run_dir / "validation" / f"{stage}-step-{global_step:08d}.png"
+            atomic_save_image(path, grid)
+            log.info("validation grid %s", path)
+        run.accelerator.wait_for_everyone()
+
+    return validate
