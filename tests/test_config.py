@@ -149,3 +149,16 @@ def test_cli_config_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["config", "validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'run.sed'; did you mean 'run.seed'" in err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONFIG_DIR / "accelerate").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_accelerate_configs_parse(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.mixed_precision == "bf16"
+    assert path.read_text().startswith("#")
+    if "deepspeed" in path.name:
+        assert config.deepspeed_config["zero_stage"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -97,6 +98,8 @@ def _train(args: argparse.Namespace) -> None:
     from poseguide.train.runner import run_training
 
     result = run_training(load_config(args.config, args.overrides), args.stage, args.resume)
+    if os.environ.get("RANK", "0") != "0":  # one summary per launch, not per process
+        return
     print(f"finished at step {result['global_step']}; run folder {result['run_dir']}")
     for stage, folder in result["exports"].items():
         print(f"  {stage}: {folder}")

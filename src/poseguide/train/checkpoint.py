@@ -5,7 +5,8 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/`` holding
 * ``controlnet.safetensors`` and ``config.json``: the trainable weights (fp32 master copy) and
   the ControlNet's architecture;
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only): state dicts, loaded with
-  ``torch.load(weights_only=True)``;
+  ``torch.load(weights_only=True)``; under DeepSpeed ZeRO the optimizer state is partitioned
+  across processes and saved by DeepSpeed itself in ``deepspeed/`` instead of ``optimizer.pt``;
 * ``rng-<rank>.pt``: Python, NumPy, torch CPU and CUDA generator states of each process;
 * ``state.json``: the position (stage, global step, step within the stage, epoch, step within the
   epoch), whether the stage is finished, the world size, and the run's config as plain data.
@@ -95,6 +96,7 @@ def save_checkpoint(
     config: dict,
     keep: int,
     world_size: int = 1,
+    deepspeed_dir: Path | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically, point ``latest`` at it, and rotate old ones.
 
@@ -104,7 +106,10 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
                   str(tmp / "controlnet.safetensors"))  # fmt: skip
         controlnet.save_config(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if deepspeed_dir is not None:  # ZeRO partitions the optimizer: DeepSpeed's own files
+            shutil.move(str(deepspeed_dir), tmp / "deepspeed")
+        else:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -161,7 +166,8 @@ class Loaded:
 
     def load_into(self, optimizer: Any, lr_scheduler: Any, scaler: Any | None, rank: int) -> None:
         """Restore optimizer, LR scheduler, grad scaler and this process's RNG states."""
-        optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
+        if (self.path / "optimizer.pt").is_file():  # else DeepSpeed loads its own (deepspeed/)
+            optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
         lr_scheduler.load_state_dict(torch.load(self.path / "lr_scheduler.pt", weights_only=True))
         if scaler is not None and (self.path / "scaler.pt").is_file():
             scaler.load_state_dict(torch.load(self.path / "scaler.pt", weights_only=True))

@@ -173,13 +173,14 @@ def save(run: Run, model: Any, opt: Any, sched: Any, pos: Position) -> Path | No
     from accelerate.utils import gather_object
 
     rngs = gather_object([rng_state()])
-    path = None
+    path, ds_dir = None, _deepspeed_save(run, model, pos)
     if acc.is_main_process:
         scaler = getattr(acc, "scaler", None)
         try:
             path = save_checkpoint(
                 run.checkpoints, pos, acc.unwrap_model(model), opt, sched, scaler,
                 rngs, to_dict(run.config), run.config.train.keep_checkpoints, acc.num_processes,
+                ds_dir,
             )  # fmt: skip
         except OSError as err:
             latest = run.checkpoints / LATEST
@@ -191,6 +192,23 @@ def save(run: Run, model: Any, opt: Any, sched: Any, pos: Position) -> Path | No
         log.info("checkpoint %s", path)
     acc.wait_for_everyone()
     return path
+
+
+def is_deepspeed(acc: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def _deepspeed_save(run: Run, model: Any, pos: Position) -> Path | None:
+    """Under DeepSpeed every process writes its optimizer partition (collective); else None."""
+    acc = run.accelerator
+    if not is_deepspeed(acc):
+        return None
+    folder = run.checkpoints / f".step-{pos.global_step:08d}.deepspeed"
+    model.save_checkpoint(str(folder), tag="state")  # the DeepSpeedEngine; all processes
+    acc.wait_for_everyone()
+    return folder
 
 
 def export(run: Run, model: Any, stage: str) -> Path:
@@ -241,6 +259,9 @@ def train_stage(
     pos = Position(index, stage.name, global_step=global_step)
     if loaded is not None:
         loaded.load_into(opt, sched, getattr(acc, "scaler", None), acc.process_index)
+        if is_deepspeed(acc):
+            model.load_checkpoint(str(loaded.path / "deepspeed"), tag="state",
+                                  load_lr_scheduler_states=False)  # fmt: skip
         pos = loaded.position
     return _run_epochs(
         run, stage, model, opt, sched, (dataset, sampler, loader), pos, per_epoch, total

@@ -31,11 +31,19 @@ def make_accelerator(config: Config) -> Any:
 
     cpu = config.run.device == "cpu"
     try:
-        return Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
+        acc = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
     except (ValueError, RuntimeError) as err:
         raise TrainingError(
             f"train.mixed_precision={config.train.mixed_precision!r} is not available here: {err}"
         ) from None
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED and config.train.grad_accum != 1:
+        raise TrainingError(
+            "under DeepSpeed set gradient accumulation in the DeepSpeed config "
+            "(gradient_accumulation_steps) and keep train.grad_accum=1"
+        )
+    return acc
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Evaluation: metrics as functions (OKS, LPIPS, CLIP score, FID/KID, bootstrap intervals)."""
