@@ -46,34 +46,42 @@ def wait_for_step(
     raise AssertionError(f"no {stage} step {step} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run of both stages."""
-    root = tmp_path_factory.mktemp("reference")
-    write_config(root)
-    proc = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml"], cwd=root,
-                          env=cli_env(), capture_output=True, text=True)  # fmt: skip
+ACCUMULATE = {"batch_size": 1, "grad_accum": 2}  # 8 rows / (1 x 2): also 4 steps an epoch
+
+
+def run_cli(root: Path, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml", *args],
+                          cwd=root, env=cli_env(), capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
+    """Uninterrupted runs of both stages, without and with gradient accumulation."""
+    out = {}
+    for accumulate in (False, True):
+        root = tmp_path_factory.mktemp("reference")
+        write_config(root, train=ACCUMULATE if accumulate else {})
+        run_cli(root)
+        out[accumulate] = root
+    return out
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [False, True], ids=["accum1", "accum2"])
 @pytest.mark.parametrize(("stage", "last_step"), [("stage1", 7), ("stage2", 3)])
 def test_sigkill_then_resume_gives_identical_weights(
-    reference: Path, tmp_path: Path, stage: str, last_step: int
+    references: dict[bool, Path], tmp_path: Path, stage: str, last_step: int, accumulate: bool
 ) -> None:
-    write_config(tmp_path)
+    write_config(tmp_path, train=ACCUMULATE if accumulate else {})
     kill_after = random.randint(1, last_step)  # any step, checkpoints are written every step
     proc = start_cli("train", "config.yaml", cwd=tmp_path)
     wait_for_step(tmp_path, proc, stage, kill_after)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Same interpreter set-up as the reference (thread count changes float summation order).
-    resumed = subprocess.run(
-        [sys.executable, "-m", "poseguide", "train", "config.yaml", "--resume", "latest"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-    )  # fmt: skip
-    assert resumed.returncode == 0, f"killed after {stage} step {kill_after}\n{resumed.stderr}"
+    run_cli(tmp_path, "--resume", "latest")
+    reference = references[accumulate]
     for name in STAGES:
         ref, got = weights(reference, name), weights(tmp_path, name)
         assert ref.keys() == got.keys()
