@@ -35,7 +35,9 @@ def test_stage1_then_stage2_from_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    write_config(tmp_path)
+    write_config(
+        tmp_path, train={"tensorboard": True, "validation": {"every": 4, "num_samples": 2}}
+    )
     frozen = {}
     real_load = runner.load_frozen
 
@@ -61,6 +63,13 @@ def test_stage1_then_stage2_from_the_cli(
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000012"
     for name in ("curves.png", "curves-stage1.png", "curves-stage2.png", "config.yaml"):
         assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    grids = sorted(p.name for p in (run / "validation").glob("*.png"))
+    assert grids == [
+        "stage1-step-00000004.png",
+        "stage1-step-00000008.png",
+        "stage2-step-00000012.png",
+    ]
     # Only the ControlNet changed: the frozen parts equal a fresh load, bit for bit.
     config = load_config("config.yaml")
     fresh = load_sd_parts(config.model.base)
