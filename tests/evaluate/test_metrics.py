@@ -113,6 +113,30 @@ def test_lpips_pretrained_offline_fails_fast(empty_torch_home) -> None:
     assert str(expected) in message and "evaluate.lpips_pretrained=false" in message
 
 
+def test_weights_download_has_a_time_out_and_a_clear_failure(empty_torch_home, monkeypatch):
+    """Online, a missing file is downloaded with a socket time-out (no waiting for the OS's TCP
+    time-out behind a firewall); a failure names where to put the file."""
+    import socket
+    import urllib.error
+
+    from poseguide.evaluate import metrics
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
+    seen = []
+
+    def no_network(url, dst, **kwargs):
+        seen.append(socket.getdefaulttimeout())
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    before = socket.getdefaulttimeout()
+    with pytest.raises(MetricUnavailableError, match="could not download") as err:
+        _ = LpipsMetric("alex", pretrained=True, device="cpu").model
+    assert seen == [metrics.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() == before
+    assert str(torch_hub_checkpoint(BACKBONE_WEIGHTS["alex"])) in str(err.value)
+
+
 def test_lpips_pretrained_loads_backbone_from_torch_hub_cache(empty_torch_home) -> None:
     """Weights put where the message says are used (SqueezeNet: a 5 MB stand-in file)."""
     import torchvision

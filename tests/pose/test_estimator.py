@@ -228,3 +228,10 @@ def test_factory() -> None:
     assert est.conf == 0.5 and est.heatmap_stride == 8 and est.device == torch.device("cpu")
     with pytest.raises(ValueError, match="'ultralytics'"):
         pe.build_pose_estimator("openpose")
+
+
+def test_estimating_keeps_torch_thread_count() -> None:
+    # ultralytics sets torch's thread count inside predict (to cores - 1 on this machine)
+    before = torch.get_num_threads()
+    pe.YoloPoseEstimator().estimate([np.zeros((64, 64, 3), dtype=np.uint8)])
+    assert torch.get_num_threads() == before

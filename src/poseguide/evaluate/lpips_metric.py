@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from poseguide.evaluate.metrics import ensure_torch_hub_weights
+from poseguide.evaluate.metrics import MetricUnavailableError, ensure_torch_hub_weights
 from poseguide.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ class LpipsMetric:
     def _build(self) -> Any:
         import lpips
 
+        what = f"LPIPS {BACKBONE_NAMES[self.net]} backbone (torchvision ImageNet weights)"
+        weights = None
         if self.pretrained:
-            ensure_torch_hub_weights(
+            weights = ensure_torch_hub_weights(
                 BACKBONE_WEIGHTS[self.net],
-                f"LPIPS {BACKBONE_NAMES[self.net]} backbone (torchvision ImageNet weights)",
+                what,
                 "Or set evaluate.lpips_pretrained=false for a random backbone (it runs, but is "
                 "not a meaningful perceptual metric).",
             )
@@ -90,7 +92,15 @@ class LpipsMetric:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore", UserWarning)
             torch.manual_seed(self.seed)  # a reproducible random backbone (pnet_rand)
-            model = lpips.LPIPS(net=self.net, pnet_rand=not self.pretrained, verbose=False)
+            try:
+                model = lpips.LPIPS(net=self.net, pnet_rand=not self.pretrained, verbose=False)
+            except Exception as err:  # a truncated or foreign file: unpickling, key errors
+                if weights is None:
+                    raise
+                raise MetricUnavailableError(
+                    f"{what}: {weights} could not be loaded ({type(err).__name__}: {err}); "
+                    f"replace it with {BACKBONE_WEIGHTS[self.net]}"
+                ) from None
         log.info("LPIPS: %s", self.describe())
         return model.to(self.device).eval().requires_grad_(False)
 

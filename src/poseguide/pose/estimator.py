@@ -387,9 +387,14 @@ class YoloPoseEstimator:
         padded, (sx, sy), (left, top) = letterbox(batch, self.imgsz)
         # A BCHW float tensor goes straight to the network as RGB: ultralytics neither
         # letterboxes it (hence the padding above) nor flips channels, unlike numpy input (BGR).
-        results = self.model.predict(
-            padded, conf=self.conf, iou=self.iou, device=self.device, verbose=False
-        )
+        # ultralytics' select_device() sets torch's thread count on every predict call; keep ours.
+        threads = torch.get_num_threads()
+        try:
+            results = self.model.predict(
+                padded, conf=self.conf, iou=self.iou, device=self.device, verbose=False
+            )
+        finally:
+            torch.set_num_threads(threads)
         offset = np.array([left, top], dtype=np.float64)
         scale = np.array([sx, sy])
         limit = np.array([w, h], dtype=np.float64)
