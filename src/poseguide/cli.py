@@ -132,6 +132,26 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.evaluate.runner import run_evaluation
+
+    metrics = run_evaluation(load_config(args.config, args.overrides), limit=args.limit)
+    if not metrics:  # not the main process
+        return
+    print(f"{'model':<12} {'CLIP':>8} {'LPIPS':>8} {'OKS':>8}")
+    for name, m in metrics["models"].items():
+        values = [m[k]["mean"] for k in ("clip", "lpips", "oks")]
+        print(f"{name:<12} " + " ".join("     n/a" if v is None else f"{v:8.3f}" for v in values))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from poseguide.evaluate.report import make_report
+
+    paths = make_report(args.run_dir, samples=args.samples, n=args.n, select=args.select)
+    print(f"wrote {paths['md']} and {paths['html']}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from poseguide.config import load_config
     from poseguide.demo import run_demo
@@ -253,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     out_size.add_argument("--source-size", action="store_true",
                           help="resize the images to the pose's original size")  # fmt: skip
     _add_config_args(gen, required=False)
+
+    evaluate = _add(commands, "evaluate", _evaluate,
+                    "generate and score every configured model on the eval split")  # fmt: skip
+    _add_config_args(evaluate)
+    evaluate.add_argument("--limit", type=int, help="only the first N eval rows")
+
+    report = _add(commands, "report", _report, "write report.md and report.html of an evaluation")
+    report.add_argument("run_dir", help="the run folder (holding eval/metrics.json)")
+    report.add_argument("--samples", nargs="+", metavar="ID", help="eval rows for the image grid")
+    report.add_argument("--n", type=int, default=4, help="rows in the image grid (default 4)")
+    report.add_argument("--select", default="spread", choices=["spread", "first", "even"],
+                        help="how grid rows are chosen without --samples (default: spread, the "
+                        "rows where the models' OKS differ most)")  # fmt: skip
 
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

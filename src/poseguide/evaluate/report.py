@@ -1,0 +1,717 @@
+"""The evaluation report: ``report.md`` and a self-contained ``report.html`` from ``<run>/eval/``.
+
+Reads what ``poseguide evaluate`` writes (docs/evaluation-format.md). Every number in the tables
+comes from ``metrics.json``; the per-sample rows of ``samples.jsonl`` feed the figures and a
+consistency check: their means must equal ``metrics.json``'s (CLIP score and LPIPS average the
+rows, OKS averages the ``per_gt_oks`` entries, i.e. ground-truth people). A disagreement beyond
+``CONSISTENCY_TOL`` is logged as a warning and listed in the report.
+
+Contents: set-up summary; the main table in the thesis' Table 4.1 layout; COCO keypoint AP/AR
+(and FID/KID when computed); the thesis' published numbers as a separate reference; the
+qualitative grid (thesis Fig. 4.3-4.6); per-model OKS histograms; per-joint keypoint accuracy;
+the training curves when the run has them.
+
+Files, in ``out_dir`` (default ``<run>/eval``), each written atomically so that a re-run replaces
+them whole: see ``FILES``. The training curves are copied from ``<run>/curves.png`` or, when only
+``<run>/metrics.jsonl`` exists, plotted from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poseguide.errors import UserError
+from poseguide.pose.skeleton import COCO17_NAMES
+from poseguide.train.monitor import METRICS_FILE, plot_curves, read_metrics
+from poseguide.utils.grid import image_grid
+from poseguide.utils.images import pil_open
+from poseguide.utils.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# The thesis' published results, shown as a reference block (never mixed with this run's).
+THESIS_TABLE_4_1: dict[str, Any] = {
+    "source": "the thesis poseguide reproduces, Table 4.1",
+    "notes": (
+        "Trained on one 12 GB RTX 3060 (stage 1: 31 h, stage 2: 28 h). OKS with YOLOv8x-pose, "
+        "LPIPS, and CLIP score with a CLIP model the thesis does not name. Published as single "
+        "numbers, without confidence intervals."
+    ),
+    "rows": [  # (label, CLIP score, LPIPS, OKS), in the thesis' order
+        ("Stage 1 (standard loss)", 32.35, 0.776, 0.685),
+        ("Baseline (lllyasviel/sd-controlnet-openpose)", 31.38, 0.796, 0.719),
+        ("Stage 2 (heatmap-guided loss)", 31.98, 0.766, 0.786),
+    ],
+}
+# (metrics.json key, column title, better: "max" | "min" | None, decimals): Table 4.1's columns.
+MAIN_COLUMNS = (
+    ("clip", "CLIP score ↑", "max", 2),
+    ("lpips", "LPIPS ↓", "min", 3),
+    ("oks", "OKS ↑", "max", 3),
+)
+COCO_KEYS = ("AP", "AP50", "AP75", "AR")
+CONSISTENCY_TOL = 1e-6
+OKS_BINS = 20  # equal-width bins on [0, 1], the same for every model
+SELECTIONS = ("spread", "first", "even")
+FILES = {
+    "md": "report.md",
+    "html": "report.html",
+    "grid": "report_grid.png",
+    "oks_hist": "report_oks_hist.png",
+    "joints": "report_joints.png",
+    "curves": "report_curves.png",
+}
+GRID_CELL = 192
+GRID_TEXT_WIDTH = 380
+
+Cell = list[tuple[str, bool]]  # a table cell: text segments, each bold or not
+Table = tuple[list[str], list[list[Cell]]]  # header, rows
+# A document block: ("h1" | "h2" | "p", text), ("ul", [text]), ("table", Table),
+# ("img", file name, png bytes, caption). Rendered to Markdown and HTML from the same list.
+Block = tuple
+
+
+class ReportError(UserError):
+    """The evaluation output cannot be reported on; the message names the file and what to do."""
+
+
+class EvalNotFoundError(ReportError, FileNotFoundError):
+    """``<run>/eval/metrics.json`` does not exist."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading <run>/eval/
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalRun:
+    """What the report reads: ``metrics.json`` and the rows of ``samples.jsonl`` ([] if absent)."""
+
+    run_dir: Path
+    eval_dir: Path
+    metrics: dict
+    samples: list[dict]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.metrics["models"])
+
+    @property
+    def setup(self) -> dict:
+        return self.metrics.get("setup") or {}
+
+    def entry(self, model: str) -> dict:
+        return self.metrics["models"].get(model) or {}
+
+    def rows_of(self, model: str) -> list[dict]:
+        return [row for row in self.samples if row["model"] == model]
+
+    def by_id(self) -> dict[str, dict[str, dict]]:
+        table: dict[str, dict[str, dict]] = {}
+        for row in self.samples:
+            table.setdefault(str(row["id"]), {})[row["model"]] = row
+        return table
+
+    def ids(self) -> list[str]:
+        """Sample ids in ``samples.jsonl`` order (else the pose files' names, sorted)."""
+        ids = list(dict.fromkeys(str(row["id"]) for row in self.samples))
+        if not ids and (self.eval_dir / "poses").is_dir():
+            ids = sorted(p.stem for p in (self.eval_dir / "poses").glob("*.png"))
+        return ids
+
+
+def _read_samples(path: Path) -> list[dict]:
+    if not path.is_file():
+        log.warning("%s is missing: no per-sample check, histograms or row values", path)
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ReportError(f"{path}:{number}: not valid JSON ({exc}); re-run evaluate") from exc
+        if not isinstance(row, dict) or "model" not in row or "id" not in row:
+            raise ReportError(f"{path}:{number}: a row needs the keys 'model' and 'id'")
+        rows.append(row)
+    return rows
+
+
+def load_eval(run_dir: str | Path) -> EvalRun:
+    """Read ``<run_dir>/eval/metrics.json`` and ``samples.jsonl``."""
+    run_dir = Path(run_dir)
+    eval_dir = run_dir / "eval"
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        raise EvalNotFoundError(
+            f"{path}: not found; the report reads the output of `poseguide evaluate CONFIG` "
+            "(run it for this run first, or pass the run folder that holds eval/)"
+        )
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: cannot be read as JSON ({exc}); re-run evaluate") from exc
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("models"), dict):
+        raise ReportError(f"{path}: no 'models' section; re-run evaluate")
+    if not metrics["models"]:
+        raise ReportError(f"{path}: 'models' is empty; evaluate at least one model")
+    return EvalRun(run_dir, eval_dir, metrics, _read_samples(eval_dir / "samples.jsonl"))
+
+
+def _num(value: Any) -> float:
+    """A float, NaN for None or anything that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite_mean(values: Any) -> float:
+    finite = [v for v in map(_num, values) if math.isfinite(v)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def _summary(entry: dict, key: str) -> dict[str, float]:
+    """``entry[key]`` as mean/low/high/std/nan; a bare number is a mean; missing gives NaNs."""
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if not isinstance(value, dict):
+        value = {"mean": value}
+    nan = _num(value.get("nan", value.get("n_nan")))
+    return {
+        "mean": _num(value.get("mean")),
+        "low": _num(value.get("ci_low")),
+        "high": _num(value.get("ci_high")),
+        "std": _num(value.get("std")),
+        "nan": int(nan) if math.isfinite(nan) else 0,
+    }
+
+
+def check_consistency(run: EvalRun, tol: float = CONSISTENCY_TOL) -> list[str]:
+    """Where the per-sample rows do not average to ``metrics.json``'s means (logged too).
+
+    CLIP score and LPIPS: mean of the rows' finite values. OKS: mean of all finite
+    ``per_gt_oks`` entries, as ``metrics.json`` averages over ground-truth people.
+    """
+    problems: list[str] = []
+    if not run.samples:
+        return problems
+    for model in run.models:
+        rows = run.rows_of(model)
+        if not rows:
+            problems.append(f"{model}: no rows in samples.jsonl")
+            continue
+        recomputed = {key: _finite_mean(r.get(key) for r in rows) for key in ("clip", "lpips")}
+        if all("per_gt_oks" in r for r in rows):
+            recomputed["oks"] = _finite_mean(v for r in rows for v in r["per_gt_oks"] or [])
+        for key, value in recomputed.items():
+            reported = _summary(run.entry(model), key)["mean"]
+            if math.isnan(value) and math.isnan(reported):
+                continue
+            if not abs(value - reported) <= tol:  # also true when just one of them is NaN
+                problems.append(
+                    f"{model} {key}: metrics.json has {reported:.6g}, "
+                    f"the samples.jsonl rows average to {value:.6g}"
+                )
+    for problem in problems:
+        log.warning("report: %s", problem)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _metric_cell(s: dict[str, float], decimals: int, best: float) -> Cell:
+    """``mean [low, high]`` (the CI when known; ``mean ± std`` for KID); the mean bold if best."""
+    mean = s["mean"]
+    if not math.isfinite(mean):
+        return [("n/a", False)]
+    cell = [(f"{mean:.{decimals}f}", mean == best)]
+    if math.isfinite(s["low"]) and math.isfinite(s["high"]):
+        cell.append((f" [{s['low']:.{decimals}f}, {s['high']:.{decimals}f}]", False))
+    elif math.isfinite(s["std"]):
+        cell.append((f" ± {s['std']:.{decimals}f}", False))
+    if s["nan"]:
+        cell.append((f" ({s['nan']} NaN left out)", False))
+    return cell
+
+
+def ranked_table(
+    labels: Sequence[str], columns: Sequence[tuple[str, str | None, int]], values: list[list[dict]]
+) -> Table:
+    """One row per label; ``values[row][column]`` are :func:`_summary` dicts; ``columns`` are
+    ``(title, better, decimals)``. The best finite mean per column (``better`` "max"/"min") is
+    bold, ties included; NaN/None shows as ``n/a`` and never wins."""
+    best = []
+    for j, (_, better, _) in enumerate(columns):
+        finite = [row[j]["mean"] for row in values if math.isfinite(row[j]["mean"])]
+        best.append((max if better == "max" else min)(finite) if better and finite else math.nan)
+    rows = [
+        [[(label, False)]] + [_metric_cell(v, columns[j][2], best[j]) for j, v in enumerate(row)]
+        for label, row in zip(labels, values, strict=True)
+    ]
+    return ["Model", *(title for title, _, _ in columns)], rows
+
+
+def main_table(run: EvalRun) -> Table:
+    """The thesis' Table 4.1 layout: ``Model | CLIP score ↑ | LPIPS ↓ | OKS ↑``."""
+    values = [[_summary(run.entry(m), key) for key, *_ in MAIN_COLUMNS] for m in run.models]
+    return ranked_table(run.models, [c[1:] for c in MAIN_COLUMNS], values)
+
+
+def coco_table(run: EvalRun) -> Table:
+    """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, and FID/KID when present."""
+    columns: list[tuple[str, str | None, int]] = [("rows", None, 0), ("GT people", None, 0)]
+    columns += [(key, "max", 3) for key in COCO_KEYS]
+    extra = [
+        (k, t, d)
+        for k, t, d in (("fid", "FID", 2), ("kid", "KID", 4))
+        if any(run.entry(m).get(k) is not None for m in run.models)
+    ]
+    columns += [(title, "min", decimals) for _, title, decimals in extra]
+    values = []
+    for model in run.models:
+        entry = run.entry(model)
+        rows = entry.get("n")
+        if rows is None and isinstance(entry.get("clip"), dict):
+            rows = entry["clip"].get("n")
+        people = entry["oks"].get("n") if isinstance(entry.get("oks"), dict) else None
+        row = [_summary({"v": rows}, "v"), _summary({"v": people}, "v")]
+        row += [_summary(entry.get("coco") or {}, key) for key in COCO_KEYS]
+        row += [_summary(entry, key) for key, _, _ in extra]
+        values.append(row)
+    return ranked_table(run.models, columns, values)
+
+
+def thesis_table() -> Table:
+    rows = THESIS_TABLE_4_1["rows"]
+    values = [[_summary({"v": v}, "v") for v in row[1:]] for row in rows]
+    return ranked_table([row[0] for row in rows], [c[1:] for c in MAIN_COLUMNS], values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample selection and figures
+# ---------------------------------------------------------------------------------------------
+
+
+def select_samples(
+    run: EvalRun, samples: Sequence[str] | None = None, n: int = 4, select: str = "spread"
+) -> tuple[list[str], str]:
+    """The sample ids of the qualitative grid, and a sentence saying how they were chosen.
+
+    ``samples`` (ids) wins when given; unknown ids are an error. Otherwise ``n`` ids by
+    ``select``: "spread" (default) the rows where the models' per-sample OKS differ most
+    (max - min over the models with a value; rows with fewer than two values come last; ties
+    keep file order), "first" the first ``n`` rows, "even" ``n`` rows evenly spaced over the file.
+    """
+    ids = run.ids()
+    if samples:
+        unknown = [s for s in samples if s not in ids]
+        if unknown:
+            known = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+            raise ReportError(f"{run.eval_dir}: unknown sample id(s) {unknown}; known: {known}")
+        return list(dict.fromkeys(samples)), "chosen by id"
+    if select not in SELECTIONS:
+        raise ReportError(f"select={select!r}: use one of {', '.join(SELECTIONS)}")
+    if n < 0:
+        raise ReportError(f"n={n}: the number of grid samples must be >= 0")
+    n = min(n, len(ids))
+    if select == "even":
+        picks = [ids[round(i * (len(ids) - 1) / max(n - 1, 1))] for i in range(n)]
+        return picks, f"{n} eval rows evenly spaced over the {len(ids)}"
+    if select == "first" or not run.samples:  # without per-sample OKS there is no spread
+        return ids[:n], f"the first {n} eval rows"
+    by_id = run.by_id()
+
+    def spread(sample: str) -> float:
+        oks = [
+            v
+            for v in (_num(r.get("oks")) for r in by_id.get(sample, {}).values())
+            if math.isfinite(v)
+        ]
+        return max(oks) - min(oks) if len(oks) >= 2 else -1.0
+
+    order = sorted(range(len(ids)), key=lambda k: (-spread(ids[k]), k))
+    picks = [ids[k] for k in order[:n]]
+    return picks, f"the {n} eval rows where the models' OKS differ most (largest first)"
+
+
+def _open(path: Path) -> Any:
+    """The image at ``path``, or None when it is missing or unreadable (a grey cell)."""
+    try:
+        with pil_open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError):
+        return None
+
+
+def _fmt(value: Any, decimals: int) -> str:
+    value = _num(value)
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "n/a"
+
+
+def grid_figure(run: EvalRun, ids: Sequence[str]) -> tuple[bytes | None, list[str]]:
+    """Thesis Fig. 4.3-4.6: pose | each model's image, one row per sample, with the caption
+    and each model's OKS/LPIPS/CLIP as the row text. Returns the PNG and notes on missing
+    images (drawn as grey cells, their row text in red)."""
+    if not ids:
+        return None, []
+    by_id, labels = run.by_id(), ["pose", *run.models]
+    rows, texts, errors, notes = [], [], [], []
+    for sample in ids:
+        paths = [run.eval_dir / "poses" / f"{sample}.png"]
+        paths += [run.eval_dir / "images" / m / f"{sample}.png" for m in run.models]
+        images = [_open(p) for p in paths]
+        missing = [label for label, image in zip(labels, images, strict=True) if image is None]
+        rows_here = by_id.get(sample, {})
+        caption = next((r.get("caption") for r in rows_here.values() if r.get("caption")), "")
+        lines = [f"{sample}: {caption}"]
+        for model in run.models:
+            r = rows_here.get(model, {})
+            lines.append(
+                f"{model}: OKS {_fmt(r.get('oks'), 3)}  LPIPS {_fmt(r.get('lpips'), 3)}"
+                f"  CLIP {_fmt(r.get('clip'), 2)}"
+            )
+        if missing:
+            lines.append(f"missing image: {', '.join(missing)} (grey)")
+            notes.append(f"{sample}: no image for {', '.join(missing)} (shown grey)")
+        rows.append(images)
+        texts.append("\n".join(lines))
+        errors.append(bool(missing))
+    grid = image_grid(rows, texts, labels, GRID_CELL, GRID_TEXT_WIDTH, errors)
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue(), notes
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure_png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def oks_histogram_figure(run: EvalRun) -> bytes | None:
+    """Per-sample OKS (samples.jsonl ``oks``) of each model, small multiples, the same bins."""
+    if not run.samples:
+        return None
+    import numpy as np
+
+    plt, models = _pyplot(), run.models
+    bins = np.linspace(0.0, 1.0, OKS_BINS + 1)
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, sharex=True, sharey=True
+    )
+    for k, (ax, model) in enumerate(zip(axes[0], models, strict=True)):
+        oks = [v for v in (_num(r.get("oks")) for r in run.rows_of(model)) if math.isfinite(v)]
+        if oks:
+            ax.hist(np.clip(oks, 0.0, 1.0), bins=bins, color=f"C{k}")
+            ax.axvline(
+                float(np.mean(oks)), color="k", ls="--", lw=1, label=f"row mean {np.mean(oks):.3f}"
+            )
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no OKS values", ha="center", transform=ax.transAxes)
+        ax.set(title=f"{model} (n={len(oks)})", xlabel="OKS per sample", xlim=(0, 1))
+    axes[0][0].set_ylabel("samples")
+    return _figure_png(fig)
+
+
+def joints_figure(run: EvalRun) -> bytes | None:
+    """Grouped bars: per-joint keypoint accuracy, one colour per model (null ones skipped)."""
+    import numpy as np
+
+    series = []
+    for k, model in enumerate(run.models):
+        accuracy = run.entry(model).get("per_joint_accuracy")
+        if isinstance(accuracy, list) and len(accuracy) == len(COCO17_NAMES):
+            series.append((k, model, [_num(a) for a in accuracy]))
+        elif accuracy is not None:
+            log.warning("%s: per_joint_accuracy is not 17 values; left out", model)
+    if not series:
+        return None
+    names = run.entry(series[0][1]).get("joint_names") or COCO17_NAMES
+    plt, x, width = _pyplot(), np.arange(len(COCO17_NAMES)), 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(12, 3.8))
+    for i, (k, model, accuracy) in enumerate(series):
+        ax.bar(x - 0.4 + width * (i + 0.5), accuracy, width, label=model, color=f"C{k}")
+    ax.set_xticks(x, list(names), rotation=40, ha="right")
+    ax.set(ylabel="keypoint accuracy", ylim=(0, 1), title="per-joint keypoint accuracy")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_png(fig)
+
+
+def _curves(run: EvalRun, out: Path) -> bytes | None:
+    """``<run>/curves.png`` copied to ``out``, else plotted from ``<run>/metrics.jsonl``."""
+    existing = run.run_dir / "curves.png"
+    if existing.is_file():
+        atomic_write_bytes(out, existing.read_bytes())
+        return out.read_bytes()
+    try:
+        written = plot_curves(read_metrics(run.run_dir / METRICS_FILE), out)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: cannot plot the training curves (%s)", run.run_dir / METRICS_FILE, exc)
+        return None
+    return written.read_bytes() if written else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The document
+# ---------------------------------------------------------------------------------------------
+
+
+def _setup_items(run: EvalRun) -> list[str]:
+    s = run.setup
+
+    def get(key: str) -> str:
+        return "not recorded" if s.get(key) in (None, "") else str(s[key])
+
+    items = [f"Base model: {get('base_model')}"]
+    for model in run.models:
+        entry = run.entry(model)
+        given, resolved = entry.get("controlnet", "not recorded"), entry.get("resolved")
+        where = f" (loaded from {resolved})" if resolved and resolved != given else ""
+        items.append(f"ControlNet of `{model}`: {given}{where}")
+    seed, limit = s.get("seed"), s.get("limit") if "limit" in s else "not recorded"
+    seeds = (
+        "not recorded"
+        if seed is None
+        else f"eval row i uses seed {seed} + i, the same for every model"
+    )
+    confidence = _num(s.get("confidence"))
+    ci = (
+        "not recorded"
+        if not math.isfinite(confidence)
+        else (f"{100 * confidence:g}% percentile bootstrap, {get('bootstrap')} resamples")
+    )
+    generate = s.get("generate") if isinstance(s.get("generate"), dict) else {}
+    return [
+        *items,
+        f"Seeds: {seeds}",
+        "Generation: " + (", ".join(f"{k}={v}" for k, v in generate.items()) or "not recorded"),
+        f"Resolution: {get('resolution')}",
+        f"Pose estimator (OKS): {get('estimator')}",
+        f"LPIPS: {get('lpips')}",
+        f"CLIP score: {get('clip')}",
+        f"OKS ground truth: {get('ground_truth')}; matching: {get('matching')}; "
+        f"min OKS: {get('min_oks')}",
+        f"Eval rows: {get('rows')} from {get('eval_source')} (limit: {limit or 'none'})",
+        f"Confidence intervals: {ci}",
+    ]
+
+
+# (FILES key, heading, caption, text when there is no figure), after the qualitative grid.
+FIGURE_SECTIONS = (
+    (
+        "oks_hist",
+        "OKS per sample",
+        f"per-sample OKS (mean over the row's people), {OKS_BINS} equal bins from 0 to 1",
+        "No per-sample OKS: samples.jsonl is missing.",
+    ),
+    (
+        "joints",
+        "Per-joint keypoint accuracy",
+        "per-joint keypoint accuracy: labelled joints a matched person "
+        "got within the similarity threshold",
+        "No model has per-joint accuracy in metrics.json.",
+    ),
+    (
+        "curves",
+        "Training curves",
+        "training loss and learning rate",
+        "None: the run folder has neither curves.png nor metrics.jsonl.",
+    ),
+)
+
+
+def _image_block(key: str, data: bytes | None, caption: str, absent: str) -> Block:
+    return ("img", FILES[key], data, caption) if data else ("p", absent)
+
+
+def _results_blocks(run: EvalRun, problems: list[str]) -> list[Block]:
+    confidence = _num(run.setup.get("confidence"))
+    level = f"{100 * confidence:g}% " if math.isfinite(confidence) else ""
+    if not run.samples:
+        check = "Per-sample check: not possible, `samples.jsonl` is missing."
+    elif problems:
+        check = "Per-sample check FAILED (the table shows `metrics.json`); the rows disagree:"
+    else:
+        check = (
+            f"The rows of `samples.jsonl` average to these numbers (within {CONSISTENCY_TOL:g})."
+        )
+    explain = (
+        f"Each cell: mean [low, high], the mean and its {level}bootstrap confidence interval. "
+        "CLIP score and LPIPS average over generated images, OKS over ground-truth people. "
+        "↑ higher is better, ↓ lower is better; the best value of each column is in bold; "
+        "n/a: no value."
+    )
+    blocks = [
+        ("h2", "Results (thesis Table 4.1 layout)"),
+        ("p", explain),
+        ("table", main_table(run)),
+        ("p", check),
+    ]
+    return blocks + ([("ul", problems)] if problems else [])
+
+
+def build_blocks(
+    run: EvalRun,
+    figures: dict[str, bytes | None],
+    problems: list[str],
+    selection: tuple[list[str], str],
+    grid_notes: list[str],
+) -> list[Block]:
+    """The report as a list of blocks, rendered to Markdown and HTML alike."""
+    ids, how = selection
+    thesis = f"From {THESIS_TABLE_4_1['source']}. {THESIS_TABLE_4_1['notes']}"
+    grid_text = (
+        f"Columns: pose, then {', '.join(run.models)}. Samples: {how}: "
+        f"{', '.join(ids) or 'none'}. Row text: the caption, then each model's OKS, "
+        "LPIPS and CLIP score on that sample."
+    )
+    blocks: list[Block] = [
+        ("h1", f"Evaluation report: {run.run_dir.resolve().name}"),
+        ("p", "Numbers from `eval/metrics.json`, written by `poseguide evaluate`."),
+        ("h2", "Set-up"),
+        ("ul", _setup_items(run)),
+        *_results_blocks(run, problems),
+        ("h2", "Keypoints: COCO AP/AR"),
+        ("table", coco_table(run)),
+        ("h2", "Reference: the thesis' published numbers (not this run)"),
+        ("p", thesis),
+        ("table", thesis_table()),
+        ("h2", "Qualitative samples (thesis Fig. 4.3-4.6)"),
+        ("p", grid_text),
+        *([("ul", grid_notes)] if grid_notes else []),
+        _image_block("grid", figures.get("grid"), "pose | models", "No samples to show."),
+    ]
+    for key, heading, caption, absent in FIGURE_SECTIONS:
+        blocks += [("h2", heading), _image_block(key, figures.get(key), caption, absent)]
+    return blocks
+
+
+def _md_cell(cell: Cell) -> str:
+    return "".join(f"**{text}**" if bold else text for text, bold in cell).replace("|", "\\|")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2"):
+            out.append("#" * int(kind[1]) + " " + args[0])
+        elif kind == "p":
+            out.append(args[0])
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in args[0]))
+        elif kind == "table":
+            header, rows = args[0]
+            lines = [
+                "| " + " | ".join(header) + " |",
+                "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+            ]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            out.append(f"![{args[2]}]({args[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;
+padding:4px 10px}td:not(:first-child){text-align:right}th{background:#f0f0f0}
+img{max-width:100%}figcaption{color:#555;font-size:90%}code{background:#f4f4f4}"""
+
+
+def _html_text(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_cell(cell: Cell, tag: str = "td") -> str:
+    body = "".join(f"<strong>{html.escape(t)}</strong>" if b else html.escape(t) for t, b in cell)
+    return f"<{tag}>{body}</{tag}>"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """One self-contained page: inline CSS, images as base64 data URIs, nothing external."""
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{_html_text(args[0])}</{kind}>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_html_text(i)}</li>" for i in args[0]) + "</ul>")
+        elif kind == "table":
+            header, rows = args[0]
+            head = "".join(_html_cell([(h, False)], "th") for h in header)
+            body = "".join("<tr>" + "".join(map(_html_cell, row)) + "</tr>" for row in rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(args[1]).decode("ascii")
+            alt = html.escape(args[2])
+            out.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+                f"<figcaption>{alt}</figcaption></figure>"
+            )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(out)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def make_report(
+    run_dir: str | Path,
+    samples: list[str] | None = None,
+    n: int = 4,
+    out_dir: str | Path | None = None,
+    select: str = "spread",
+) -> dict[str, Path]:
+    """Write the report of ``<run_dir>/eval/`` to ``out_dir`` (default ``<run_dir>/eval``).
+
+    ``samples`` picks the qualitative grid's rows by id; otherwise ``n`` rows by ``select``
+    (:func:`select_samples`). Returns the written files by key of ``FILES`` (a figure without
+    data, e.g. no training curves, is left out). Raises :class:`EvalNotFoundError` (a
+    ``UserError`` and ``FileNotFoundError``) naming the path when metrics.json is missing.
+    """
+    run = load_eval(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.eval_dir
+    problems = check_consistency(run)
+    selection = select_samples(run, samples, n, select)
+    grid, grid_notes = grid_figure(run, selection[0])
+    figures = {"grid": grid, "oks_hist": oks_histogram_figure(run), "joints": joints_figure(run)}
+    written: dict[str, Path] = {}
+    for key, data in figures.items():
+        if data is not None:
+            written[key] = atomic_write_bytes(out / FILES[key], data)
+    figures["curves"] = _curves(run, out / FILES["curves"])
+    if figures["curves"] is not None:
+        written["curves"] = out / FILES["curves"]
+    blocks = build_blocks(run, figures, problems, selection, grid_notes)
+    written["md"] = atomic_write_text(out / FILES["md"], render_markdown(blocks))
+    written["html"] = atomic_write_text(out / FILES["html"], render_html(blocks, blocks[0][1]))
+    log.info("report: %s, %s", written["md"], written["html"])
+    return written
