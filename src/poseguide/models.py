@@ -23,6 +23,7 @@ TINY_SD = "builtin:tiny-sd"
 TINY_SD_VERSION = 1  # bump when the tiny architecture changes; old folders are rebuilt
 SD15_RANDOM = "builtin:sd15-random"
 SD15_RANDOM_VERSION = 1  # bump when its construction changes; old folders are rebuilt
+TINY_CLIP = "builtin:tiny-clip"  # a tiny random CLIP for the offline CLIP-score code path
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -61,6 +62,10 @@ def resolve_pretrained(
     with short time-outs. When the hub cannot be reached (offline mode, no network) this fails
     at once with a message saying how to pass a local folder instead.
     """
+    if name == TINY_CLIP:
+        from poseguide.tiny import build_tiny_clip
+
+        return str(build_tiny_clip())
     if name == TINY_SD:
         from poseguide.tiny import build_tiny_sd
 

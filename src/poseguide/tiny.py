@@ -160,10 +160,10 @@ def _components(arch: dict[str, dict[str, Any]]) -> dict:
 
 def _build(folder: Path, arch: dict[str, dict[str, Any]], seed: int) -> Path:
     """Build (once) a pipeline folder of ``arch`` with seeded random weights at ``folder``."""
-    from diffusers import StableDiffusionPipeline
-
     if (folder / "model_index.json").is_file():
         return folder
+    from diffusers import StableDiffusionPipeline
+
     log.info("building a random-weight SD pipeline in %s", folder)
     with atomic_directory(folder) as tmp:
         parts = random_components(arch, seed)
@@ -206,3 +206,43 @@ def build_random_sd15(folder: str | Path | None = None, seed: int = 0) -> Path:
 
     name = f"sd15-random-v{SD15_RANDOM_VERSION}-s{seed}"
     return _build(Path(folder) if folder else cache_root() / "models" / name, SD15_ARCH, seed)
+
+
+TINY_CLIP_ARCH = {
+    "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "max_position_embeddings": 77},
+    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+    "projection_dim": 16,
+}  # fmt: skip
+
+
+def build_tiny_clip(folder: str | Path | None = None, seed: int = 0) -> Path:
+    """Build (once) a tiny CLIP (model, tokenizer, image processor) with random weights.
+
+    The offline stand-in for ``openai/clip-vit-large-patch14`` in the tiny preset: the CLIP
+    score code path runs, its values mean nothing.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from poseguide.models import cache_root
+
+    folder = Path(folder) if folder else cache_root() / "models" / f"tiny-clip-v1-s{seed}"
+    if (folder / "config.json").is_file():
+        return folder
+    vocab = _byte_vocab()
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    text = {**TINY_CLIP_ARCH["text"], "vocab_size": len(vocab), "bos_token_id": bos,
+            "eos_token_id": eos, "pad_token_id": eos}  # fmt: skip
+    config = CLIPConfig(text_config=text, vision_config=TINY_CLIP_ARCH["vision"],
+                        projection_dim=TINY_CLIP_ARCH["projection_dim"])  # fmt: skip
+    with atomic_directory(folder) as tmp, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        CLIPModel(config).save_pretrained(tmp, safe_serialization=True)
+        tiny_tokenizer(tmp / "_tok").save_pretrained(tmp)
+        size = TINY_CLIP_ARCH["vision"]["image_size"]
+        CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size).save_pretrained(tmp)
+        for leftover in (tmp / "_tok").iterdir():
+            leftover.unlink()
+        (tmp / "_tok").rmdir()
+    return folder

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -13,8 +14,6 @@ import poseguide.losses as losses
 from poseguide.cli import main
 from poseguide.config import load_config
 from poseguide.train.runner import run_training
-
-from .conftest import write_config
 
 
 def test_explain_loss_shows_the_mask_the_loss_used(

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_env, start_cli, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
-
-from .conftest import cli_env, start_cli, write_config
 
 STAGES = ("stage1", "stage2")
 

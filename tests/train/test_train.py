@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -16,8 +17,6 @@ from poseguide.models import load_sd_parts
 from poseguide.train import checkpoint as ckpt
 from poseguide.train import runner
 from poseguide.train.checkpoint import load_checkpoint, resolve_checkpoint
-
-from .conftest import write_config
 
 
 def export_weights(root: Path, stage: str) -> dict[str, torch.Tensor]:

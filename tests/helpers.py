@@ -1,4 +1,4 @@
-"""Tiny training runs: a config writer and helpers to run the CLI in a subprocess."""
+"""Shared test helpers: a tiny-run config writer and the CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(root: Path, **sections: object) -> Path:
@@ -55,8 +54,3 @@ def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
         [sys.executable, "-m", "poseguide", *args], cwd=cwd, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-
-
-@pytest.fixture
-def config_path(tmp_path: Path) -> Path:
-    return write_config(tmp_path)

@@ -1,0 +1,447 @@
+"""``poseguide evaluate``: generate one image per eval row with every model, score them, aggregate.
+
+Protocol (as the thesis): every model gets the same prompt, pose and seed for a row (seed =
+``evaluate.seed + row index``); images are generated at ``data.resolution`` and mapped back to the
+original image size (:func:`poseguide.pose.transforms.restore_image`); then
+
+* OKS: the evaluation estimator's people in the generated image against the ground truth,
+  matched greedily by detection score as COCOeval does, an unmatched person scoring 0;
+* LPIPS: the generated image against the original;
+* CLIP score: the generated image against the caption.
+
+Everything is stored under ``<run>/eval/`` (see ``docs/evaluation-format.md``): a re-run skips
+generated images and scored rows, regenerates a corrupt image, and continues an interrupted run.
+Several processes (``accelerate launch``) share the rows: process r takes rows r, r + world, ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from poseguide.config import Config
+from poseguide.errors import UserError
+
+log = logging.getLogger(__name__)
+
+UNTRAINED = "unet"  # evaluate.models[].controlnet: a ControlNet copied from the UNet, untrained
+PSEUDO_GT_MIN_SCORE = 0.5  # estimator joints at least this confident count as pseudo ground truth
+
+
+class EvaluationError(UserError, RuntimeError):
+    """The evaluation cannot start or go on; the message lists every problem found."""
+
+
+@dataclass
+class EvalPaths:
+    root: Path
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    def image(self, model: str, row_id: str) -> Path:
+        return self.root / "images" / model / f"{_safe(row_id)}.png"
+
+    def pose(self, row_id: str) -> Path:
+        return self.root / "poses" / f"{_safe(row_id)}.png"
+
+    def original(self, row_id: str) -> Path:
+        return self.root / "originals" / f"{_safe(row_id)}.png"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def controlnet_ref(ref: str, run_dir: Path) -> str:
+    """``stage:NAME`` -> this run's export folder; anything else unchanged."""
+    return str(run_dir / "exports" / ref.split(":", 1)[1]) if ref.startswith("stage:") else ref
+
+
+def preflight(config: Config, run_dir: Path) -> list[str]:
+    """Every problem that would stop the evaluation, found before any generation starts."""
+    from poseguide.models import resolve_pretrained
+    from poseguide.pose.estimator import resolve_pose_weights
+
+    problems = []
+    if config.data.eval is None:
+        problems.append("no eval split: set data.eval (e.g. the hub dataset's validation split)")
+    m, e = config.model, config.evaluate
+    checks = [
+        ("Stable Diffusion base", lambda: resolve_pretrained(m.base, m.revision)),
+        ("pose weights", lambda: resolve_pose_weights(e.estimator.weights)),
+        ("CLIP model", lambda: resolve_pretrained(e.clip_model, what="CLIP model")),
+    ]
+    for model in config.evaluate.models:
+        ref = controlnet_ref(model.controlnet, run_dir)
+        if model.controlnet.startswith("stage:") and not (Path(ref) / "config.json").is_file():
+            stage = model.controlnet.split(":", 1)[1]
+            problems.append(f"model {model.name!r}: the export {ref} is missing; train it first "
+                            f"(poseguide train CONFIG --stage {stage})")  # fmt: skip
+        elif ref != UNTRAINED:
+            checks.append(
+                (f"model {model.name!r}", lambda r=ref: resolve_pretrained(r, what="ControlNet"))
+            )
+    if config.evaluate.lpips_pretrained:
+        from poseguide.evaluate.lpips_metric import BACKBONE_WEIGHTS
+        from poseguide.evaluate.metrics import ensure_torch_hub_weights
+
+        url = BACKBONE_WEIGHTS[config.evaluate.lpips_net]
+        checks.append(("LPIPS", lambda: ensure_torch_hub_weights(url, "LPIPS backbone weights")))
+    for what, check in checks:
+        try:
+            check()
+        except (OSError, ValueError, UserError) as err:
+            problems.append(f"{what}: {err}")
+    return problems
+
+
+@dataclass
+class Row:
+    """One eval row, prepared for generation (the original image is loaded when scoring)."""
+
+    index: int
+    id: str
+    caption: str
+    seed: int
+    pose: Any  # PIL, training resolution
+    placement: Any  # poseguide.pose.transforms.Placement
+    gt: np.ndarray | None  # (P, 17, 3) in original pixels
+    areas: np.ndarray | None
+
+
+def _prepare_rows(config: Config, source: Any, indices: list[int], paths: EvalPaths) -> list[Row]:
+    from poseguide.data.preprocess import prepare
+    from poseguide.utils.io import atomic_save_image
+
+    plain = replace(config.data, hflip=0.0, caption_dropout=0.0)
+    rows = []
+    for index in indices:
+        sample = source.load(index)
+        item = prepare(sample, index, plain, config.pose.render.style, config.run.seed, 0)
+        if not paths.pose(sample.id).is_file():
+            atomic_save_image(paths.pose(sample.id), item.pose)
+        if not paths.original(sample.id).is_file():
+            atomic_save_image(paths.original(sample.id), sample.image)
+        rows.append(Row(index, sample.id, sample.caption, config.evaluate.seed + index, item.pose,
+                        item.placement, sample.keypoints, sample.areas))  # fmt: skip
+    return rows
+
+
+def _ground_truth_kind(config: Config, rows: list[Row]) -> str:
+    kind = config.evaluate.ground_truth
+    if kind == "auto":
+        kind = "dataset" if rows and all(r.gt is not None for r in rows) else "estimator"
+    if kind == "dataset" and any(r.gt is None for r in rows):
+        missing = next(r.id for r in rows if r.gt is None)
+        raise EvaluationError(
+            f"evaluate.ground_truth=dataset, but row {missing} has no keypoints; use a source "
+            "with keypoints (COCO, a manifest with keypoints) or evaluate.ground_truth=estimator"
+        )
+    return kind
+
+
+def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank: int = 0) -> None:
+    """Pseudo ground truth from the estimator on the original images (cached in the eval dir)."""
+    from poseguide.utils.images import pil_open
+    from poseguide.utils.io import atomic_write_json
+
+    store = paths.root / f"pseudo_ground_truth-{rank}.json"
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    for row in rows:
+        if row.id not in known:
+            found = estimator.estimate_people([pil_open(paths.original(row.id)).convert("RGB")])[0]
+            people = found.keypoints.copy()
+            people[..., 2] = np.where(found.keypoints[..., 2] >= PSEUDO_GT_MIN_SCORE, 2.0, 0.0)
+            known[row.id] = people.tolist()
+        row.gt, row.areas = np.asarray(known[row.id], dtype=np.float64).reshape(-1, 17, 3), None
+    atomic_write_json(store, known, indent=None)
+
+
+def _readable(path: Path) -> bool:
+    from poseguide.utils.images import pil_open
+
+    if not path.is_file():
+        return False
+    try:
+        with pil_open(path) as image:
+            image.load()
+        return True
+    except Exception:
+        log.warning("%s is unreadable; generating it again", path)
+        return False
+
+
+def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
+    """A loadable ControlNet for ``ref``; ``unet`` is built once from the base UNet (seeded)."""
+    if ref != UNTRAINED:
+        return ref
+    folder = paths.root / "models" / "untrained"
+    if not (folder / "config.json").is_file():
+        import torch
+
+        from poseguide.models import build_controlnet, load_sd_parts
+        from poseguide.utils.io import atomic_directory
+
+        parts = load_sd_parts(config.model.base, config.model.revision, config.model.variant)
+        with torch.random.fork_rng(devices=[]), atomic_directory(folder) as tmp:
+            torch.manual_seed(config.run.seed)
+            build_controlnet(parts.unet).save_pretrained(tmp, safe_serialization=True)
+    return str(folder)
+
+
+def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPaths,
+                     run_dir: Path, device: Any) -> int:  # fmt: skip
+    """Generate the rows whose image for ``model`` is missing or corrupt; returns how many."""
+    from poseguide.generate import generate, load_pipeline
+    from poseguide.pose.transforms import restore_image
+    from poseguide.utils.io import atomic_save_image
+
+    todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
+    if not todo:
+        return 0
+    ref = _controlnet_folder(config, controlnet_ref(model.controlnet, run_dir), paths)
+    m = config.model
+    pipe = load_pipeline(m.base, ref, config.generate, device, m.revision, m.variant)
+    size = (config.data.resolution,) * 2
+    step = config.generate.batch_size
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(todo), step), desc=f"generating ({model.name})", unit="batch"):
+        batch = todo[start : start + step]
+        images = generate(pipe, [r.caption for r in batch], [r.pose for r in batch],
+                          [r.seed for r in batch], config.generate, size=size)  # fmt: skip
+        for row, image in zip(batch, images, strict=True):
+            atomic_save_image(paths.image(model.name, row.id), restore_image(image, row.placement))
+    del pipe
+    return len(todo)
+
+
+@dataclass
+class Scorers:
+    estimator: Any
+    lpips: Any
+    clip: Any
+
+
+def make_scorers(config: Config, device: Any) -> Scorers:
+    from poseguide.evaluate.clip import ClipScorer
+    from poseguide.evaluate.lpips_metric import LpipsMetric
+    from poseguide.pose.api import estimator_from_config
+
+    e = config.evaluate
+    return Scorers(
+        estimator_from_config(replace(e.estimator, device=str(device))),
+        LpipsMetric(e.lpips_net, e.lpips_pretrained, device=device),
+        ClipScorer(e.clip_model, device=device),
+    )
+
+
+def read_samples(paths: EvalPaths) -> dict[tuple[str, str], dict]:
+    """Scored rows from ``samples.jsonl`` and per-process files; a torn last line is ignored."""
+    done: dict[tuple[str, str], dict] = {}
+    for path in [paths.samples, *sorted(paths.root.glob("samples-*.jsonl"))]:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[(record["model"], record["id"])] = record
+    return done
+
+
+def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, paths: EvalPaths,
+               out: Path, done: dict) -> int:  # fmt: skip
+    """Score this model's generated images of ``rows`` not yet in ``done``; append to ``out``."""
+    from tqdm.auto import tqdm
+
+    from poseguide.evaluate.metrics import sample_oks
+    from poseguide.utils.images import pil_open
+
+    todo = [r for r in rows if (model, r.id) not in done]
+    step = max(1, config.generate.batch_size)
+    for start in tqdm(range(0, len(todo), step), desc=f"scoring ({model})", unit="batch"):
+        batch = todo[start : start + step]
+        generated = [pil_open(paths.image(model, r.id)).convert("RGB") for r in batch]
+        originals = [pil_open(paths.original(r.id)).convert("RGB") for r in batch]
+        lpips = scorers.lpips.scores(generated, originals)
+        clip = scorers.clip.scores(generated, [r.caption for r in batch])
+        found = scorers.estimator.estimate_people(generated)
+        with out.open("a", encoding="utf-8") as handle:
+            for k, row in enumerate(batch):
+                oks = sample_oks(found[k], row.gt, row.areas, config.evaluate.min_oks)
+                record = _record(model, row, generated[k].size, clip[k], lpips[k], oks)
+                handle.write(json.dumps(record) + "\n")
+                done[(model, row.id)] = record
+    return len(todo)
+
+
+def _record(model: str, row: Row, size: tuple, clip: float, lpips: float, oks: dict) -> dict:
+    finite = oks["num_gt"] > 0
+    return {
+        "model": model, "id": row.id, "index": row.index, "seed": row.seed,
+        "caption": row.caption, "size": list(size), "clip": float(clip), "lpips": float(lpips),
+        "oks": float(oks["mean_oks"]) if finite else None,
+        "per_gt_oks": [None if np.isnan(v) else float(v) for v in oks["per_gt_oks"]],
+        "num_gt": oks["num_gt"], "num_dets": oks["num_dets"],
+        "preds": np.round(oks["preds"].reshape(-1, 51), 3).tolist(),
+        "scores": [round(float(s), 5) for s in oks["scores"]],
+        "gt": oks["gts"].reshape(-1, 51).tolist(),
+        "areas": None if row.areas is None else [float(a) for a in row.areas],
+    }  # fmt: skip
+
+
+def _oks_inputs(record: dict, min_oks: float) -> dict:
+    """Re-match one stored row (for set-level OKS, per-joint accuracy and COCO AP)."""
+    from poseguide.evaluate.metrics import sample_oks
+    from poseguide.pose.estimator import Detections
+
+    preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, 17, 3)
+    scores = np.asarray(record["scores"], dtype=np.float64)
+    found = Detections(preds, scores, np.zeros((len(scores), 4)), tuple(record["size"]))
+    gt = np.asarray(record["gt"], dtype=np.float64).reshape(-1, 17, 3)
+    return sample_oks(found, gt, record["areas"], min_oks)
+
+
+def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str) -> dict:
+    """One model's aggregates from its per-sample rows (see docs/evaluation-format.md)."""
+    from poseguide.evaluate.metrics import aggregate_oks, summarize
+    from poseguide.pose.skeleton import COCO17_NAMES
+
+    e = config.evaluate
+    stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
+    people = [v for r in records for v in r["per_gt_oks"] if v is not None]
+    sets = aggregate_oks([_oks_inputs(r, e.min_oks) for r in records])
+    per_sample = [r["oks"] for r in records if r["oks"] is not None]
+    counts, edges = np.histogram(per_sample, bins=20, range=(0.0, 1.0))
+    joints = sets["oks"]["per_joint_accuracy"]
+    out = {
+        "n": len(records),
+        "clip": summarize([r["clip"] for r in records], **stats),
+        "lpips": summarize([r["lpips"] for r in records], **stats),
+        "oks": summarize(people, **stats),
+        "coco": _plain(sets["coco"]),
+        "per_joint_accuracy": [None if np.isnan(v) else float(v) for v in joints],
+        "joint_names": list(COCO17_NAMES),
+        "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        "fid": None,
+        "kid": None,
+    }
+    if e.fid:
+        out.update(_fid(records, paths, model))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
+    from poseguide.evaluate.metrics import fid_kid
+    from poseguide.utils.images import pil_open
+
+    real = [pil_open(paths.original(r["id"])).convert("RGB") for r in records]
+    fake = [pil_open(paths.image(model, r["id"])).convert("RGB") for r in records]
+    result = fid_kid(real, fake, kid_subset_size=min(1000, len(records)))
+    return {
+        "fid": result.get("fid"),
+        "kid": {k: v for k, v in result.items() if k.startswith("kid")},
+    }
+
+
+def _setup(config: Config, run_dir: Path, scorers: Scorers, gt_kind: str, rows: int) -> dict:
+    from poseguide.config import to_dict
+
+    e = config.evaluate
+    gt = "dataset" if gt_kind == "dataset" else "estimator (pseudo ground truth)"
+    return {
+        "base_model": config.model.base,
+        "models": {m.name: controlnet_ref(m.controlnet, run_dir) for m in e.models},
+        "generate": to_dict(config.generate),
+        "resolution": config.data.resolution,
+        "seed": e.seed,
+        "seeds": f"row index + {e.seed}, the same for every model",
+        "estimator": str(e.estimator.weights),
+        "lpips": scorers.lpips.describe(),
+        "clip": scorers.clip.describe(),
+        "ground_truth": gt,
+        "min_oks": e.min_oks,
+        "matching": "greedy by detection score, as COCOeval; unmatched ground truth scores 0",
+        "eval_source": f"{config.data.eval.kind}:{config.data.eval.path}",
+        "rows": rows,
+        "limit": e.limit,
+        "bootstrap": e.bootstrap,
+        "confidence": e.confidence,
+        "config": to_dict(config),
+    }
+
+
+def _finish(
+    config: Config, run_dir: Path, paths: EvalPaths, scorers: Scorers, gt_kind: str
+) -> dict:
+    """Merge the per-process rows into samples.jsonl and write metrics.json (main process)."""
+    from poseguide.utils.io import atomic_write_json, atomic_write_text
+
+    done = read_samples(paths)
+    order = {m.name: k for k, m in enumerate(config.evaluate.models)}
+    records = sorted(done.values(), key=lambda r: (order.get(r["model"], 99), r["index"]))
+    atomic_write_text(paths.samples, "".join(json.dumps(r) + "\n" for r in records))
+    for part in paths.root.glob("samples-*.jsonl"):
+        part.unlink()
+    models = {}
+    for model in config.evaluate.models:
+        mine = [r for r in records if r["model"] == model.name]
+        models[model.name] = {"controlnet": model.controlnet,
+                              "resolved": controlnet_ref(model.controlnet, run_dir),
+                              **aggregate(config, mine, paths, model.name)}  # fmt: skip
+    rows = len({r["id"] for r in records})
+    metrics = _plain({"models": models, "setup": _setup(config, run_dir, scorers, gt_kind, rows)})
+    atomic_write_json(paths.root / "metrics.json", metrics)
+    return metrics
+
+
+def run_evaluation(config: Config, limit: int | None = None) -> dict:
+    """Evaluate every configured model on the eval split; returns what metrics.json holds."""
+    from accelerate import PartialState
+
+    from poseguide.data.api import checked_source, run_dir
+
+    state = PartialState(cpu=config.run.device == "cpu")
+    folder = run_dir(config)
+    paths = EvalPaths(folder / "eval")
+    problems = preflight(config, folder)
+    if problems:
+        raise EvaluationError("cannot evaluate:\n  - " + "\n  - ".join(problems))
+    source, report = checked_source(config, config.data.eval, out_dir=paths.root,
+                                    progress=state.is_main_process)  # fmt: skip
+    indices = report.valid[: limit or config.evaluate.limit or None]
+    rows = _prepare_rows(config, source, indices[state.process_index :: state.num_processes], paths)
+    gt_kind = _ground_truth_kind(config, rows)
+    scorers = make_scorers(config, state.device)
+    if gt_kind == "estimator":
+        _pseudo_ground_truth(rows, scorers.estimator, paths, state.process_index)
+    for model in config.evaluate.models:
+        generate_missing(config, model, rows, paths, folder, state.device)
+    done, out = read_samples(paths), paths.root / f"samples-{state.process_index}.jsonl"
+    for model in config.evaluate.models:
+        score_rows(config, model.name, rows, scorers, paths, out, done)
+    state.wait_for_everyone()
+    metrics = _finish(config, folder, paths, scorers, gt_kind) if state.is_main_process else {}
+    state.wait_for_everyone()
+    return metrics

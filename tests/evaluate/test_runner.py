@@ -1,0 +1,131 @@
+"""The evaluation runner end to end on tiny models: outputs, consistency, resume, preflight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_config
+
+from poseguide.cli import main
+from poseguide.config import load_config
+from poseguide.evaluate.runner import EvaluationError, preflight, run_evaluation
+from poseguide.train.runner import run_training
+
+MODELS = [
+    {"name": "baseline", "controlnet": "unet"},
+    {"name": "stage1", "controlnet": "stage:stage1"},
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run whose stage 1 is trained (stage 2 is not needed here)."""
+    root = tmp_path_factory.mktemp("eval")
+    write_config(root, train={"stages": [{"name": "stage1", "epochs": 1, "lr": 1e-3}]},
+                 evaluate={"models": MODELS, "bootstrap": 50})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run_training(load_config("config.yaml"))
+    return root
+
+
+def rows(root: Path) -> list[dict]:
+    return [json.loads(x) for x in (root / "runs/t/eval/samples.jsonl").read_text().splitlines()]
+
+
+def test_evaluation_end_to_end(trained: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(trained)
+    assert main(["evaluate", "config.yaml"]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline" in printed and "stage1" in printed
+    eval_dir = trained / "runs/t/eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    samples = rows(trained)
+    assert len(samples) == 2 * 4  # two models x four eval rows
+    for name in ("baseline", "stage1"):
+        mine = [r for r in samples if r["model"] == name]
+        m = metrics["models"][name]
+        assert m["n"] == 4
+        for key in ("clip", "lpips"):
+            values = [r[key] for r in mine]
+            assert all(np.isfinite(values))
+            assert m[key]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+            assert m[key]["ci_low"] <= m[key]["mean"] <= m[key]["ci_high"]
+        assert all(0 <= r["clip"] <= 100 and r["lpips"] >= 0 for r in mine)
+        people = [v for r in mine for v in r["per_gt_oks"] if v is not None]
+        assert m["oks"]["mean"] == pytest.approx(np.mean(people), abs=1e-9)
+        assert all(0 <= v <= 1 for v in people) and len(people) >= 4
+        for r in mine:  # generated images are mapped back to the original size (64 x 64 here)
+            assert r["size"] == [64, 64] and r["seed"] == r["index"]  # evaluate.seed 0 + index
+            assert (eval_dir / "images" / name / f"{r['id']}.png").is_file()
+    assert {r["seed"] for r in samples if r["model"] == "baseline"} == {
+        r["seed"] for r in samples if r["model"] == "stage1"
+    }
+    setup = metrics["setup"]
+    assert setup["ground_truth"] == "dataset" and "RANDOM" in setup["lpips"]
+    assert setup["estimator"] == "yolo11n-pose.pt"
+    # The report shows the numbers the per-sample rows average to.
+    assert main(["report", "runs/t"]) == 0
+    report = (eval_dir / "report.md").read_text()
+    assert f"{metrics['models']['stage1']['lpips']['mean']:.3f}" in report
+    assert f"{metrics['models']['baseline']['clip']['mean']:.2f}" in report
+    assert (eval_dir / "report.html").read_text().count("data:image/png;base64,") >= 3
+
+
+def test_resume_skips_done_rows_and_regenerates_a_corrupt_image(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poseguide.evaluate.runner as runner
+
+    monkeypatch.chdir(trained)
+    config = load_config("config.yaml")
+    run_evaluation(config)  # all done (from the previous test, or now)
+    eval_dir = trained / "runs/t/eval"
+    before = {r["id"]: r for r in rows(trained) if r["model"] == "stage1"}
+    victim = sorted(before)[1]
+    image = eval_dir / "images" / "stage1" / f"{victim}.png"
+    original_bytes = image.read_bytes()
+    image.write_bytes(original_bytes[: len(original_bytes) // 2])  # truncated: corrupt
+    lines = (eval_dir / "samples.jsonl").read_text().splitlines()
+    kept = [
+        x
+        for x in lines
+        if not (json.loads(x)["model"] == "stage1" and json.loads(x)["id"] == victim)
+    ]
+    (eval_dir / "samples.jsonl").write_text("\n".join(kept) + "\n")
+    counts: dict[str, list[int]] = {"generate_missing": [], "score_rows": []}
+    for name in counts:
+        real = getattr(runner, name)
+
+        def counting(*a, _real=real, _seen=counts[name], **k):
+            _seen.append(_real(*a, **k))
+            return _seen[-1]
+
+        monkeypatch.setattr(runner, name, counting)
+    run_evaluation(config)
+    # Only the corrupt row, and only for stage1, is generated and scored again.
+    assert counts == {"generate_missing": [0, 1], "score_rows": [0, 1]}
+    assert image.read_bytes() == original_bytes  # same seed, same image
+    after = {r["id"]: r for r in rows(trained) if r["model"] == "stage1"}
+    assert after[victim]["clip"] == pytest.approx(before[victim]["clip"])
+
+
+def test_missing_things_are_reported_before_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    models = [*MODELS, {"name": "hub", "controlnet": "someone/not-here"}]
+    write_config(tmp_path, evaluate={"models": models, "estimator": {"weights": "yolov8x-pose.pt"}})
+    config = load_config("config.yaml", ["data.eval=null"])
+    problems = preflight(config, tmp_path / "runs/t")
+    text = "\n".join(problems)
+    assert "no eval split" in text
+    assert "model 'stage1': the export" in text and "--stage stage1" in text
+    assert "model 'hub'" in text and "someone/not-here" in text
+    assert "pose weights" in text and "yolov8x-pose.pt" in text
+    with pytest.raises(EvaluationError, match="cannot evaluate"):
+        run_evaluation(config)
+    assert not (tmp_path / "runs/t/eval/images").exists()  # nothing was generated
