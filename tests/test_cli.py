@@ -97,10 +97,33 @@ def test_pose_estimate_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFi
     assert "broken.png: cannot read the image" in capsys.readouterr().err
 
 
-def test_demo_writes_its_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`make demo` on a fresh folder: pose toolkit, training, evaluation, report; then reused."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 0
     printed = capsys.readouterr().out
-    assert "1 person(s) found" in printed
-    for name in ("summary.png", "pose_controlnet10.png", "pose_controlnet_aux.png", "heatmaps.png",
-                 "mask_not_detected_sum.png", "keypoints.json", "config.yaml"):  # fmt: skip
-        assert (tmp_path / name).is_file(), name
+    run = tmp_path / "runs" / "tiny"
+    assert "1 person(s) found" in printed and "Report: runs/tiny/eval/report.html" in printed
+    for name in (
+        "summary.png",
+        "pose_controlnet10.png",
+        "pose_controlnet_aux.png",
+        "keypoints.json",
+    ):
+        assert (run / "pose_demo" / name).is_file(), name
+    for stage in ("stage1", "stage2"):
+        assert (run / "exports" / stage / "diffusion_pytorch_model.safetensors").is_file()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"baseline", "stage1", "stage2", "originals"}
+    # The real images score what the metrics give at best: LPIPS 0 and a clearly positive OKS.
+    assert metrics["models"]["originals"]["lpips"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["models"]["originals"]["oks"]["mean"] > 0.5
+    for line in ("baseline", "stage1", "stage2", "originals"):
+        assert any(row.startswith(line) for row in printed.splitlines())
+    # Running it again reuses everything: no training step, no generation.
+    stamp = (run / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["demo"]) == 0
+    assert (run / "metrics.jsonl").stat().st_mtime_ns == stamp

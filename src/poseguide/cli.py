@@ -156,8 +156,7 @@ def _demo(args: argparse.Namespace) -> None:
     from poseguide.config import load_config
     from poseguide.demo import run_demo
 
-    config = load_config(args.config, args.overrides)
-    run_demo(config, out_dir=args.out)
+    run_demo(load_config(args.config, args.overrides))
 
 
 def _add(
@@ -288,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "rows where the models' OKS differ most)")  # fmt: skip
 
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
-    demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    _add_config_args(demo, required=False)
+    demo.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
+    demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.seed=1")
     return parser
 
 

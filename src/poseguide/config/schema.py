@@ -280,7 +280,9 @@ class GenerateConfig:
 @dataclass
 class EvalModelConfig:
     name: str = "baseline"  # the row label in the report
-    # A ControlNet folder or hub id, or "stage:NAME" for this run's export of stage NAME.
+    # A ControlNet folder or hub id; "stage:NAME" for this run's export of stage NAME; "unet"
+    # for an untrained ControlNet copied from the base UNet; "originals" to score the original
+    # images themselves (the metrics' reference values: LPIPS 0, OKS of real photos).
     controlnet: str = "lllyasviel/sd-controlnet-openpose"
 
 

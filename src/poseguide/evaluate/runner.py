@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from poseguide.errors import UserError
 log = logging.getLogger(__name__)
 
 UNTRAINED = "unet"  # evaluate.models[].controlnet: a ControlNet copied from the UNet, untrained
+# evaluate.models[].controlnet: no generation, the original images themselves are scored; their
+# row gives the metrics' reference values (LPIPS 0, the estimator's OKS on real images).
+ORIGINALS = "originals"
 PSEUDO_GT_MIN_SCORE = 0.5  # estimator joints at least this confident count as pseudo ground truth
 
 
@@ -84,7 +88,7 @@ def preflight(config: Config, run_dir: Path) -> list[str]:
             stage = model.controlnet.split(":", 1)[1]
             problems.append(f"model {model.name!r}: the export {ref} is missing; train it first "
                             f"(poseguide train CONFIG --stage {stage})")  # fmt: skip
-        elif ref != UNTRAINED:
+        elif ref not in (UNTRAINED, ORIGINALS):
             checks.append(
                 (f"model {model.name!r}", lambda r=ref: resolve_pretrained(r, what="ControlNet"))
             )
@@ -206,6 +210,11 @@ def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPat
     todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
     if not todo:
         return 0
+    if model.controlnet == ORIGINALS:
+        for row in todo:
+            paths.image(model.name, row.id).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(paths.original(row.id), paths.image(model.name, row.id))
+        return len(todo)
     ref = _controlnet_folder(config, controlnet_ref(model.controlnet, run_dir), paths)
     m = config.model
     pipe = load_pipeline(m.base, ref, config.generate, device, m.revision, m.variant)

@@ -181,3 +181,10 @@ def run_training(
         run.stop.restore()
         run.metrics.close()
     return {"run_dir": str(run.run_dir), "exports": exports, "global_step": global_step}
+
+
+def train_or_resume(config: Config) -> dict[str, Any]:
+    """Train every unfinished stage, continuing an interrupted run from its latest checkpoint."""
+    folder = run_dir(config)
+    unfinished = (folder / "checkpoints" / LATEST).is_file() and not _latest_done(folder)
+    return run_training(config, resume=LATEST if unfinished else None)

@@ -1,0 +1,378 @@
+"""What the app does, as plain Python: no Gradio here, so every callback is tested directly.
+
+:class:`AppBackend` turns uploads and edited keypoints into the skeleton image ControlNet sees
+(through :func:`poseguide.generate.pose_condition`) and generates images through
+:func:`poseguide.generate.generate`, the one generation path. Uploads are checked before they are
+decoded: their size in bytes, then their pixel count read from the header
+(:class:`AppLimits`), then a full decode by :func:`poseguide.data.checks.open_image`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from poseguide.config import Config
+from poseguide.data.checks import open_image
+from poseguide.data.record import RowError
+from poseguide.errors import UserError
+from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
+from poseguide.pose.io import parse_pose, pose_to_json, read_pose
+from poseguide.pose.skeleton import KeypointError
+from poseguide.utils.images import pil_open
+from poseguide.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_MB = 20.0  # per uploaded file; Gradio refuses larger uploads before Python
+DEFAULT_MAX_PIXELS = 4096 * 4096  # per uploaded image, checked from the header before decoding
+MAX_KEYPOINT_JSON_BYTES = 1 << 20  # keypoint JSON (uploaded, or sent by the editor)
+MAX_PEOPLE = 20
+MAX_IMAGES = 4  # images per click of Generate
+MAX_STEPS = 150
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_CACHED_PIPELINES = 2  # SD1.5 pipelines take ~4 GB each: keep the last two models used
+DEFAULT_CANVAS = (512, 512)  # (width, height) of the default pose and of JSON files without one
+UNTRAINED = "unet"  # model choice: a ControlNet copied from the base UNet, untrained
+UNTRAINED_LABEL = "untrained ControlNet (copied from the base UNet)"
+UPLOAD_KINDS = ("auto", "photo", "skeleton")
+
+# A standing person as fractions of the canvas, COCO-17 order (x, y).
+_DEFAULT_PERSON = (
+    (0.50, 0.13), (0.53, 0.11), (0.47, 0.11), (0.56, 0.13), (0.44, 0.13),
+    (0.62, 0.25), (0.38, 0.25), (0.68, 0.40), (0.32, 0.40), (0.70, 0.55), (0.30, 0.55),
+    (0.58, 0.55), (0.42, 0.55), (0.60, 0.72), (0.40, 0.72), (0.61, 0.90), (0.39, 0.90),
+)  # fmt: skip
+
+
+class AppError(UserError, ValueError):
+    """A problem with what the user gave the app; shown in the page."""
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """What the app accepts: upload size in bytes and image size in pixels."""
+
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError(f"app limits must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class PoseResult:
+    """A new pose for the page.
+
+    ``keypoints``: the editor's new value (keypoint JSON), None to leave the editor as it is (a
+    skeleton image has no keypoints). ``image``: the ControlNet input at the generation size.
+    ``json_path``: the keypoints as a downloadable file, or None. ``message``: for the status line.
+    """
+
+    keypoints: str | None
+    image: Image.Image
+    json_path: Path | None
+    message: str
+
+
+def default_person(canvas: tuple[int, int] = DEFAULT_CANVAS) -> np.ndarray:
+    """(1, 17, 3) keypoints of a standing person on ``canvas`` (W, H), every joint visible."""
+    w, h = canvas
+    return np.array([[(round(x * w), round(y * h), 2.0) for x, y in _DEFAULT_PERSON]])
+
+
+def read_upload(path: str | Path, limits: AppLimits) -> Image.Image:
+    """Decode an uploaded image as RGB (EXIF orientation applied) within ``limits``.
+
+    Raises :class:`AppError` naming the file: too many bytes, too many pixels (read from the
+    header, before any pixel is decoded), or not a readable image.
+    """
+    path = Path(path)
+    name = path.name
+    size = path.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise AppError(
+            f"{name} is {size / 2**20:.1f} MB, over the upload limit of "
+            f"{limits.max_upload_bytes / 2**20:.1f} MB; use a smaller file"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with pil_open(path) as image:
+                width, height = image.size
+        except Image.DecompressionBombError:
+            raise AppError(f"{name} has more pixels than Pillow allows; use a smaller image") from None
+        except Exception as err:  # any failure to identify untrusted bytes
+            raise AppError(f"{name} is not a readable image ({err})") from None
+    if width * height > limits.max_pixels:
+        raise AppError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} pixels; use a smaller image"
+        )
+    try:
+        image = open_image(path, row=name, max_pixels=limits.max_pixels, what="uploaded image")
+    except RowError as err:
+        raise AppError(f"{name}: {err.detail}") from None
+    return ImageOps.exif_transpose(image)
+
+
+def _canvas_for(people: np.ndarray) -> tuple[int, int]:
+    """A canvas for keypoints given without one: the default, grown to hold every joint."""
+    labelled = people[people[..., 2] > 0][:, :2]
+    if not len(labelled):
+        return DEFAULT_CANVAS
+    far = np.ceil(labelled.max(axis=0) * 1.05).astype(int)
+    return max(DEFAULT_CANVAS[0], int(far[0])), max(DEFAULT_CANVAS[1], int(far[1]))
+
+
+def _summary(people: np.ndarray, canvas: tuple[int, int]) -> str:
+    count = len(people)
+    joints = int((people[..., 2] > 0).sum())
+    who = "1 person" if count == 1 else f"{count} people"
+    return f"{who}, {joints} of {17 * count} joints shown, on a {canvas[0]}x{canvas[1]} canvas"
+
+
+def default_controlnet(config: Config) -> str:
+    """The run's newest export (``exports/stage2``, then ``stage1``), else :data:`UNTRAINED`."""
+    exports = Path(config.run.output_dir) / config.run.name / "exports"
+    for stage in ("stage2", "stage1"):
+        if (exports / stage / "config.json").is_file():
+            return str(exports / stage)
+    return UNTRAINED
+
+
+def model_choices(config: Config, extra: str | None = None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the model menu: ``extra``, every export under
+    ``run.output_dir/*/exports/``, and the untrained ControlNet. Other ids can be typed in."""
+    choices = [(extra, extra)] if extra else []
+    for folder in sorted(Path(config.run.output_dir).glob("*/exports/*/config.json")):
+        value = str(folder.parent)
+        if value != extra:
+            choices.append((value, value))
+    return [*choices, (UNTRAINED_LABEL, UNTRAINED)]
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise AppError(f"{name} must be a whole number, got {value!r}") from None
+    if number != value and not (isinstance(value, float) and value.is_integer()):
+        raise AppError(f"{name} must be a whole number, got {value!r}")
+    if not low <= number <= high:
+        raise AppError(f"{name} must be between {low} and {high}, got {number}")
+    return number
+
+
+class AppBackend:
+    """The app's state and callbacks: limits, the pose estimator and a cache of pipelines.
+
+    Args:
+        config: the resolved config (model.base, generate, pose, data.resolution, run.device).
+        limits: what uploads may be.
+        controlnet: the default model (a folder or hub id); None: :func:`default_controlnet`.
+        estimator: a pose estimator (tests pass a fake); None: the configured one, on first use.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        limits: AppLimits | None = None,
+        controlnet: str | None = None,
+        estimator: Any = None,
+    ) -> None:
+        self.config = config
+        self.limits = limits or AppLimits()
+        self.default_model = controlnet or default_controlnet(config)
+        self.size = (config.data.resolution, config.data.resolution)
+        self._estimator = estimator
+        self._pipes: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
+
+    # -- poses ---------------------------------------------------------------------------------
+
+    @property
+    def estimator(self) -> Any:
+        if self._estimator is None:
+            from poseguide.pose.api import estimator_from_config
+
+            self._estimator = estimator_from_config(self.config.pose.estimator)
+        return self._estimator
+
+    def default_pose(self) -> PoseResult:
+        """A standing person on the default canvas: what the page starts with."""
+        return self.pose_from_people(default_person(), DEFAULT_CANVAS, "Default pose")
+
+    def pose_from_people(self, people: np.ndarray, canvas: tuple[int, int], what: str) -> PoseResult:
+        """Render (P, 17, 3) keypoints on ``canvas`` (W, H) at the generation size."""
+        if len(people) > MAX_PEOPLE:
+            raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
+        render = self.config.pose.render
+        cond = pose_condition(PoseInput.keypoints(people, canvas), self.size, render.style)
+        data = pose_to_json(people, size=canvas)
+        text = json.dumps(data)
+        # One file per distinct pose: the download keeps the name pose.json.
+        digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+        path = atomic_write_json(self.tmp / digest / "pose.json", data)
+        return PoseResult(text, cond.image, path, f"{what}: {_summary(people, canvas)}.")
+
+    def pose_from_upload(self, path: str | Path | None, kind: str = "auto") -> PoseResult:
+        """A photo (its pose estimated) or a skeleton image (used as is); ``kind`` as
+        :data:`UPLOAD_KINDS` (``auto`` guesses with :func:`guess_image_kind`)."""
+        if not path:
+            raise AppError("no image uploaded")
+        if kind not in UPLOAD_KINDS:
+            raise AppError(f"unknown upload kind {kind!r}; choose one of {', '.join(UPLOAD_KINDS)}")
+        name = Path(path).name
+        image = read_upload(path, self.limits)
+        if kind == "auto":
+            kind = guess_image_kind(image)
+        if kind == "skeleton":
+            cond = pose_condition(PoseInput.skeleton(image, source=name), self.size)
+            return PoseResult(
+                None,
+                cond.image,
+                None,
+                f"{name}: used as a skeleton image ({image.width}x{image.height}), resized to "
+                f"{self.size[0]}x{self.size[1]}. It has no keypoints to edit or download: upload "
+                "a photo or a keypoint JSON for those (or set the kind to photo).",
+            )
+        start = time.perf_counter()
+        render = self.config.pose.render
+        found = pose_condition(
+            PoseInput.photo(image, source=name), image.size, render.style, self.estimator,
+            render.min_score,
+        )  # fmt: skip
+        people = found.people[(found.people[..., 2] > 0).any(axis=1)]
+        took = time.perf_counter() - start
+        return self.pose_from_people(people, image.size, f"{name}: pose estimated in {took:.1f} s")
+
+    def pose_from_keypoints(self, value: str | dict | None, what: str = "Edited pose") -> PoseResult:
+        """The editor's keypoint JSON (a string or mapping, layout of :mod:`poseguide.pose.io`)."""
+        if value is None or value == "":
+            raise AppError(f"{what}: no keypoints")
+        if isinstance(value, str):
+            if len(value) > MAX_KEYPOINT_JSON_BYTES:
+                raise AppError(f"{what}: the keypoint JSON is over {MAX_KEYPOINT_JSON_BYTES} bytes")
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise AppError(f"{what}: not valid JSON ({err})") from None
+        pose = parse_pose(value, what)
+        return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), what)
+
+    def pose_from_json_file(self, path: str | Path | None) -> PoseResult:
+        """An uploaded keypoint JSON file (see :mod:`poseguide.pose.io`)."""
+        if not path:
+            raise AppError("no keypoint file uploaded")
+        path = Path(path)
+        if path.stat().st_size > MAX_KEYPOINT_JSON_BYTES:
+            raise AppError(f"{path.name} is over the keypoint file limit of 1 MB")
+        try:
+            pose = read_pose(path)
+        except UnicodeDecodeError:
+            raise AppError(f"{path.name} is not a UTF-8 keypoint JSON file") from None
+        canvas = pose.size or _canvas_for(pose.people)
+        return self.pose_from_people(pose.people, canvas, path.name)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def pipeline(self, model: str | None) -> Any:
+        """The pipeline for ``model`` (folder, hub id or :data:`UNTRAINED`), loaded once."""
+        model = (model or self.default_model).strip()
+        with self._lock:  # one load at a time; generation itself is one at a time (the queue)
+            if model in self._pipes:
+                self._pipes.move_to_end(model)
+                return self._pipes[model]
+            pipe = self._load(model)
+            self._pipes[model] = pipe
+            while len(self._pipes) > MAX_CACHED_PIPELINES:
+                self._pipes.popitem(last=False)
+            return pipe
+
+    def _load(self, model: str) -> Any:
+        from poseguide.generate import load_pipeline, pipeline_from_parts
+        from poseguide.models import build_controlnet, load_sd_parts
+        from poseguide.utils.device import resolve_device
+
+        cfg, m = self.config, self.config.model
+        device = resolve_device(cfg.run.device)
+        start = time.perf_counter()
+        if model == UNTRAINED:
+            parts = load_sd_parts(m.base, m.revision, m.variant, device=device)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.run.seed)  # the same untrained model every time
+                controlnet = build_controlnet(parts.unet).eval().requires_grad_(False)
+            pipe = pipeline_from_parts(parts, controlnet, cfg.generate)
+        else:
+            pipe = load_pipeline(m.base, model, cfg.generate, device, m.revision, m.variant)
+        log.info("loaded %s on %s in %.1f s", model, device, time.perf_counter() - start)
+        return pipe
+
+    def generate(
+        self,
+        prompt: str,
+        pose: Image.Image | None,
+        model: str | None = None,
+        seed: Any = 0,
+        steps: Any = None,
+        guidance: Any = None,
+        n: Any = 1,
+    ) -> tuple[list[Image.Image], str]:
+        """``n`` images of ``prompt`` in ``pose`` (a skeleton image); seeds ``seed .. seed+n-1``.
+
+        ``steps`` and ``guidance`` default to the config's. Returns the images (generation size)
+        and a one-line summary.
+        """
+        if pose is None:
+            raise AppError("no pose yet: upload a photo, a skeleton image or a keypoint JSON")
+        seed = _check_int("seed", seed, 0, MAX_SEED)
+        n = _check_int("number of images", n, 1, MAX_IMAGES)
+        g = self.config.generate
+        steps = _check_int("steps", g.steps if steps is None else steps, 1, MAX_STEPS)
+        guidance = float(g.guidance_scale if guidance is None else guidance)
+        if not 0.0 <= guidance <= 50.0:
+            raise AppError(f"guidance must be between 0 and 50, got {guidance}")
+        cfg = dataclasses.replace(g, steps=steps, guidance_scale=guidance)
+        model = (model or self.default_model).strip()
+        pipe = self.pipeline(model)
+        start = time.perf_counter()
+        seeds = [seed + i for i in range(n)]
+        images = generate(pipe, prompt or "", pose.convert("RGB"), seeds, cfg, self.size)
+        took = time.perf_counter() - start
+        label = UNTRAINED_LABEL if model == UNTRAINED else model
+        span = f"seed {seed}" if n == 1 else f"seeds {seed}-{seeds[-1]}"
+        return images, (
+            f"Generated {n} image{'s' if n > 1 else ''} ({self.size[0]}x{self.size[1]}, {span}, "
+            f"{steps} steps, guidance {guidance:g}) with {label} in {took:.1f} s."
+        )
+
+
+def error_message(err: BaseException) -> str:
+    """The status line for an error: the message for people's errors, the type for others."""
+    if isinstance(err, (UserError, KeypointError, FileNotFoundError, ValueError)):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err} (see the server log)"
+    return f"**Error:** {escape_markdown(text)}"
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with Markdown's special characters escaped, so it shows as written."""
+    return "".join("\\" + c if c in "\\`*_[]<>#|" else c for c in text)
