@@ -162,3 +162,16 @@ def test_accelerate_configs_parse(path: Path) -> None:
     assert path.read_text().startswith("#")
     if "deepspeed" in path.name:
         assert config.deepspeed_config["zero_stage"] == 2
+
+
+def test_yaml_words_that_look_boolean_stay_words() -> None:
+    config = load_config("tiny", ["train.mixed_precision=no", "train.tensorboard=true"])
+    assert config.train.mixed_precision == "no" and config.train.tensorboard is True
+    with pytest.raises(ConfigError, match="train.tensorboard: expected bool, got 'yes'"):
+        load_config("tiny", ["train.tensorboard=yes"])
+
+
+def test_unquoted_no_in_a_yaml_file_means_the_word(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path).train.mixed_precision == "no"

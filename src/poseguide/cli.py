@@ -152,11 +152,31 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {paths['md']} and {paths['html']}")
 
 
+def _reproduce(args: argparse.Namespace) -> None:
+    from poseguide.config import load_config
+    from poseguide.reproduce import dry_run, run_reproduce
+
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        dry_run(config, args.probe_model, args.probe_steps)
+    else:
+        run_reproduce(config)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from poseguide.config import load_config
     from poseguide.demo import run_demo
 
     run_demo(load_config(args.config, args.overrides))
+
+
+def _app(args: argparse.Namespace) -> None:
+    from poseguide.app import AppLimits, launch
+    from poseguide.config import load_config
+
+    limits = AppLimits.from_options(args.max_upload_mb, args.max_pixels)
+    config = load_config(args.config, args.overrides)
+    launch(config, args.host, args.port, controlnet=args.controlnet, limits=limits)
 
 
 def _add(
@@ -286,9 +306,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how grid rows are chosen without --samples (default: spread, the "
                         "rows where the models' OKS differ most)")  # fmt: skip
 
+    repro = _add(
+        commands,
+        "reproduce",
+        _reproduce,
+        "the thesis end to end: train every stage, evaluate, report (resumable)",
+    )
+    repro.add_argument("--config", default="thesis", help="config path or preset (default: thesis)")
+    repro.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.name=mine")
+    repro.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check that everything can be reached and print the timed plan",
+    )
+    repro.add_argument(
+        "--probe-model",
+        help="model for the timing probe (default: the base "
+        "model, or builtin:sd15-random when it cannot be reached)",
+    )
+    repro.add_argument("--probe-steps", type=int, default=2, help="timed steps per stage")
+
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
     demo.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
     demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.seed=1")
+
+    app = _add(commands, "app", _app, "the web UI: a pose from a photo, a skeleton image or "
+               "dragged joints, a prompt -> images (needs the app extra)")  # fmt: skip
+    app.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
+    app.add_argument("--controlnet", help="default model: ControlNet folder or hub id (default: "
+                     "the run's stage2 or stage1 export, else an untrained one)")  # fmt: skip
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to serve on (default 127.0.0.1: this machine only)")  # fmt: skip
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument("--max-upload-mb", type=float, help="largest upload (default 20)")
+    app.add_argument("--max-pixels", type=int, help="largest image in pixels (default 4096*4096)")
+    app.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.resolution=512")
     return parser
 
 

@@ -74,6 +74,14 @@ class AppLimits:
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError(f"app limits must be positive, got {self}")
 
+    @classmethod
+    def from_options(
+        cls, max_upload_mb: float | None = None, max_pixels: int | None = None
+    ) -> AppLimits:
+        """Limits from command-line options; None keeps a default."""
+        mb = DEFAULT_MAX_UPLOAD_MB if max_upload_mb is None else max_upload_mb
+        return cls(int(mb * 2**20), DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+
 
 @dataclass(frozen=True)
 class PoseResult:
@@ -116,7 +124,9 @@ def read_upload(path: str | Path, limits: AppLimits) -> Image.Image:
             with pil_open(path) as image:
                 width, height = image.size
         except Image.DecompressionBombError:
-            raise AppError(f"{name} has more pixels than Pillow allows; use a smaller image") from None
+            raise AppError(
+                f"{name} has more pixels than Pillow allows; use a smaller image"
+            ) from None
         except Exception as err:  # any failure to identify untrusted bytes
             raise AppError(f"{name} is not a readable image ({err})") from None
     if width * height > limits.max_pixels:
@@ -168,15 +178,13 @@ def model_choices(config: Config, extra: str | None = None) -> list[tuple[str, s
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise AppError(f"{name} must be a whole number, got {value!r}") from None
-    if number != value and not (isinstance(value, float) and value.is_integer()):
+    """``value`` as an int in [low, high]; whole floats (a slider's 4.0) count as ints."""
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
         raise AppError(f"{name} must be a whole number, got {value!r}")
-    if not low <= number <= high:
-        raise AppError(f"{name} must be between {low} and {high}, got {number}")
-    return number
+    if not low <= int(value) <= high:
+        raise AppError(f"{name} must be between {low} and {high}, got {int(value)}")
+    return int(value)
 
 
 class AppBackend:
@@ -219,7 +227,9 @@ class AppBackend:
         """A standing person on the default canvas: what the page starts with."""
         return self.pose_from_people(default_person(), DEFAULT_CANVAS, "Default pose")
 
-    def pose_from_people(self, people: np.ndarray, canvas: tuple[int, int], what: str) -> PoseResult:
+    def pose_from_people(
+        self, people: np.ndarray, canvas: tuple[int, int], what: str
+    ) -> PoseResult:
         """Render (P, 17, 3) keypoints on ``canvas`` (W, H) at the generation size."""
         if len(people) > MAX_PEOPLE:
             raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
@@ -263,7 +273,9 @@ class AppBackend:
         took = time.perf_counter() - start
         return self.pose_from_people(people, image.size, f"{name}: pose estimated in {took:.1f} s")
 
-    def pose_from_keypoints(self, value: str | dict | None, what: str = "Edited pose") -> PoseResult:
+    def pose_from_keypoints(
+        self, value: str | dict | None, what: str = "Edited pose"
+    ) -> PoseResult:
         """The editor's keypoint JSON (a string or mapping, layout of :mod:`poseguide.pose.io`)."""
         if value is None or value == "":
             raise AppError(f"{what}: no keypoints")

@@ -55,7 +55,8 @@ function parse(value) {
   catch (err) { data = {}; }
   const people = (data.people || []).map((person) => {
     const k = person.keypoints || [];
-    return Array.from({length: N}, (_, j) => [+k[3 * j] || 0, +k[3 * j + 1] || 0, +k[3 * j + 2] || 0]);
+    const at = (i) => +k[i] || 0;
+    return Array.from({length: N}, (_, j) => [at(3 * j), at(3 * j + 1), at(3 * j + 2)]);
   });
   return {width: +data.width || 512, height: +data.height || 512, people: people};
 }

@@ -96,7 +96,10 @@ def coerce(tp: Any, value: Any, key: str = "") -> Any:
             return value
         return from_dict(tp, value, key)
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool):  # YAML 1.1 turns an unquoted no/off/yes/on into a bool
+            words = ("no", "off", "false") if value is False else ("yes", "on", "true")
+            value = next((w for w in words if w in args), value)
+        if value in args and not isinstance(value, bool):
             return value
         _fail(key, value, tp)
     if origin in (Union, types.UnionType):
@@ -202,9 +205,12 @@ def apply_override(data: dict, override: str) -> None:
         path = _join(path, key if isinstance(key, str) else part)
     key, _ = _child(node, parts[-1], path)
     try:
-        node[key] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"{dotted}: cannot parse value {raw!r}: {err}") from None
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans; keep the word
+    node[key] = value
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -70,40 +70,10 @@ def controlnet_ref(ref: str, run_dir: Path) -> str:
 
 def preflight(config: Config, run_dir: Path) -> list[str]:
     """Every problem that would stop the evaluation, found before any generation starts."""
-    from poseguide.models import resolve_pretrained
-    from poseguide.pose.estimator import resolve_pose_weights
+    from poseguide.preflight import evaluation_checks, run_checks
 
-    problems = []
-    if config.data.eval is None:
-        problems.append("no eval split: set data.eval (e.g. the hub dataset's validation split)")
-    m, e = config.model, config.evaluate
-    checks = [
-        ("Stable Diffusion base", lambda: resolve_pretrained(m.base, m.revision)),
-        ("pose weights", lambda: resolve_pose_weights(e.estimator.weights)),
-        ("CLIP model", lambda: resolve_pretrained(e.clip_model, what="CLIP model")),
-    ]
-    for model in config.evaluate.models:
-        ref = controlnet_ref(model.controlnet, run_dir)
-        if model.controlnet.startswith("stage:") and not (Path(ref) / "config.json").is_file():
-            stage = model.controlnet.split(":", 1)[1]
-            problems.append(f"model {model.name!r}: the export {ref} is missing; train it first "
-                            f"(poseguide train CONFIG --stage {stage})")  # fmt: skip
-        elif ref not in (UNTRAINED, ORIGINALS):
-            checks.append(
-                (f"model {model.name!r}", lambda r=ref: resolve_pretrained(r, what="ControlNet"))
-            )
-    if config.evaluate.lpips_pretrained:
-        from poseguide.evaluate.lpips_metric import BACKBONE_WEIGHTS
-        from poseguide.evaluate.metrics import ensure_torch_hub_weights
-
-        url = BACKBONE_WEIGHTS[config.evaluate.lpips_net]
-        checks.append(("LPIPS", lambda: ensure_torch_hub_weights(url, "LPIPS backbone weights")))
-    for what, check in checks:
-        try:
-            check()
-        except (OSError, ValueError, UserError) as err:
-            problems.append(f"{what}: {err}")
-    return problems
+    results = run_checks(evaluation_checks(config, run_dir))
+    return [f"{r.check.what}: {r.error}" for r in results if not r.ok]
 
 
 @dataclass

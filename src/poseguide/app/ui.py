@@ -1,0 +1,210 @@
+"""The Gradio page: layout and wiring. The work is done by :class:`~poseguide.app.core.AppBackend`.
+
+Layout: the prompt and generation settings on the left, the pose inputs (upload, keypoint JSON,
+the drag editor, the JSON download) on the right; below them the pose ControlNet sees and the
+generated images side by side, and a status line that shows what happened, errors included.
+Every callback is guarded: an exception becomes a message in the status line, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; set before import
+
+import gradio as gr
+
+from poseguide.app.core import (
+    MAX_IMAGES,
+    MAX_STEPS,
+    AppBackend,
+    AppLimits,
+    PoseResult,
+    error_message,
+    model_choices,
+)
+from poseguide.app.editor import EDITOR_CSS, EDITOR_JS, EDITOR_TEMPLATE, editor_props
+from poseguide.config import Config
+from poseguide.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_PROMPT = "a person standing in a park, photograph"
+# Small generated images are scaled up in the page: keep their pixels sharp.
+PAGE_CSS = """
+#pg-pose img, #pg-gallery img { image-rendering: pixelated; }
+#pg-pose img { width: 100%; height: 100%; object-fit: contain; }
+#pg-status { min-height: 2.5em; }
+"""
+INTRO = (
+    "## poseguide: pose-guided image generation\n"
+    "Give a pose (upload a photo and its pose is estimated, a skeleton image, or a keypoint "
+    "JSON; or drag the joints in the editor), write a prompt and generate. Drag a joint to move "
+    "it; double-click a joint to hide or show it (hidden joints are hollow)."
+)
+
+
+def _theme() -> Any:
+    """The default theme with system fonts: the stock one fetches web fonts, and this app
+    works offline."""
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+
+
+def _guarded(fn: Callable[..., tuple], outputs: int) -> Callable[..., tuple]:
+    """``fn`` with any exception turned into an error message in the last output (the status
+    line); the other outputs are left as they are."""
+
+    def run(*args: Any) -> tuple:
+        try:
+            return fn(*args)
+        except Exception as err:
+            log.warning("app: %s", err, exc_info=not isinstance(err, (UserError, ValueError)))
+            return (*([gr.skip()] * (outputs - 1)), error_message(err))
+
+    return run
+
+
+def _pose_outputs(result: PoseResult, editor: bool = True) -> tuple:
+    """(editor, pose state, pose image, download, status) for a new pose; without the editor
+    when it already shows the pose (the user's own edit)."""
+    rest = (result.image, result.image, result.json_path, result.message)
+    if not editor:
+        return rest
+    return (gr.skip() if result.keypoints is None else result.keypoints, *rest)
+
+
+def build_app(
+    config: Config,
+    controlnet: str | None = None,
+    limits: AppLimits | None = None,
+    backend: AppBackend | None = None,
+) -> gr.Blocks:
+    """The app's page for ``config``; ``controlnet`` is the default model (see
+    :func:`~poseguide.app.core.default_controlnet`). Start it with :func:`launch`."""
+    backend = backend or AppBackend(config, limits, controlnet)
+    start = backend.default_pose()
+    g = config.generate
+    w, h = backend.size
+    with gr.Blocks(title="poseguide") as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, elem_id="pg-prompt")
+                model = gr.Dropdown(
+                    model_choices(config, controlnet), value=backend.default_model,
+                    allow_custom_value=True, elem_id="pg-model",
+                    label="ControlNet: an exported folder or a hub id (type to add one)",
+                )  # fmt: skip
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pg-seed")
+                    count = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images", elem_id="pg-n")
+                steps = gr.Slider(1, MAX_STEPS, g.steps, step=1, label="Steps", elem_id="pg-steps")
+                guidance = gr.Slider(0, 20, g.guidance_scale, step=0.5, label="Guidance scale")
+                run = gr.Button("Generate", variant="primary", elem_id="pg-generate")
+            with gr.Column(scale=1, min_width=320):
+                with gr.Tab("Photo or skeleton image"):
+                    upload = gr.Image(
+                        type="filepath", sources=["upload"], height=220, elem_id="pg-upload",
+                        label="A photo (its pose is estimated) or an OpenPose skeleton image",
+                    )  # fmt: skip
+                    kind = gr.Radio(["auto", "photo", "skeleton"], value="auto",
+                                    label="The upload is")  # fmt: skip
+                with gr.Tab("Keypoint JSON"):
+                    json_in = gr.File(
+                        file_types=[".json"], type="filepath", elem_id="pg-json-in",
+                        label="Keypoints in COCO-17 layout (as downloaded below)",
+                    )  # fmt: skip
+                editor = gr.HTML(
+                    start.keypoints, html_template=EDITOR_TEMPLATE, css_template=EDITOR_CSS,
+                    js_on_load=EDITOR_JS, elem_id="pg-editor", show_label=True, container=True,
+                    label="Pose editor (drag the joints)",
+                    **editor_props(),
+                )  # fmt: skip
+                with gr.Row():
+                    reset = gr.Button("Default pose", size="sm", elem_id="pg-reset")
+                    download = gr.DownloadButton(
+                        "Download keypoints (JSON)", value=start.json_path, size="sm",
+                        elem_id="pg-download",
+                    )  # fmt: skip
+        with gr.Row(equal_height=True):
+            pose_image = gr.Image(
+                start.image, type="pil", format="png", interactive=False, height=320,
+                label=f"Pose (the ControlNet input, {w}x{h})", elem_id="pg-pose",
+            )  # fmt: skip
+            gallery = gr.Gallery(
+                label="Generated", format="png", columns=2, height=320, object_fit="contain",
+                interactive=False, elem_id="pg-gallery",
+            )  # fmt: skip
+        status = gr.Markdown(start.message, elem_id="pg-status")
+        pose = gr.State(start.image)  # the ControlNet input Generate uses
+
+        pose_outs = [editor, pose, pose_image, download, status]
+        upload.upload(
+            _guarded(lambda path, k: _pose_outputs(backend.pose_from_upload(path, k)), 5),
+            [upload, kind], pose_outs,
+        )  # fmt: skip
+        json_in.upload(
+            _guarded(lambda path: _pose_outputs(backend.pose_from_json_file(path)), 5),
+            [json_in], pose_outs,
+        )  # fmt: skip
+        reset.click(_guarded(lambda: _pose_outputs(backend.default_pose()), 5), None, pose_outs)
+
+        def on_edit(event: gr.EventData) -> tuple:
+            value = (event._data or {}).get("value")
+            return _guarded(lambda: _pose_outputs(backend.pose_from_keypoints(value), False), 4)()
+
+        editor.edit(on_edit, None, pose_outs[1:])
+        run.click(
+            _guarded(backend.generate, 2),
+            [prompt, pose, model, seed, steps, guidance, count], [gallery, status],
+        )  # fmt: skip
+    return demo
+
+
+def launch(
+    config: Config,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    controlnet: str | None = None,
+    share: bool = False,
+    limits: AppLimits | None = None,
+    block: bool = True,
+    backend: AppBackend | None = None,
+) -> gr.Blocks:
+    """Serve the app on ``host:port`` (default: this machine only).
+
+    Uploads over ``limits.max_upload_bytes`` are refused by Gradio before they reach Python;
+    images over ``limits.max_pixels`` by the app. ``block=False`` returns once the server runs
+    (tests; stop it with ``demo.close()``). ``share`` asks Gradio for a public link (needs the
+    network).
+    """
+    limits = limits or AppLimits()
+    if host not in LOOPBACK:
+        log.warning(
+            "serving on %s: other machines can reach the app, and it has no login; use "
+            "--host 127.0.0.1 to keep it on this machine",
+            host,
+        )
+    demo = build_app(config, controlnet, limits, backend)
+    demo.queue(default_concurrency_limit=1, max_size=32)  # one generation at a time
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=limits.max_upload_bytes,
+        prevent_thread_lock=not block,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        quiet=not block,
+        theme=_theme(),
+        css=PAGE_CSS,
+    )
+    return demo

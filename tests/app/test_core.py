@@ -1,0 +1,219 @@
+"""The app's callbacks without a browser: uploads, keypoints, limits, generation, the CLI."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from poseguide.app import AppBackend, AppError, AppLimits
+from poseguide.app.core import (
+    DEFAULT_CANVAS,
+    UNTRAINED,
+    default_controlnet,
+    default_person,
+    error_message,
+    model_choices,
+)
+from poseguide.generate import NoPersonFoundError, PoseInput, pose_condition
+from poseguide.pose.io import parse_pose, read_pose, write_pose
+from poseguide.pose.render import render_skeleton
+from poseguide.pose.skeleton import KeypointError
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height``, with no pixel data (a cheap bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def backend(app_config) -> AppBackend:
+    return AppBackend(app_config, AppLimits(max_upload_bytes=2**20, max_pixels=600 * 600))
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_photo_gives_keypoints_and_pose_image(backend: AppBackend, astronaut: Path) -> None:
+    result = backend.pose_from_upload(astronaut)
+    pose = parse_pose(json.loads(result.keypoints))
+    assert pose.size == (512, 512)  # the editor works in the photo's pixels
+    assert pose.people.shape == (1, 17, 3)
+    nose, left_shoulder = pose.people[0, 0], pose.people[0, 5]
+    assert nose[2] == 2 and np.hypot(*(nose[:2] - (221, 121))) < 20
+    assert left_shoulder[2] == 2 and np.hypot(*(left_shoulder[:2] - (312, 250))) < 25
+    assert pose.people[0, 15, 2] == 0  # the ankles are out of the picture
+    assert result.image.size == backend.size == (64, 64)
+    expected = pose_condition(PoseInput.keypoints(pose.people, (512, 512)), (64, 64))
+    assert _same(result.image, expected.image)
+    assert np.asarray(result.image).max() > 0
+    assert "astronaut.png: pose estimated" in result.message and "1 person" in result.message
+    assert np.array_equal(read_pose(result.json_path).people, pose.people)
+
+
+def test_photo_without_a_person(backend: AppBackend, tmp_path: Path) -> None:
+    path = tmp_path / "wall.png"
+    Image.new("RGB", (256, 256), (128, 120, 110)).save(path)
+    with pytest.raises(NoPersonFoundError, match="no person found"):
+        backend.pose_from_upload(path, "photo")
+
+
+def test_skeleton_image_is_used_as_is(backend: AppBackend, tmp_path: Path) -> None:
+    path = tmp_path / "skeleton.png"
+    Image.fromarray(render_skeleton(default_person((128, 128)), (128, 128))).save(path)
+    result = backend.pose_from_upload(path)  # "auto" recognises the skeleton
+    assert result.keypoints is None and result.json_path is None
+    resized = Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+    assert _same(result.image, resized)
+    assert "skeleton image" in result.message
+
+
+def test_keypoint_json_round_trip(backend: AppBackend, tmp_path: Path) -> None:
+    people = default_person((128, 96))
+    people[0, 9, 2] = 0  # a hidden wrist stays hidden
+    upload = write_pose(tmp_path / "mine.json", people, size=(128, 96))
+    result = backend.pose_from_json_file(upload)
+    editor = parse_pose(json.loads(result.keypoints))
+    assert editor.size == (128, 96) and np.array_equal(editor.people, people)
+    download = read_pose(result.json_path)
+    assert result.json_path.name == "pose.json"
+    assert download.size == (128, 96) and np.array_equal(download.people, people)
+    # What the editor sends back after a drag renders the same way.
+    moved = json.loads(result.keypoints)
+    moved["people"][0]["keypoints"][0] += 10.0  # the nose, 10 px to the right
+    edited = backend.pose_from_keypoints(json.dumps(moved))
+    assert parse_pose(json.loads(edited.keypoints)).people[0, 0, 0] == people[0, 0, 0] + 10
+    expected = render_skeleton(parse_pose(moved).people * [0.5, 64 / 96, 1], (64, 64))
+    assert np.array_equal(np.asarray(edited.image), expected)
+    assert not _same(edited.image, result.image)
+
+
+def test_keypoints_without_a_canvas(backend: AppBackend) -> None:
+    people = default_person((900, 300))
+    value = {"people": [{"keypoints": people[0].reshape(-1).tolist()}]}
+    result = backend.pose_from_keypoints(value)
+    width, height = parse_pose(json.loads(result.keypoints)).size
+    assert width >= 900 * 0.9 and height == DEFAULT_CANVAS[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("{not json", "not valid JSON"),
+        ("", "no keypoints"),
+        (json.dumps({"people": [{"keypoints": [1, 2, 3]}]}), "expected 51"),
+        (json.dumps({"people": [{"keypoints": [0] * 50 + [7]}]}), "third value is 7"),
+        ("x" * (2**20 + 1), "over 1048576 bytes"),
+    ],
+)
+def test_bad_keypoints_are_refused(backend: AppBackend, value: str, match: str) -> None:
+    with pytest.raises((AppError, KeypointError), match=match):
+        backend.pose_from_keypoints(value)
+
+
+def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    Image.new("RGB", (700, 600), (10, 20, 30)).save(big)  # 420,000 > 360,000 pixels
+    with pytest.raises(AppError, match=r"700x600 = 420,000 pixels, over the limit of 360,000"):
+        backend.pose_from_upload(big)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(100_000, 100_000))  # decoded it would take 30 GB
+    with pytest.raises(AppError, match="more pixels than Pillow allows"):
+        backend.pose_from_upload(bomb)
+    heavy = tmp_path / "heavy.png"
+    heavy.write_bytes(b"\0" * (2**20 + 1))
+    with pytest.raises(AppError, match=r"heavy.png is 1.0 MB, over the upload limit of 1.0 MB"):
+        backend.pose_from_upload(heavy)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(AppError, match="junk.png is not a readable image"):
+        backend.pose_from_upload(junk)
+
+
+def test_generate_returns_images(backend: AppBackend) -> None:
+    pose = backend.default_pose().image
+    images, message = backend.generate("a person", pose, UNTRAINED, seed=3, steps=2, n=2)
+    assert len(images) == 2 and all(im.size == (64, 64) for im in images)
+    assert "Generated 2 images" in message and "seeds 3-4" in message
+    again, _ = backend.generate("a person", pose, UNTRAINED, seed=4, steps=2, n=1)
+    assert _same(again[0], images[1])  # image i depends on its seed only
+    assert backend.pipeline(UNTRAINED) is backend.pipeline(None)  # loaded once, cached
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps must be between 1 and 150"),
+        ({"n": 9}, "number of images must be between 1 and 4"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"guidance": -1}, "guidance must be between 0 and 50"),
+        ({"pose": None}, "no pose yet"),
+        ({"model": "/no/such/controlnet"}, "ControlNet '/no/such/controlnet'"),
+    ],
+)
+def test_generate_refuses_bad_settings(backend: AppBackend, kwargs: dict, match: str) -> None:
+    args = {"prompt": "p", "pose": backend.default_pose().image, "model": UNTRAINED} | kwargs
+    with pytest.raises((AppError, FileNotFoundError), match=match):
+        backend.generate(**args)
+
+
+def test_default_model_is_the_newest_export(app_config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    config = replace(app_config, run=replace(app_config.run, output_dir=str(tmp_path)))
+    assert default_controlnet(config) == UNTRAINED
+    exports = tmp_path / config.run.name / "exports"
+    for stage in ("stage1", "stage2"):
+        (exports / stage).mkdir(parents=True)
+        (exports / stage / "config.json").write_text("{}")
+        assert default_controlnet(config) == str(exports / stage)
+    values = [value for _, value in model_choices(config, "some/hub-id")]
+    assert values == ["some/hub-id", str(exports / "stage1"), str(exports / "stage2"), UNTRAINED]
+
+
+def test_error_message_is_markdown_safe() -> None:
+    text = error_message(AppError("file my_photo_1.png: *bad*"))
+    assert text == r"**Error:** file my\_photo\_1.png: \*bad\*"
+    assert "RuntimeError: boom (see the server log)" in error_message(RuntimeError("boom"))
+
+
+def test_callbacks_never_raise(backend: AppBackend) -> None:
+    import gradio as gr
+
+    from poseguide.app.ui import _guarded, build_app
+
+    def fails() -> tuple:
+        raise KeyError("oops")
+
+    out = _guarded(fails, 3)()
+    assert out[:2] == (gr.skip(), gr.skip()) and out[2].startswith("**Error:** KeyError")
+    assert isinstance(build_app(backend.config, backend=backend), gr.Blocks)
+
+
+def test_cli_app_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import poseguide.app
+    from poseguide.cli import main
+
+    calls = []
+    monkeypatch.setattr(poseguide.app, "launch", lambda *a, **k: calls.append((a, k)))
+    args = ["app", "--host", "0.0.0.0", "--port", "8123", "--max-pixels", "1000"]
+    args.append("data.resolution=128")
+    assert main(args) == 0
+    (config, host, port), kwargs = calls[0]
+    assert (host, port, config.data.resolution, config.model.base) == (
+        "0.0.0.0", 8123, 128, "builtin:tiny-sd",
+    )  # fmt: skip
+    assert kwargs["limits"] == AppLimits.from_options(None, 1000) and kwargs["controlnet"] is None
+    assert main(["app"]) == 0 and calls[1][0][1] == "127.0.0.1"  # loopback by default

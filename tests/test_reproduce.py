@@ -1,0 +1,49 @@
+"""`poseguide reproduce --dry-run` offline: every unreachable item named, a timed plan printed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from poseguide.cli import main
+from poseguide.config import load_config
+from poseguide.reproduce import Probe, plan
+
+
+def test_dry_run_offline_reports_what_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["reproduce", "--dry-run", "--probe-model", "builtin:tiny-sd", "--probe-steps", "1",
+                 "data.resolution=64", "generate.steps=2", "train.mixed_precision=no"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    unreachable = re.findall(r"\[UNREACHABLE\] ([^:]+): (\S+)", out)
+    assert ("Stable Diffusion base", "stable-diffusion-v1-5/stable-diffusion-v1-5") in unreachable
+    assert ("train split", "hub:limingcv/Captioned_COCOPose") in unreachable
+    assert ("eval split", "hub:limingcv/Captioned_COCOPose") in unreachable
+    assert ("model 'baseline'", "lllyasviel/sd-controlnet-openpose") in unreachable
+    assert ("CLIP model", "openai/clip-vit-large-patch14") in unreachable
+    assert ("evaluation pose weights", "yolov8x-pose.pt") in unreachable
+    assert len(unreachable) == len(set(unreachable))  # each item once
+    # Every failure says how to fix it; this run's exports are written by training, not missing.
+    assert out.count("hf download") >= 4 and "pass the folder instead of the id" in out
+    assert "model 'stage1': runs/thesis/exports/stage1 (written by training (stage1))" in out
+    # The plan: one line per stage and the evaluation, with counts from the thesis' dataset size.
+    assert re.search(r"train stage1 \(denoising\)\s+245,600 steps\s+[\d.]+s\s+\d", out)
+    assert re.search(r"train stage2 \(heatmap\)\s+122,800 steps", out)
+    assert re.search(r"evaluate \(generation\)\s+8,070 images", out)
+    assert "item(s) unreachable: fix them before `poseguide reproduce`" in out
+
+
+def test_plan_arithmetic() -> None:
+    config = load_config("tiny", ["train.batch_size=2", "train.grad_accum=2"])
+    measured = Probe("m", "cpu", {"stage1": 0.5, "stage2": 2.0}, 3.0)
+    rows = {r["step"]: r for r in plan(config, measured)}
+    # 32 synthetic rows / (2 x 2) = 8 steps an epoch; stage1 8 epochs, stage2 2 epochs.
+    assert rows["train stage1 (denoising)"]["count"] == 64
+    assert rows["train stage1 (denoising)"]["total"] == pytest.approx(32.0)
+    assert rows["train stage2 (heatmap)"]["total"] == pytest.approx(16 * 2.0)
+    assert rows["evaluate (generation)"]["count"] == 8 * 4  # 8 eval rows x 4 models
