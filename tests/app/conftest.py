@@ -1,4 +1,4 @@
-"""Shared fixtures of the app tests: the tiny config, the astronaut photo, one backend."""
+"""Shared fixtures of the app tests: the tiny config and the astronaut photo."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import torch
 from PIL import Image
 
 from poseguide.config import Config, load_config
-
-pytest.importorskip("gradio", reason="the app extra is not installed: pip install -e '.[app]'")
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -58,7 +58,7 @@ def test_astronaut_one_person_with_eye_read_keypoints(estimator, astronaut) -> N
     assert det.image_size == (512, 512)
     assert_astronaut(det)
     (kps,) = estimator.estimate(astronaut)
-    np.testing.assert_array_equal(kps, det.keypoints)
+    np.testing.assert_allclose(kps, det.keypoints, atol=1e-3)  # two runs: float noise
 
 
 def test_inference_size_is_undone(estimator, astronaut) -> None:

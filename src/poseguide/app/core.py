@@ -9,14 +9,18 @@ decoded: their size in bytes, then their pixel count read from the header
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
+import io
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +54,7 @@ DEFAULT_CANVAS = (512, 512)  # (width, height) of the default pose and of JSON f
 UNTRAINED = "unet"  # model choice: a ControlNet copied from the base UNet, untrained
 UNTRAINED_LABEL = "untrained ControlNet (copied from the base UNet)"
 UPLOAD_KINDS = ("auto", "photo", "skeleton")
+EDITOR_BACKGROUND_SIDE = 384  # px: the photo under the editor's joints, sent as a data URL
 
 # A standing person as fractions of the canvas, COCO-17 order (x, y).
 _DEFAULT_PERSON = (
@@ -141,6 +146,15 @@ def read_upload(path: str | Path, limits: AppLimits) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def data_url(image: Image.Image, side: int = EDITOR_BACKGROUND_SIDE) -> str:
+    """A small JPEG of ``image`` (longer side at most ``side``) as a ``data:`` URL."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _canvas_for(people: np.ndarray) -> tuple[int, int]:
     """A canvas for keypoints given without one: the default, grown to hold every joint."""
     labelled = people[people[..., 2] > 0][:, :2]
@@ -211,7 +225,8 @@ class AppBackend:
         self._estimator = estimator
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))  # keypoint downloads
+        weakref.finalize(self, shutil.rmtree, self.tmp, True)
 
     # -- poses ---------------------------------------------------------------------------------
 
@@ -228,9 +243,17 @@ class AppBackend:
         return self.pose_from_people(default_person(), DEFAULT_CANVAS, "Default pose")
 
     def pose_from_people(
-        self, people: np.ndarray, canvas: tuple[int, int], what: str
+        self,
+        people: np.ndarray,
+        canvas: tuple[int, int],
+        what: str,
+        background: str | None = None,
     ) -> PoseResult:
-        """Render (P, 17, 3) keypoints on ``canvas`` (W, H) at the generation size."""
+        """Render (P, 17, 3) keypoints on ``canvas`` (W, H) at the generation size.
+
+        ``background``: a ``data:image/...`` URL the editor shows under the joints (the photo);
+        it goes into the editor's value only, not into the downloadable JSON.
+        """
         if len(people) > MAX_PEOPLE:
             raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
         render = self.config.pose.render
@@ -240,7 +263,8 @@ class AppBackend:
         # One file per distinct pose: the download keeps the name pose.json.
         digest = hashlib.sha1(text.encode()).hexdigest()[:16]
         path = atomic_write_json(self.tmp / digest / "pose.json", data)
-        return PoseResult(text, cond.image, path, f"{what}: {_summary(people, canvas)}.")
+        editor = json.dumps({**data, "background": background}) if background else text
+        return PoseResult(editor, cond.image, path, f"{what}: {_summary(people, canvas)}.")
 
     def pose_from_upload(self, path: str | Path | None, kind: str = "auto") -> PoseResult:
         """A photo (its pose estimated) or a skeleton image (used as is); ``kind`` as
@@ -271,7 +295,8 @@ class AppBackend:
         )  # fmt: skip
         people = found.people[(found.people[..., 2] > 0).any(axis=1)]
         took = time.perf_counter() - start
-        return self.pose_from_people(people, image.size, f"{name}: pose estimated in {took:.1f} s")
+        what = f"{name}: pose estimated in {took:.1f} s"
+        return self.pose_from_people(people, image.size, what, background=data_url(image))
 
     def pose_from_keypoints(
         self, value: str | dict | None, what: str = "Edited pose"
@@ -354,7 +379,7 @@ class AppBackend:
         """
         if pose is None:
             raise AppError("no pose yet: upload a photo, a skeleton image or a keypoint JSON")
-        seed = _check_int("seed", seed, 0, MAX_SEED)
+        seed = _check_int("seed", seed, 0, MAX_SEED - MAX_IMAGES)  # seed + i must fit too
         n = _check_int("number of images", n, 1, MAX_IMAGES)
         g = self.config.generate
         steps = _check_int("steps", g.steps if steps is None else steps, 1, MAX_STEPS)

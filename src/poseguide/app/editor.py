@@ -12,9 +12,12 @@ pixels of the pose's own canvas (the photo's size, or :data:`~poseguide.app.core
   (``trigger('edit', {value})``), whose Python handler renders the skeleton image. Sending only on
   release keeps one request per drag, and the ``edit`` event (unlike ``change``) fires only for
   the user's edits, never for values Python set itself.
+* A photo's pose comes with the photo (a small JPEG ``data:`` URL under ``"background"``), drawn
+  dimmed under the joints; the downloadable JSON never carries it.
 * A joint with visibility 0 (not labelled) is drawn hollow and grey; one without coordinates is
   parked in a row along the top. Dragging a hidden joint makes it visible (v = 2); a double click
   toggles a joint between visible and hidden.
+  A press and release without a move sends nothing.
 
 The template is constant (it does not use ``${value}``), so Gradio never re-renders it over the
 SVG the script draws.
@@ -48,6 +51,7 @@ const svg = document.createElementNS(NS, 'svg');
 box.appendChild(svg);
 let pose = {width: 512, height: 512, people: []};
 let drag = null;
+const DOUBLE_TAP_MS = 400;
 
 function parse(value) {
   let data = {};
@@ -58,13 +62,17 @@ function parse(value) {
     const at = (i) => +k[i] || 0;
     return Array.from({length: N}, (_, j) => [at(3 * j), at(3 * j + 1), at(3 * j + 2)]);
   });
-  return {width: +data.width || 512, height: +data.height || 512, people: people};
+  const bg = data.background;  // the photo, shown under the joints
+  const background = typeof bg === 'string' && bg.startsWith('data:image/') ? bg : null;
+  return {width: +data.width || 512, height: +data.height || 512, people, background};
 }
 
 function serialise() {
   const round = (v) => Math.round(v * 1000) / 1000;
-  return JSON.stringify({width: pose.width, height: pose.height,
-    people: pose.people.map((p) => ({keypoints: p.flat().map(round)}))});
+  const out = {width: pose.width, height: pose.height,
+    people: pose.people.map((p) => ({keypoints: p.flat().map(round)}))};
+  if (pose.background) out.background = pose.background;
+  return JSON.stringify(out);
 }
 
 function where(p, j) {  // a joint without coordinates is parked along the top edge
@@ -91,6 +99,10 @@ function draw() {
   svg.setAttribute('viewBox', `0 0 ${pose.width} ${pose.height}`);
   svg.replaceChildren();
   add(svg, 'rect', {x: 0, y: 0, width: pose.width, height: pose.height, fill: '#000'});
+  if (pose.background) {
+    add(svg, 'image', {href: pose.background, x: 0, y: 0, width: pose.width,
+      height: pose.height, opacity: 0.45, preserveAspectRatio: 'none'});
+  }
   pose.people.forEach((person, p) => {
     for (const [a, b] of props.limbs) {
       if (person[a][2] <= 0 || person[b][2] <= 0) continue;
@@ -104,7 +116,7 @@ function draw() {
       add(svg, 'circle', {cx: x, cy: y, r: r, 'data-p': p, 'data-j': j,
         'data-name': props.names[j], class: shown ? 'pg-joint' : 'pg-joint pg-hidden',
         fill: shown ? props.colors[j] : 'none', 'stroke-width': line / 2,
-        stroke: shown ? '#fff' : '#9ca3af'},
+        stroke: shown ? '#fff' : '#9ca3af', 'pointer-events': 'all'},  // hollow ones too
         `person ${p + 1}: ${props.names[j]}${shown ? '' : ' (hidden)'}`);
     });
   });
@@ -128,31 +140,46 @@ function joint(event) {
   return c ? {p: +c.dataset.p, j: +c.dataset.j} : null;
 }
 
-svg.addEventListener('pointerdown', (event) => {
-  drag = joint(event);
-  if (!drag) return;
-  event.preventDefault();
-  svg.setPointerCapture(event.pointerId);
-});
-svg.addEventListener('pointermove', (event) => {
-  if (!drag) return;
-  const k = pose.people[drag.p][drag.j];
-  [k[0], k[1]] = point(event);
-  if (k[2] === 0) k[2] = 2;
-  draw();
-});
-const release = () => { if (drag) { drag = null; commit(); } };
-svg.addEventListener('pointerup', release);
-svg.addEventListener('pointercancel', release);
-svg.addEventListener('dblclick', (event) => {
-  const hit = joint(event);
-  if (!hit) return;
+function toggle(hit) {  // hidden <-> visible; a joint without coordinates keeps its spot
   const k = pose.people[hit.p][hit.j];
   if (k[2] === 0) [k[0], k[1]] = where(hit.p, hit.j);
   k[2] = k[2] > 0 ? 0 : 2;
   draw();
   commit();
+}
+
+// Double taps are detected here, not with 'dblclick': under pointer capture the browser's
+// click events target the SVG, not the joint.
+let lastTap = null;
+svg.addEventListener('pointerdown', (event) => {
+  const hit = joint(event);
+  if (!hit) return;
+  event.preventDefault();
+  const again = lastTap && lastTap.p === hit.p && lastTap.j === hit.j;
+  if (again && event.timeStamp - lastTap.t < DOUBLE_TAP_MS) {
+    lastTap = null;
+    toggle(hit);
+    return;
+  }
+  lastTap = {p: hit.p, j: hit.j, t: event.timeStamp};
+  drag = {p: hit.p, j: hit.j, x0: event.clientX, y0: event.clientY, moved: false};
+  svg.setPointerCapture(event.pointerId);
 });
+svg.addEventListener('pointermove', (event) => {
+  if (!drag) return;
+  if (!drag.moved && Math.hypot(event.clientX - drag.x0, event.clientY - drag.y0) < 3) return;
+  drag.moved = true;  // a click that wobbles a pixel or two is not a drag
+  const k = pose.people[drag.p][drag.j];
+  [k[0], k[1]] = point(event);
+  if (k[2] === 0) k[2] = 2;
+  draw();
+});
+const release = () => {
+  if (drag && drag.moved) commit();
+  drag = null;
+};
+svg.addEventListener('pointerup', release);
+svg.addEventListener('pointercancel', release);
 
 watch('value', () => { pose = parse(props.value); draw(); });
 pose = parse(props.value);

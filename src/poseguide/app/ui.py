@@ -80,6 +80,50 @@ def _pose_outputs(result: PoseResult, editor: bool = True) -> tuple:
     return (gr.skip() if result.keypoints is None else result.keypoints, *rest)
 
 
+def _settings(config: Config, controlnet: str | None, backend: AppBackend) -> tuple:
+    """The left column: prompt, model, seed, images, steps, guidance and the Generate button."""
+    g = config.generate
+    prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, elem_id="pg-prompt")
+    model = gr.Dropdown(
+        model_choices(config, controlnet), value=backend.default_model,
+        allow_custom_value=True, elem_id="pg-model",
+        label="ControlNet: an exported folder or a hub id (type to add one)",
+    )  # fmt: skip
+    with gr.Row():
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pg-seed")
+        count = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images", elem_id="pg-n")
+    steps = gr.Slider(1, MAX_STEPS, g.steps, step=1, label="Steps", elem_id="pg-steps")
+    guidance = gr.Slider(0, 20, g.guidance_scale, step=0.5, label="Guidance scale")
+    run = gr.Button("Generate", variant="primary", elem_id="pg-generate")
+    return run, [prompt, model, seed, steps, guidance, count]
+
+
+def _pose_inputs(start: PoseResult) -> tuple:
+    """The right column: the upload, the keypoint JSON upload, the editor and the download."""
+    with gr.Tab("Photo or skeleton image"):
+        upload = gr.Image(
+            type="filepath", sources=["upload"], height=220, elem_id="pg-upload",
+            label="A photo (its pose is estimated) or an OpenPose skeleton image",
+        )  # fmt: skip
+        kind = gr.Radio(["auto", "photo", "skeleton"], value="auto", label="The upload is")
+    with gr.Tab("Keypoint JSON"):
+        json_in = gr.File(
+            file_types=[".json"], type="filepath", elem_id="pg-json-in",
+            label="Keypoints in COCO-17 layout (as downloaded below)",
+        )  # fmt: skip
+    editor = gr.HTML(
+        start.keypoints, html_template=EDITOR_TEMPLATE, css_template=EDITOR_CSS,
+        js_on_load=EDITOR_JS, elem_id="pg-editor", show_label=True, container=True,
+        label="Pose editor (drag the joints)", **editor_props(),
+    )  # fmt: skip
+    with gr.Row():
+        reset = gr.Button("Default pose", size="sm", elem_id="pg-reset")
+        download = gr.DownloadButton(
+            "Download keypoints (JSON)", value=start.json_path, size="sm", elem_id="pg-download"
+        )
+    return upload, kind, json_in, editor, reset, download
+
+
 def build_app(
     config: Config,
     controlnet: str | None = None,
@@ -87,52 +131,18 @@ def build_app(
     backend: AppBackend | None = None,
 ) -> gr.Blocks:
     """The app's page for ``config``; ``controlnet`` is the default model (see
-    :func:`~poseguide.app.core.default_controlnet`). Start it with :func:`launch`."""
+    :func:`~poseguide.app.core.default_controlnet`). Serve it with :func:`launch`, which adds
+    the upload limit, the offline theme and the page's CSS (Gradio 6 takes them at launch)."""
     backend = backend or AppBackend(config, limits, controlnet)
     start = backend.default_pose()
-    g = config.generate
     w, h = backend.size
     with gr.Blocks(title="poseguide") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, elem_id="pg-prompt")
-                model = gr.Dropdown(
-                    model_choices(config, controlnet), value=backend.default_model,
-                    allow_custom_value=True, elem_id="pg-model",
-                    label="ControlNet: an exported folder or a hub id (type to add one)",
-                )  # fmt: skip
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pg-seed")
-                    count = gr.Slider(1, MAX_IMAGES, 1, step=1, label="Images", elem_id="pg-n")
-                steps = gr.Slider(1, MAX_STEPS, g.steps, step=1, label="Steps", elem_id="pg-steps")
-                guidance = gr.Slider(0, 20, g.guidance_scale, step=0.5, label="Guidance scale")
-                run = gr.Button("Generate", variant="primary", elem_id="pg-generate")
+                run, settings = _settings(config, controlnet, backend)
             with gr.Column(scale=1, min_width=320):
-                with gr.Tab("Photo or skeleton image"):
-                    upload = gr.Image(
-                        type="filepath", sources=["upload"], height=220, elem_id="pg-upload",
-                        label="A photo (its pose is estimated) or an OpenPose skeleton image",
-                    )  # fmt: skip
-                    kind = gr.Radio(["auto", "photo", "skeleton"], value="auto",
-                                    label="The upload is")  # fmt: skip
-                with gr.Tab("Keypoint JSON"):
-                    json_in = gr.File(
-                        file_types=[".json"], type="filepath", elem_id="pg-json-in",
-                        label="Keypoints in COCO-17 layout (as downloaded below)",
-                    )  # fmt: skip
-                editor = gr.HTML(
-                    start.keypoints, html_template=EDITOR_TEMPLATE, css_template=EDITOR_CSS,
-                    js_on_load=EDITOR_JS, elem_id="pg-editor", show_label=True, container=True,
-                    label="Pose editor (drag the joints)",
-                    **editor_props(),
-                )  # fmt: skip
-                with gr.Row():
-                    reset = gr.Button("Default pose", size="sm", elem_id="pg-reset")
-                    download = gr.DownloadButton(
-                        "Download keypoints (JSON)", value=start.json_path, size="sm",
-                        elem_id="pg-download",
-                    )  # fmt: skip
+                upload, kind, json_in, editor, reset, download = _pose_inputs(start)
         with gr.Row(equal_height=True):
             pose_image = gr.Image(
                 start.image, type="pil", format="png", interactive=False, height=320,
@@ -145,22 +155,25 @@ def build_app(
         status = gr.Markdown(start.message, elem_id="pg-status")
         pose = gr.State(start.image)  # the ControlNet input Generate uses
 
-        pose_outs = [editor, pose, pose_image, download, status]
-        upload.upload(
-            _guarded(lambda path, k: _pose_outputs(backend.pose_from_upload(path, k)), 5),
-            [upload, kind], pose_outs,
-        )  # fmt: skip
-        json_in.upload(
-            _guarded(lambda path: _pose_outputs(backend.pose_from_json_file(path)), 5),
-            [json_in], pose_outs,
-        )  # fmt: skip
-        reset.click(_guarded(lambda: _pose_outputs(backend.default_pose()), 5), None, pose_outs)
+        def from_upload(path: str | None, kind: str) -> tuple:
+            if not path:  # the kind changed before anything was uploaded
+                return (gr.skip(),) * 5
+            return _pose_outputs(backend.pose_from_upload(path, kind))
 
         def on_edit(event: gr.EventData) -> tuple:
             value = (event._data or {}).get("value")
             return _guarded(lambda: _pose_outputs(backend.pose_from_keypoints(value), False), 4)()
 
+        pose_outs = [editor, pose, pose_image, download, status]
+        upload.upload(_guarded(from_upload, 5), [upload, kind], pose_outs)
+        kind.input(_guarded(from_upload, 5), [upload, kind], pose_outs)
+        json_in.upload(
+            _guarded(lambda path: _pose_outputs(backend.pose_from_json_file(path)), 5),
+            [json_in], pose_outs,
+        )  # fmt: skip
+        reset.click(_guarded(lambda: _pose_outputs(backend.default_pose()), 5), None, pose_outs)
         editor.edit(on_edit, None, pose_outs[1:])
+        prompt, model, seed, steps, guidance, count = settings
         run.click(
             _guarded(backend.generate, 2),
             [prompt, pose, model, seed, steps, guidance, count], [gallery, status],

@@ -1,0 +1,137 @@
+"""The app in a real headless chromium (Debian's, driven by Playwright): load, upload a photo,
+see its pose, drag a joint and hide one, generate, and have oversized uploads refused with a
+message.
+
+Set POSEGUIDE_APP_SCREENSHOT=path.png to save a screenshot of the page after generation
+(docs/images/app.png is made that way).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from poseguide.app import AppLimits, launch
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and nothing that reaches for the network (closed here) at start-up.
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+LIMITS = AppLimits(max_upload_bytes=2 * 2**20, max_pixels=600_000)
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.browser
+gr = pytest.importorskip("gradio", reason="the app extra is missing: pip install -e '.[app]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; CI installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def url(app_config) -> Iterator[str]:
+    port = _free_port()
+    demo = launch(app_config, "127.0.0.1", port, limits=LIMITS, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def _status_has(page, text: str) -> None:
+    page.wait_for_function(
+        "t => document.querySelector('#pg-status').innerText.includes(t)", arg=text,
+        timeout=TIMEOUT_MS,
+    )  # fmt: skip
+
+
+def _images(tmp_path: Path) -> tuple[Path, Path]:
+    """Over the pixel limit (small file), and over the byte limit (noise compresses badly)."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1000, 800), (90, 120, 160)).save(wide)
+    heavy = tmp_path / "heavy.png"
+    noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(heavy)
+    assert heavy.stat().st_size > LIMITS.max_upload_bytes
+    return wide, heavy
+
+
+def _save_screenshot(page, path: Path) -> None:
+    """The whole page as a 256-colour PNG (a third of the size of the browser's own)."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    shot.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def test_app_in_a_browser(browser, url: str, astronaut: Path, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("#pg-editor circle[data-j='16']", timeout=TIMEOUT_MS)
+    _status_has(page, "Default pose")
+    pose = page.locator("#pg-pose img")
+    default_src = pose.get_attribute("src")
+
+    # A photo: its pose is estimated, drawn in the editor and rendered for ControlNet.
+    page.locator("#pg-upload input[type=file]").set_input_files(astronaut)
+    _status_has(page, "astronaut.png: pose estimated")
+    page.wait_for_function(
+        "s => document.querySelector('#pg-pose img').src !== s", arg=default_src,
+        timeout=TIMEOUT_MS,
+    )  # fmt: skip
+    nose = page.locator("#pg-editor circle[data-j='0']")
+    x, y = float(nose.get_attribute("cx")), float(nose.get_attribute("cy"))
+    assert abs(x - 221) < 20 and abs(y - 121) < 20  # the astronaut's nose, in photo pixels
+    assert "pg-hidden" in page.locator("#pg-editor circle[data-j='15']").get_attribute("class")
+    assert page.locator("#pg-editor .pg-editor image").count() == 1  # the photo under the joints
+
+    # Drag the nose 40 screen pixels to the right: the editor sends the new keypoints.
+    box = nose.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 40, cy, steps=4)
+    page.mouse.up()
+    _status_has(page, "Edited pose: 1 person, 11 of 17 joints")
+    assert float(nose.get_attribute("cx")) > x + 20
+    nose.dblclick()  # hides the joint
+    _status_has(page, "Edited pose: 1 person, 10 of 17 joints")
+    assert "pg-hidden" in nose.get_attribute("class")
+    nose.dblclick()  # and shows it again
+    _status_has(page, "Edited pose: 1 person, 11 of 17 joints")
+
+    # Generate: an image appears beside the pose.
+    page.click("#pg-generate")
+    page.wait_for_selector("#pg-gallery img", timeout=TIMEOUT_MS)
+    _status_has(page, "Generated 1 image (64x64, seed 0, 2 steps")
+    if shot := os.environ.get("POSEGUIDE_APP_SCREENSHOT"):
+        _save_screenshot(page, Path(shot))
+
+    # Over the byte limit: Gradio refuses the upload; over the pixel limit: the app does.
+    wide, heavy = _images(tmp_path)
+    page.locator("#pg-upload input[type=file]").set_input_files(heavy)
+    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=TIMEOUT_MS)
+    page.locator("#pg-upload input[type=file]").set_input_files(wide)
+    _status_has(page, "wide.png is 1000x800 = 800,000 pixels, over the limit of 600,000")
+    assert page.locator("#pg-gallery img").count() >= 1  # the page is still there
+    page.close()
