@@ -335,3 +335,19 @@ def test_stage_loss_denoising_is_denoising_loss():
     pred, target = _pair(seed=12)
     out = stage_loss(LossConfig(kind="denoising"), pred, target)
     assert torch.equal(out["loss"], denoising_loss(pred, target)["loss"])
+
+
+def test_bf16_mask_precision_is_close_but_not_exact(vae):
+    diff = torch.randn(2, 4, 8, 8)
+
+    def run(precision):
+        g = torch.Generator().manual_seed(3)
+        return predicted_error_mask(
+            diff, vae, StubEstimator(), _heatmap_cfg(mask_precision=precision), generator=g
+        )
+
+    exact, fast = run("model"), run("bf16")
+    assert torch.equal(exact["h_m"], fast["h_m"])  # the stub's heatmaps: the same binary mask
+    assert fast["h_e"].dtype == torch.float32 and not torch.equal(exact["h_e"], fast["h_e"])
+    rel = (fast["h_e"] - exact["h_e"]).norm() / exact["h_e"].norm()
+    assert rel < 0.05

@@ -205,14 +205,19 @@ def predicted_error_mask(
     """
     scale = vae.config.scaling_factor
     z = (diff.detach().float() / scale).to(device=vae.device, dtype=vae.dtype)
-    decoded = ((vae.decode(z).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    # mask_precision "bf16": the VAE's decode and encode under bf16 autocast even when the run
+    # is in fp32 (about 2x faster; the mask is thresholded and only scales loss weights).
+    fast = cfg.mask_precision == "bf16" and vae.dtype == torch.float32
+    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=fast):
+        decoded = ((vae.decode(z).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
     heatmaps = estimator.heatmaps(decoded, heatmap_size).to(decoded.device, torch.float32)
     mask = binary_mask(heatmaps, cfg.threshold, cfg.polarity, cfg.reduction)
     # Resizing one channel and then expanding equals resizing the three identical channels.
     mask = _resize(mask, tuple(decoded.shape[-2:]), cfg.mask_resize)
     h_m = mask.expand(-1, vae.config.in_channels, -1, -1)
-    posterior = vae.encode(h_m.to(vae.dtype)).latent_dist
-    h_e = (posterior.sample(generator=generator) * scale).float()
+    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=fast):
+        posterior = vae.encode(h_m.to(vae.dtype)).latent_dist
+        h_e = (posterior.sample(generator=generator) * scale).float()
     return {"h_e": h_e, "decoded": decoded, "heatmaps": heatmaps, "h_m": h_m}
 
 

@@ -171,6 +171,9 @@ class LossConfig:
     polarity: Literal["not_detected", "detected"] = "not_detected"  # HumanSD as released
     reduction: Literal["sum", "max"] = "sum"  # over the 17 joints; HumanSD sums (0..17)
     mask_resize: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # H_M to image size
+    # predicted_error: "model" runs the mask's VAE decode/encode in the frozen VAE's dtype;
+    # "bf16" runs them under bf16 autocast even in an fp32 run (about 2x faster, not exact).
+    mask_precision: Literal["model", "bf16"] = "model"
     # The estimator for predicted_error; null = pose.estimator.
     estimator: EstimatorConfig | None = None
     # ground_truth masks: "skeleton" (limbs and joints) or "keypoints" (Gaussians at joints)

@@ -77,12 +77,13 @@ def predict(controlnet: Any, unet: Any, x: StepInputs) -> torch.Tensor:
         controlnet_cond=x.cond,
         return_dict=False,
     )
+    dtype = x.noisy.dtype  # the frozen UNet's dtype (reading unet.dtype walks every module)
     out = unet(
         x.noisy,
         x.timesteps,
         encoder_hidden_states=x.text,
-        down_block_additional_residuals=[d.to(unet.dtype) for d in down],
-        mid_block_additional_residual=mid.to(unet.dtype),
+        down_block_additional_residuals=[d.to(dtype) for d in down],
+        mid_block_additional_residual=mid.to(dtype),
         return_dict=False,
     )[0]
     return out.float()
