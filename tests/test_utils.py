@@ -84,3 +84,14 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
         os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_wants_cpu_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from poseguide.utils.device import wants_cpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert wants_cpu("cpu") and wants_cpu("auto") and not wants_cpu("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert wants_cpu("cpu") and not wants_cpu("auto")

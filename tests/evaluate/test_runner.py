@@ -136,3 +136,37 @@ def test_missing_things_are_reported_before_generation(
     with pytest.raises(EvaluationError, match="cannot evaluate"):
         run_evaluation(config)
     assert not (tmp_path / "runs/t/eval/images").exists()  # nothing was generated
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_rows(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    monkeypatch.chdir(trained)
+    single = run_evaluation(load_config("config.yaml"))
+    root = tmp_path / "copy"
+    shutil.copytree(trained, root, ignore=shutil.ignore_patterns("eval"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(port), "-m", "poseguide", "evaluate", "config.yaml"],
+        cwd=root, env=cli_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("baseline") == 1  # one summary, from the main process
+    shared = json.loads((root / "runs/t/eval/metrics.json").read_text())
+    assert len(rows(root)) == 8 and not list((root / "runs/t/eval").glob("samples-*.jsonl"))
+    for name in ("baseline", "stage1"):
+        for key in ("clip", "lpips", "oks"):
+            assert shared["models"][name][key]["mean"] == pytest.approx(
+                single["models"][name][key]["mean"], abs=0.05
+            ), (name, key)

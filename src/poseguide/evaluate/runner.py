@@ -400,8 +400,9 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     from accelerate import PartialState
 
     from poseguide.data.api import checked_source, run_dir
+    from poseguide.utils.device import wants_cpu
 
-    state = PartialState(cpu=config.run.device == "cpu")
+    state = PartialState(cpu=wants_cpu(config.run.device))
     folder = run_dir(config)
     paths = EvalPaths(folder / "eval")
     problems = preflight(config, folder)

@@ -29,7 +29,9 @@ def make_accelerator(config: Config) -> Any:
     """An accelerate Accelerator: one device, several GPUs or nodes, from `accelerate launch`."""
     from accelerate import Accelerator
 
-    cpu = config.run.device == "cpu"
+    from poseguide.utils.device import wants_cpu
+
+    cpu = wants_cpu(config.run.device)
     try:
         acc = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
     except (ValueError, RuntimeError) as err:

@@ -17,3 +17,12 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"unknown device {name!r}: {err}") from None
+
+
+def wants_cpu(name: str | None) -> bool:
+    """Whether accelerate should run on the CPU for ``run.device``.
+
+    ``"auto"`` without CUDA counts as the CPU: accelerate only sets up several CPU processes
+    (gloo) when told to use the CPU, otherwise each launched process would run everything alone.
+    """
+    return name == "cpu" or (name in (None, "auto") and not torch.cuda.is_available())
