@@ -182,6 +182,24 @@ def check_caption(caption: object, row: str) -> str:
     return caption
 
 
+def check_declared_size(
+    image: Image.Image, declared: tuple, row: str, path: object, says: str
+) -> None:
+    """``pose_size_mismatch`` when ``image`` is not the size its keypoints refer to.
+
+    ``declared`` is (width, height) as the source states it (None parts: not stated); ``says``
+    names who states it (e.g. "line 3", "person_keypoints_val2017.json").
+    """
+    if None not in declared and tuple(declared) != image.size:
+        (w, h), (dw, dh) = image.size, declared
+        raise RowError(
+            row,
+            "pose_size_mismatch",
+            f"{path} is {w}x{h} but {says} says {dw}x{dh}; the keypoints would not line up "
+            "with the image",
+        )
+
+
 def check_sample(sample: Sample) -> Sample:
     """Cross-field checks on a decoded sample; returns it with keypoints as (P, 17, 3) float64.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    check_declared_size,
     check_sample,
     open_image,
     parse_areas,
@@ -208,14 +209,7 @@ class CocoSource:
         info, people = self._images[image_id], self._people[image_id]
         path = self.images_dir / info["file_name"]
         image = open_image(path, row, self.max_image_pixels)
-        if None not in info["size"] and tuple(info["size"]) != image.size:
-            (w, h), (aw, ah) = image.size, info["size"]
-            raise RowError(
-                row,
-                "pose_size_mismatch",
-                f"{path} is {w}x{h} but {self.annotations.name} says {aw}x{ah}; the keypoints "
-                "would not line up with the image",
-            )
+        check_declared_size(image, info["size"], row, path, self.annotations.name)
         keypoints = parse_keypoints([p[1] for p in people], row)
         areas = [p[2] for p in people]
         if image_id not in self._captions:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    check_declared_size,
     check_sample,
     open_image,
     parse_areas,
@@ -138,14 +139,7 @@ class ManifestSource:
         row = entry["id"]
         image_path = self.file(entry["image"])
         image = open_image(image_path, row, self.max_image_pixels)
-        if None not in entry["size"] and tuple(entry["size"]) != image.size:
-            (w, h), (mw, mh) = image.size, entry["size"]
-            raise RowError(
-                row,
-                "pose_size_mismatch",
-                f"{image_path} is {w}x{h} but line {entry['line']} says {mw}x{mh}; the keypoints "
-                "would not line up with the image",
-            )
+        check_declared_size(image, entry["size"], row, image_path, f"line {entry['line']}")
         pose = None
         if entry["pose_image"] is not None:
             pose_path = self.file(entry["pose_image"])
