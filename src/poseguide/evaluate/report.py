@@ -18,23 +18,31 @@ them whole: see ``FILES``. The training curves are copied from ``<run>/curves.pn
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from poseguide.errors import UserError
-from poseguide.pose.skeleton import COCO17_NAMES
+from poseguide.evaluate.report_figures import (
+    OKS_BINS,
+    _num,
+    grid_figure,
+    joints_figure,
+    oks_histogram_figure,
+)
+from poseguide.evaluate.report_render import (  # noqa: F401 - part of the report API
+    CSS,
+    Block,
+    Cell,
+    Table,
+    render_html,
+    render_markdown,
+)
 from poseguide.train.monitor import METRICS_FILE, plot_curves, read_metrics
-from poseguide.utils.grid import image_grid
-from poseguide.utils.images import pil_open
 from poseguide.utils.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -61,7 +69,6 @@ MAIN_COLUMNS = (
 )
 COCO_KEYS = ("AP", "AP50", "AP75", "AR")
 CONSISTENCY_TOL = 1e-6
-OKS_BINS = 20  # equal-width bins on [0, 1], the same for every model
 SELECTIONS = ("spread", "first", "even")
 FILES = {
     "md": "report.md",
@@ -71,14 +78,6 @@ FILES = {
     "joints": "report_joints.png",
     "curves": "report_curves.png",
 }
-GRID_CELL = 192
-GRID_TEXT_WIDTH = 380
-
-Cell = list[tuple[str, bool]]  # a table cell: text segments, each bold or not
-Table = tuple[list[str], list[list[Cell]]]  # header, rows
-# A document block: ("h1" | "h2" | "p", text), ("ul", [text]), ("table", Table),
-# ("img", file name, png bytes, caption). Rendered to Markdown and HTML from the same list.
-Block = tuple
 
 
 class ReportError(UserError):
@@ -168,14 +167,6 @@ def load_eval(run_dir: str | Path) -> EvalRun:
     if not metrics["models"]:
         raise ReportError(f"{path}: 'models' is empty; evaluate at least one model")
     return EvalRun(run_dir, eval_dir, metrics, _read_samples(eval_dir / "samples.jsonl"))
-
-
-def _num(value: Any) -> float:
-    """A float, NaN for None or anything that is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _finite_mean(values: Any) -> float:
@@ -349,122 +340,6 @@ def select_samples(
     return picks, f"the {n} eval rows where the models' OKS differ most (largest first)"
 
 
-def _open(path: Path) -> Any:
-    """The image at ``path``, or None when it is missing or unreadable (a grey cell)."""
-    try:
-        with pil_open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError):
-        return None
-
-
-def _fmt(value: Any, decimals: int) -> str:
-    value = _num(value)
-    return f"{value:.{decimals}f}" if math.isfinite(value) else "n/a"
-
-
-def grid_figure(run: EvalRun, ids: Sequence[str]) -> tuple[bytes | None, list[str]]:
-    """Thesis Fig. 4.3-4.6: pose | each model's image, one row per sample, with the caption
-    and each model's OKS/LPIPS/CLIP as the row text. Returns the PNG and notes on missing
-    images (drawn as grey cells, their row text in red)."""
-    if not ids:
-        return None, []
-    by_id, labels = run.by_id(), ["pose", *run.models]
-    rows, texts, errors, notes = [], [], [], []
-    for sample in ids:
-        paths = [run.eval_dir / "poses" / f"{sample}.png"]
-        paths += [run.eval_dir / "images" / m / f"{sample}.png" for m in run.models]
-        images = [_open(p) for p in paths]
-        missing = [label for label, image in zip(labels, images, strict=True) if image is None]
-        rows_here = by_id.get(sample, {})
-        caption = next((r.get("caption") for r in rows_here.values() if r.get("caption")), "")
-        lines = [f"{sample}: {caption}"]
-        for model in run.models:
-            r = rows_here.get(model, {})
-            lines.append(
-                f"{model}: OKS {_fmt(r.get('oks'), 3)}  LPIPS {_fmt(r.get('lpips'), 3)}"
-                f"  CLIP {_fmt(r.get('clip'), 2)}"
-            )
-        if missing:
-            lines.append(f"missing image: {', '.join(missing)} (grey)")
-            notes.append(f"{sample}: no image for {', '.join(missing)} (shown grey)")
-        rows.append(images)
-        texts.append("\n".join(lines))
-        errors.append(bool(missing))
-    grid = image_grid(rows, texts, labels, GRID_CELL, GRID_TEXT_WIDTH, errors)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return buffer.getvalue(), notes
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _figure_png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
-def oks_histogram_figure(run: EvalRun) -> bytes | None:
-    """Per-sample OKS (samples.jsonl ``oks``) of each model, small multiples, the same bins."""
-    if not run.samples:
-        return None
-    import numpy as np
-
-    plt, models = _pyplot(), run.models
-    bins = np.linspace(0.0, 1.0, OKS_BINS + 1)
-    fig, axes = plt.subplots(
-        1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, sharex=True, sharey=True
-    )
-    for k, (ax, model) in enumerate(zip(axes[0], models, strict=True)):
-        oks = [v for v in (_num(r.get("oks")) for r in run.rows_of(model)) if math.isfinite(v)]
-        if oks:
-            ax.hist(np.clip(oks, 0.0, 1.0), bins=bins, color=f"C{k}")
-            ax.axvline(
-                float(np.mean(oks)), color="k", ls="--", lw=1, label=f"row mean {np.mean(oks):.3f}"
-            )
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no OKS values", ha="center", transform=ax.transAxes)
-        ax.set(title=f"{model} (n={len(oks)})", xlabel="OKS per sample", xlim=(0, 1))
-    axes[0][0].set_ylabel("samples")
-    return _figure_png(fig)
-
-
-def joints_figure(run: EvalRun) -> bytes | None:
-    """Grouped bars: per-joint keypoint accuracy, one colour per model (null ones skipped)."""
-    import numpy as np
-
-    series = []
-    for k, model in enumerate(run.models):
-        accuracy = run.entry(model).get("per_joint_accuracy")
-        if isinstance(accuracy, list) and len(accuracy) == len(COCO17_NAMES):
-            series.append((k, model, [_num(a) for a in accuracy]))
-        elif accuracy is not None:
-            log.warning("%s: per_joint_accuracy is not 17 values; left out", model)
-    if not series:
-        return None
-    names = run.entry(series[0][1]).get("joint_names") or COCO17_NAMES
-    plt, x, width = _pyplot(), np.arange(len(COCO17_NAMES)), 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(12, 3.8))
-    for i, (k, model, accuracy) in enumerate(series):
-        ax.bar(x - 0.4 + width * (i + 0.5), accuracy, width, label=model, color=f"C{k}")
-    ax.set_xticks(x, list(names), rotation=40, ha="right")
-    ax.set(ylabel="keypoint accuracy", ylim=(0, 1), title="per-joint keypoint accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _figure_png(fig)
-
-
 def _curves(run: EvalRun, out: Path) -> bytes | None:
     """``<run>/curves.png`` copied to ``out``, else plotted from ``<run>/metrics.jsonl``."""
     existing = run.run_dir / "curves.png"
@@ -612,75 +487,6 @@ def build_blocks(
     for key, heading, caption, absent in FIGURE_SECTIONS:
         blocks += [("h2", heading), _image_block(key, figures.get(key), caption, absent)]
     return blocks
-
-
-def _md_cell(cell: Cell) -> str:
-    return "".join(f"**{text}**" if bold else text for text, bold in cell).replace("|", "\\|")
-
-
-def render_markdown(blocks: list[Block]) -> str:
-    out = []
-    for kind, *args in blocks:
-        if kind in ("h1", "h2"):
-            out.append("#" * int(kind[1]) + " " + args[0])
-        elif kind == "p":
-            out.append(args[0])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in args[0]))
-        elif kind == "table":
-            header, rows = args[0]
-            lines = [
-                "| " + " | ".join(header) + " |",
-                "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-            ]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "img":
-            out.append(f"![{args[2]}]({args[0]})")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
-color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;
-padding:4px 10px}td:not(:first-child){text-align:right}th{background:#f0f0f0}
-img{max-width:100%}figcaption{color:#555;font-size:90%}code{background:#f4f4f4}"""
-
-
-def _html_text(text: str) -> str:
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def _html_cell(cell: Cell, tag: str = "td") -> str:
-    body = "".join(f"<strong>{html.escape(t)}</strong>" if b else html.escape(t) for t, b in cell)
-    return f"<{tag}>{body}</{tag}>"
-
-
-def render_html(blocks: list[Block], title: str) -> str:
-    """One self-contained page: inline CSS, images as base64 data URIs, nothing external."""
-    out = []
-    for kind, *args in blocks:
-        if kind in ("h1", "h2", "p"):
-            out.append(f"<{kind}>{_html_text(args[0])}</{kind}>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_html_text(i)}</li>" for i in args[0]) + "</ul>")
-        elif kind == "table":
-            header, rows = args[0]
-            head = "".join(_html_cell([(h, False)], "th") for h in header)
-            body = "".join("<tr>" + "".join(map(_html_cell, row)) + "</tr>" for row in rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode(args[1]).decode("ascii")
-            alt = html.escape(args[2])
-            out.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-                f"<figcaption>{alt}</figcaption></figure>"
-            )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(out)
-        + "\n</body>\n</html>\n"
-    )
 
 
 def make_report(
