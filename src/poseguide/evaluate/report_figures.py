@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from poseguide.evaluate.runner import file_stem
 from poseguide.pose.skeleton import COCO17_NAMES
 from poseguide.utils.grid import image_grid
 from poseguide.utils.images import pil_open
@@ -59,8 +60,9 @@ def grid_figure(run: EvalRun, ids: Sequence[str]) -> tuple[bytes | None, list[st
     by_id, labels = run.by_id(), ["pose", *run.models]
     rows, texts, errors, notes = [], [], [], []
     for sample in ids:
-        paths = [run.eval_dir / "poses" / f"{sample}.png"]
-        paths += [run.eval_dir / "images" / m / f"{sample}.png" for m in run.models]
+        stem = file_stem(sample)
+        paths = [run.eval_dir / "poses" / f"{stem}.png"]
+        paths += [run.eval_dir / "images" / m / f"{stem}.png" for m in run.models]
         images = [_open(p) for p in paths]
         missing = [label for label, image in zip(labels, images, strict=True) if image is None]
         rows_here = by_id.get(sample, {})

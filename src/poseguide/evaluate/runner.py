@@ -50,16 +50,17 @@ class EvalPaths:
         return self.root / "samples.jsonl"
 
     def image(self, model: str, row_id: str) -> Path:
-        return self.root / "images" / model / f"{_safe(row_id)}.png"
+        return self.root / "images" / model / f"{file_stem(row_id)}.png"
 
     def pose(self, row_id: str) -> Path:
-        return self.root / "poses" / f"{_safe(row_id)}.png"
+        return self.root / "poses" / f"{file_stem(row_id)}.png"
 
     def original(self, row_id: str) -> Path:
-        return self.root / "originals" / f"{_safe(row_id)}.png"
+        return self.root / "originals" / f"{file_stem(row_id)}.png"
 
 
-def _safe(name: str) -> str:
+def file_stem(name: str) -> str:
+    """The file name (without extension) a row id is stored under: unsafe characters -> _."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
