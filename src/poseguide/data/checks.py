@@ -19,12 +19,14 @@ stored-pixel coordinates.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import struct
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +231,14 @@ def stat_token(path: Path) -> str:
     except OSError:
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def files_fingerprint(parts: Iterable[str], paths: Iterable[Path]) -> str:
+    """A short hash of ``parts`` (e.g. an index file's digest, the row count and limits) and of
+    each file's :func:`stat_token` (one stat per file, no reads)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+    for path in paths:
+        digest.update(stat_token(path).encode())
+    return digest.hexdigest()[:16]

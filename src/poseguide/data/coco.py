@@ -34,10 +34,10 @@ from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_declared_size,
     check_sample,
+    files_fingerprint,
     open_image,
     parse_areas,
     parse_keypoints,
-    stat_token,
 )
 from poseguide.data.record import RowError, Sample, SourceError
 
@@ -234,12 +234,9 @@ class CocoSource:
     def fingerprint(self) -> str:
         # Both json files' bytes plus each image's size and mtime (one stat per image).
         if self._fingerprint is None:
-            digest = hashlib.sha256(self._digest.encode())
-            digest.update(f"{len(self)}:{self.max_image_pixels}".encode())
-            for image_id in self._image_ids:
-                path = self.images_dir / self._images[image_id]["file_name"]
-                digest.update(stat_token(path).encode())
-            self._fingerprint = digest.hexdigest()[:16]
+            paths = (self.images_dir / self._images[i]["file_name"] for i in self._image_ids)
+            parts = (self._digest, f"{len(self)}:{self.max_image_pixels}")
+            self._fingerprint = files_fingerprint(parts, paths)
         return self._fingerprint
 
     def describe(self) -> dict:

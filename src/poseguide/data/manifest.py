@@ -33,10 +33,10 @@ from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_declared_size,
     check_sample,
+    files_fingerprint,
     open_image,
     parse_areas,
     parse_keypoints,
-    stat_token,
 )
 from poseguide.data.record import RowError, Sample, SourceError
 
@@ -167,13 +167,10 @@ class ManifestSource:
         # The manifest's bytes plus each referenced file's size and mtime (a stat per file, no
         # reads): editing an image in place changes the fingerprint too.
         if self._fingerprint is None:
-            digest = hashlib.sha256(self._digest.encode())
-            digest.update(f"{len(self._entries)}:{self.max_image_pixels}".encode())
-            for entry in self._entries:
-                for key in ("image", "pose_image"):
-                    if entry[key] is not None:
-                        digest.update(stat_token(self.file(entry[key])).encode())
-            self._fingerprint = digest.hexdigest()[:16]
+            paths = (self.file(entry[key]) for entry in self._entries
+                     for key in ("image", "pose_image") if entry[key] is not None)  # fmt: skip
+            parts = (self._digest, f"{len(self._entries)}:{self.max_image_pixels}")
+            self._fingerprint = files_fingerprint(parts, paths)
         return self._fingerprint
 
     def describe(self) -> dict:

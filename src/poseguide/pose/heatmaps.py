@@ -176,10 +176,14 @@ def binary_mask(
     per_joint = heatmaps > threshold
     if polarity == "not_detected":
         per_joint = ~per_joint
-    per_joint = per_joint.to(dtype)
+    return _reduce_joints(per_joint.to(dtype), reduction, dim=1)
+
+
+def _reduce_joints(maps: torch.Tensor, reduction: str, dim: int) -> torch.Tensor:
+    """Sum or max over the joint axis ``dim``, keeping it as size 1."""
     if reduction == "sum":
-        return per_joint.sum(dim=1, keepdim=True)
-    return per_joint.amax(dim=1, keepdim=True)
+        return maps.sum(dim=dim, keepdim=True)
+    return maps.amax(dim=dim, keepdim=True)
 
 
 def keypoint_mask(
@@ -198,9 +202,7 @@ def keypoint_mask(
     """
     _check_choice(reduction, MASK_REDUCTIONS, "reduction")
     maps = gaussian_heatmaps(people, image_size, mask_size, sigma, min_score, device=device)
-    if reduction == "sum":
-        return maps.sum(dim=0, keepdim=True)
-    return maps.amax(dim=0, keepdim=True)
+    return _reduce_joints(maps, reduction, dim=0)
 
 
 def skeleton_mask(
