@@ -15,6 +15,13 @@ had here, random weights (the time does not depend on the weight values):
   tiny one: the real BPE tokenizer is not available offline; the text side is a small part);
 * generate: the tiny SD pipeline + a ControlNet copied from its UNet, 20 UniPC steps at 64 px.
 
+Then (``--skip parity`` to leave it out) the estimator's parity with ultralytics' own
+``YOLO(weights).predict(image_file)`` on real photos (scikit-image's astronaut and grey camera,
+matplotlib's Grace Hopper) at 512x512, 400x300, 333x517, 1000x750 and 1920x1080 px, imgsz 640:
+the largest keypoint, score and OKS difference, for the uint8 path (what the evaluation uses)
+and the torch path (float tensors, the stage-2 loss). OKS is ``sample_oks`` against the
+estimator's own keypoints at imgsz 320 (a stand-in ground truth).
+
 Each is warmed up once (loading not counted in s/sample, shown as "setup s"), then timed
 ``--runs`` times; the table gives the median. "threads" is torch's CPU thread count during the
 timing: ultralytics lowers it to ``cores - 1`` whenever YOLO predicts (so the oks row runs with
@@ -42,6 +49,7 @@ from PIL import Image
 CAPTION = "an astronaut in a white space suit holding a helmet, a flag and a rocket behind him"
 THREADS = torch.get_num_threads()
 BENCHES = ("oks", "lpips-alex", "lpips-vgg", "clip", "generate")
+PARITY_SIZES = [(512, 512), (400, 300), (333, 517), (1000, 750), (1920, 1080)]
 
 
 def log(msg: str) -> None:
@@ -180,13 +188,87 @@ def time_one(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def parity_photos() -> dict[str, Image.Image]:
+    import matplotlib
+    from skimage import data
+
+    hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    photos = {"astronaut": Image.fromarray(data.astronaut()), "hopper": hopper.convert("RGB"),
+              "camera": Image.fromarray(data.camera())}  # fmt: skip
+    return {f"{name}-{w}x{h}": image.resize((w, h), Image.BICUBIC)
+            for name, image in photos.items() for w, h in PARITY_SIZES}  # fmt: skip
+
+
+def _ultralytics(model: object, path: Path, imgsz: int) -> object:
+    from poseguide.pose.estimator import Detections
+
+    r = model.predict(str(path), imgsz=imgsz, conf=0.25, iou=0.7, verbose=False)[0]
+    size = Image.open(path).size
+    if r.keypoints is None or len(r.boxes) == 0:
+        return Detections.empty(size)
+    return Detections(r.keypoints.data.numpy().astype(np.float64), r.boxes.conf.numpy(),
+                      r.boxes.xyxy.numpy(), size)  # fmt: skip
+
+
+def _differences(ours: object, ref: object, truth: np.ndarray) -> tuple[float, float, float]:
+    """(max keypoint px over joints both are sure of, max score diff, |OKS diff|)."""
+    from poseguide.evaluate.metrics import sample_oks
+
+    def mean_oks(found: object) -> float:
+        return sample_oks(found, truth)["mean_oks"] if (truth[..., 2] > 0).any() else 0.0
+
+    oks = abs(mean_oks(ours) - mean_oks(ref))
+    if len(ours) != len(ref):
+        return float("inf"), float("inf"), oks
+    if not len(ours):
+        return 0.0, 0.0, oks
+    sure = (ours.keypoints[..., 2] > 0.5) & (ref.keypoints[..., 2] > 0.5)
+    px = np.hypot(*(ours.keypoints[..., :2] - ref.keypoints[..., :2]).transpose(2, 0, 1))
+    score = max(np.abs(ours.scores - ref.scores).max(),
+                np.abs(ours.keypoints[..., 2] - ref.keypoints[..., 2]).max())  # fmt: skip
+    return float(px[sure].max()) if sure.any() else 0.0, float(score), oks
+
+
+def parity(args: argparse.Namespace, imgsz: int = 640) -> None:
+    """Print the estimator's largest differences from ultralytics' own predict."""
+    from ultralytics import YOLO
+
+    from poseguide.pose.api import detections_to_coco
+    from poseguide.pose.estimator import YoloPoseEstimator, resolve_pose_weights
+
+    weights = str(resolve_pose_weights("yolo11n-pose.pt"))
+    reference, ours = YOLO(weights), YoloPoseEstimator(weights, device=args.device, imgsz=imgsz)
+    truth_estimator = YoloPoseEstimator(weights, device=args.device, imgsz=320)
+    worst = {"uint8": [0.0, 0.0, 0.0], "torch": [0.0, 0.0, 0.0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, image in parity_photos().items():
+            path = Path(tmp) / f"{name}.png"
+            image.save(path)
+            rgb = Image.open(path).convert("RGB")
+            ref = _ultralytics(reference, path, imgsz)
+            truth = detections_to_coco(truth_estimator.estimate_people(rgb)[0], 0.5)
+            tensor = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255
+            for path_name, found in (("uint8", ours.estimate_people(rgb)[0]),
+                                     ("torch", ours.estimate_people(tensor)[0])):  # fmt: skip
+                diff = _differences(found, ref, truth)
+                worst[path_name] = [max(a, b) for a, b in zip(worst[path_name], diff, strict=True)]
+    torch.set_num_threads(args.threads)
+    print(f"\nparity with ultralytics' YOLO.predict(file), yolo11n-pose, imgsz {imgsz}, "
+          f"{len(PARITY_SIZES) * 3} photos (max over photos)")  # fmt: skip
+    print("| path  | max keypoint px (conf > 0.5) | max score diff | max OKS diff |")
+    print("|-------|------------------------------|----------------|--------------|")
+    for path_name, (px, score, oks) in worst.items():
+        print(f"| {path_name:<5} | {px:28.3f} | {score:14.2e} | {oks:12.2e} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=512, help="image side for the metrics")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
-    parser.add_argument("--skip", default="", help="comma-separated: " + ", ".join(BENCHES))
+    names = ", ".join((*BENCHES, "parity"))
+    parser.add_argument("--skip", default="", help=f"comma-separated: {names}")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     rows = [time_one(name, args) for name in BENCHES if name not in skip]
@@ -198,6 +280,8 @@ def main() -> None:
         spread = f"{r['min']:.3f}-{r['max']:.3f}"
         print(f"| {r['name']:<11} | {r['what']:<44} | {r['threads']:7d} | {r['setup']:7.1f} | "
               f"{r['median']:8.3f} | {spread:>11} |")  # fmt: skip
+    if "parity" not in skip:
+        parity(args)
 
 
 if __name__ == "__main__":

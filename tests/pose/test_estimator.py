@@ -22,6 +22,8 @@ RIGHT_SHOULDER = COCO17_NAMES.index("right_shoulder")
 # left shoulder is on the image's right). The suit makes the shoulders uncertain by ~10 px.
 EYE_READ = {NOSE: (222.0, 125.0), LEFT_SHOULDER: (316.0, 254.0), RIGHT_SHOULDER: (98.0, 246.0)}
 TOLERANCE_PX = 8.0
+# The torch path (float input) against the uint8 path, see test_estimator_parity.py.
+TORCH_PATH_TOLERANCE_PX = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def estimator() -> pe.YoloPoseEstimator:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0
 
 
 def assert_astronaut(det: pe.Detections) -> None:
@@ -61,50 +63,40 @@ def test_astronaut_one_person_with_eye_read_keypoints(estimator, astronaut) -> N
     np.testing.assert_allclose(kps, det.keypoints, atol=1e-3)  # two runs: float noise
 
 
-def test_inference_size_is_undone(estimator, astronaut) -> None:
-    # imgsz=640 resizes 512 -> 640 (ultralytics' default); the keypoints come back in 512 px.
-    (det,) = pe.YoloPoseEstimator(device="cpu", imgsz=640).estimate_people(astronaut)
-    assert_astronaut(det)
-    # 400 x 300 is not a multiple of 32: padded to 416 x 320, the crop keeps the face in place.
-    crop = np.ascontiguousarray(astronaut[:300, :400])
-    (det,) = estimator.estimate_people(crop)
-    assert det.image_size == (400, 300) and len(det) == 1
-    nose = det.keypoints[0, NOSE, :2]
-    assert np.hypot(*(nose - EYE_READ[NOSE])) < TOLERANCE_PX
-    (from_tensor,) = estimator.estimate_people(to_tensor(crop))
-    np.testing.assert_allclose(from_tensor.keypoints, det.keypoints, atol=1e-3)
-
-
 def test_pil_numpy_and_tensor_inputs_agree(estimator, astronaut) -> None:
     (ref,) = estimator.estimate(astronaut)
     pil = Image.fromarray(astronaut)
-    tensor = to_tensor(astronaut)
     for name, image in [
         ("pil", pil),
         ("pil_rgba", pil.convert("RGBA")),
-        ("tensor_chw", tensor),
-        ("tensor_bchw", tensor[None]),
+        ("numpy_rgba", np.asarray(pil.convert("RGBA"))),
+        ("numpy_batch", astronaut[None]),
         ("uint8_tensor", torch.from_numpy(astronaut).permute(2, 0, 1)),
-    ]:
+    ]:  # all uint8: ultralytics' own path, the same pixels -> the same numbers
         (kps,) = estimator.estimate(image)
-        np.testing.assert_allclose(kps, ref, atol=1e-3, err_msg=name)
+        np.testing.assert_array_equal(kps, ref, err_msg=name)
     # A batch and a list give one result per image, in order.
     both = estimator.estimate([astronaut, pil])
     assert len(both) == 2 and all(np.allclose(k, ref, atol=1e-3) for k in both)
+    tensor = to_tensor(astronaut)
     assert len(estimator.estimate(torch.stack([tensor, tensor]))) == 2
-    # A float tensor that is not exactly a uint8 image: same keypoints within noise.
+    # The torch path on a float tensor, and on one that is not exactly a uint8 image.
     noisy = (tensor + torch.empty_like(tensor).uniform_(-1 / 255, 1 / 255)).clamp(0, 1)
-    (kps,) = estimator.estimate(noisy)
-    assert np.abs(kps[0, :, :2] - ref[0, :, :2])[ref[0, :, 2] > 0.5].max() < 2.0
+    for name, image in [("tensor_chw", tensor), ("tensor_bchw", tensor[None]), ("noisy", noisy)]:
+        (kps,) = estimator.estimate(image)
+        sure = ref[0, :, 2] > 0.5
+        assert np.abs(kps[0, :, :2] - ref[0, :, :2])[sure].max() < TORCH_PATH_TOLERANCE_PX, name
 
 
 def test_numpy_input_is_rgb_not_ultralytics_bgr(estimator, astronaut) -> None:
-    # Ultralytics reads numpy arrays as BGR. At imgsz=512 it neither resizes nor pads this image,
-    # so feeding it the BGR copy must give exactly what the adapter gives for the RGB array.
+    # Ultralytics reads numpy arrays as BGR: the adapter's RGB array must give what ultralytics
+    # gives for the BGR copy, and not what it gives for the RGB array itself.
     (ours,) = estimator.estimate(astronaut)
     bgr = np.ascontiguousarray(astronaut[..., ::-1])
-    result = estimator.model.predict(bgr, imgsz=512, conf=0.25, verbose=False)[0]
-    np.testing.assert_allclose(result.keypoints.data.numpy(), ours, atol=1e-3)
+    result = estimator.model.predict(bgr, conf=0.25, verbose=False)[0]
+    np.testing.assert_array_equal(result.keypoints.data.numpy(), ours)
+    swapped = estimator.model.predict(astronaut, conf=0.25, verbose=False)[0]
+    assert not np.array_equal(swapped.keypoints.data.numpy(), ours)
 
 
 def test_heatmaps_peak_at_keypoints_with_the_confidence(estimator, astronaut) -> None:
@@ -139,20 +131,25 @@ def test_blank_image_finds_nobody(estimator) -> None:
 
 def test_bad_images_are_named() -> None:
     with pytest.raises(ValueError, match=r"image 1.*\(H, W, 3\)"):
-        pe.as_image_tensors([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+        pe.as_image_tensors([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         pe.as_image_tensors(torch.zeros(1, 8, 8))
     with pytest.raises(TypeError, match="str"):
         pe.as_image_tensors(["image.png"])
 
 
-def test_letterbox_pads_to_the_stride_and_maps_back() -> None:
-    batch = torch.rand(2, 3, 300, 400)
-    padded, (sx, sy), (left, top) = pe.letterbox(batch)
-    assert padded.shape == (2, 3, 320, 416) and (sx, sy) == (1.0, 1.0) and (left, top) == (8, 10)
-    torch.testing.assert_close(padded[:, :, 10:310, 8:408], batch)
-    padded, (sx, sy), (left, top) = pe.letterbox(batch, imgsz=640)
-    assert padded.shape == (2, 3, 480, 640) and (sx, sy) == (1.6, 1.6) and (left, top) == (0, 0)
+def test_letterbox_is_ultralytics_letterbox(astronaut) -> None:
+    from ultralytics.data.augment import LetterBox
+
+    for size, imgsz in [((400, 300), 640), ((333, 517), 320), ((1000, 750), 640), ((64, 48), 96)]:
+        image = np.asarray(Image.fromarray(astronaut).resize(size, Image.Resampling.BICUBIC))
+        theirs = LetterBox(imgsz, auto=True, stride=32)(image=image)  # what predict feeds YOLO
+        ours = pe.letterbox(to_tensor(image)[None], imgsz)[0].permute(1, 2, 0).numpy() * 255
+        assert ours.shape == theirs.shape, (size, imgsz)
+        # The same geometry and fill; the resized pixels differ by OpenCV's uint8 rounding.
+        assert np.abs(ours - theirs).max() <= 1.0 + 1e-3, (size, imgsz)
+        params = pe.letterbox_params(size[1], size[0], imgsz)
+        assert max(params["new_unpad"]) == imgsz
 
 
 # -------------------------------------------------------------------------------------------

@@ -43,7 +43,10 @@ class EstimatorConfig:
     device: str = "auto"
     conf: float = 0.25  # person detection confidence threshold
     iou: float = 0.7  # NMS IoU threshold
-    imgsz: int | None = None  # inference size; None = the image's longer side, rounded to 32
+    # Inference size (ultralytics' imgsz): the long side is scaled to it, the short side padded to
+    # a multiple of 32. 640 is ultralytics' default, so the one its and the thesis' numbers use.
+    imgsz: int = 640
+    max_det: int = 300  # at most this many people per image (ultralytics' default)
     heatmap_sigma: float = 2.0  # Gaussian sigma of keypoint heatmaps, in heatmap pixels
     heatmap_stride: int = 4  # heatmap size = image size / stride
 
@@ -52,8 +55,9 @@ class EstimatorConfig:
         _unit_interval("iou", self.iou)
         _positive("heatmap_sigma", self.heatmap_sigma)
         _positive("heatmap_stride", self.heatmap_stride)
-        if self.imgsz is not None and (self.imgsz <= 0 or self.imgsz % 32):
+        if self.imgsz <= 0 or self.imgsz % 32:
             raise ConfigError(f"imgsz: must be a positive multiple of 32, got {self.imgsz}")
+        _positive("max_det", self.max_det)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 
 from poseguide.config import Config
 from poseguide.errors import UserError
+from poseguide.pose.skeleton import NUM_COCO17
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +124,31 @@ def _ground_truth_kind(config: Config, rows: list[Row]) -> str:
 
 
 def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank: int = 0) -> None:
-    """Pseudo ground truth from the estimator on the original images (cached in the eval dir)."""
+    """Pseudo ground truth from the estimator on the original images (cached in the eval dir).
+
+    A person's joints count where the estimator is at least ``PSEUDO_GT_MIN_SCORE`` sure; the
+    person's area is ``0.53 *`` the detected box's area (ultralytics' rule when only a box is
+    known), as no segment area exists.
+    """
+    from poseguide.pose.api import detections_to_coco
+    from poseguide.pose.oks import area_from_box
     from poseguide.utils.images import pil_open
     from poseguide.utils.io import atomic_write_json
 
     store = paths.root / f"pseudo_ground_truth-{rank}.json"
     known = json.loads(store.read_text()) if store.is_file() else {}
     for row in rows:
-        if row.id not in known:
+        if not isinstance(known.get(row.id), dict):  # missing, or an older format
             found = estimator.estimate_people([pil_open(paths.original(row.id)).convert("RGB")])[0]
-            people = found.keypoints.copy()
-            people[..., 2] = np.where(found.keypoints[..., 2] >= PSEUDO_GT_MIN_SCORE, 2.0, 0.0)
-            known[row.id] = people.tolist()
-        row.gt, row.areas = np.asarray(known[row.id], dtype=np.float64).reshape(-1, 17, 3), None
+            boxes = found.boxes.copy()
+            boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+            known[row.id] = {
+                "keypoints": detections_to_coco(found, PSEUDO_GT_MIN_SCORE).tolist(),
+                "areas": [float(area_from_box(b)) for b in boxes],
+            }
+        entry = known[row.id]
+        row.gt = np.asarray(entry["keypoints"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
+        row.areas = np.asarray(entry["areas"], dtype=np.float64)
     atomic_write_json(store, known, indent=None)
 
 

@@ -25,6 +25,7 @@ def estimator_from_config(cfg: EstimatorConfig) -> PoseEstimator:
         conf=cfg.conf,
         iou=cfg.iou,
         imgsz=cfg.imgsz,
+        max_det=cfg.max_det,
         heatmap_sigma=cfg.heatmap_sigma,
         heatmap_stride=cfg.heatmap_stride,
     )

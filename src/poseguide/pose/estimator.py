@@ -4,11 +4,12 @@ Every estimator returns COCO-17 keypoints ``(x, y, score)`` in the pixel coordin
 it was given (x before y, continuous coordinates, see :mod:`poseguide.pose.skeleton`) and can turn
 them into per-joint heatmaps for the stage-2 loss (METHOD 3.3).
 
-Images may be PIL images (any mode, converted to RGB), numpy ``uint8`` arrays ``(H, W, 3)`` in
-**RGB** order, float torch tensors ``(3, H, W)`` or ``(B, 3, H, W)`` in ``[0, 1]`` RGB on any
-device, or a list of these. Note that ultralytics itself reads numpy arrays as BGR (OpenCV
-order); the adapter here converts everything to one RGB tensor path, so all three input kinds give
-the same result (up to the ``uint8`` rounding of the image).
+Images may be PIL images (any mode, converted to RGB as ultralytics converts them), numpy
+``uint8`` arrays ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` in **RGB** order, float torch tensors
+``(3, H, W)`` or ``(B, 3, H, W)`` in ``[0, 1]`` RGB on any device, or a list of these. Note that
+ultralytics itself reads numpy arrays as BGR (OpenCV order); the adapter flips them for it.
+uint8 images take ultralytics' own predict path (exact parity with ``YOLO.predict``); float
+tensors take the torch path (:meth:`YoloPoseEstimator.detect`), which stays on their device.
 
 Ultralytics code and the YOLO weights are AGPL-3.0 licensed.
 """
@@ -50,6 +51,8 @@ ULTRALYTICS_ASSETS_URL = "https://github.com/ultralytics/assets/releases"
 YOLO_STRIDE = 32
 # Ultralytics' letterbox fill value (grey 114 of 255).
 LETTERBOX_FILL = 114 / 255
+# Ultralytics' default inference size, the one its published numbers (and the thesis') use.
+DEFAULT_IMGSZ = 640
 
 
 class PoseWeightsNotFoundError(FileNotFoundError):
@@ -201,6 +204,29 @@ class PoseEstimator(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
+def _uint8_rgb(image: Image.Image | np.ndarray, i: int) -> np.ndarray:
+    """A PIL image or a numpy uint8 image as a (H, W, 3) uint8 RGB array.
+
+    PIL images are converted as ultralytics converts them (``convert("RGB")``; 16-bit grey is
+    shifted to 8 bits, as ultralytics and OpenCV do); numpy arrays may be grey (H, W), RGB or
+    RGBA (the alpha channel is dropped, as ``convert("RGB")`` and ``cv2.imread`` do).
+    """
+    if isinstance(image, Image.Image):
+        if image.mode.startswith("I;16"):
+            image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+        return np.asarray(image.convert("RGB"))
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or not all(image.shape):
+        raise ValueError(
+            f"image {i}: numpy images must be (H, W), (H, W, 3) or (H, W, 4), got shape "
+            f"{image.shape}"
+        )
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
 def as_image_tensors(images: Images) -> list[torch.Tensor]:
     """Convert the accepted image inputs to a list of float (3, H, W) RGB tensors in [0, 1].
 
@@ -208,58 +234,104 @@ def as_image_tensors(images: Images) -> list[torch.Tensor]:
     become CPU tensors. ``uint8`` inputs are divided by 255; float inputs (numpy or torch) must
     already be in [0, 1].
     """
-    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
-        images = [images]
     out: list[torch.Tensor] = []
-    for i, image in enumerate(images):
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
+    for i, image in enumerate(_as_list(images)):
+        if isinstance(image, np.ndarray) and image.dtype != np.uint8:
             if image.ndim not in (3, 4) or image.shape[-1] != 3:
                 raise ValueError(
-                    f"image {i}: numpy images must be (H, W, 3) or (B, H, W, 3) RGB, got shape "
-                    f"{image.shape}; convert grey or RGBA images with PIL's .convert('RGB')"
+                    f"image {i}: float numpy images must be (H, W, 3) or (B, H, W, 3) RGB in "
+                    f"[0, 1], got shape {image.shape}"
                 )
-            if not image.flags.writeable:  # PIL's buffer is read-only; torch wants to own it
-                image = image.copy()
             image = torch.from_numpy(np.ascontiguousarray(image)).movedim(-1, -3)
-        if not isinstance(image, torch.Tensor):
-            raise TypeError(
-                f"image {i} is a {type(image).__name__}; expected a PIL image, a numpy (H, W, 3) "
-                "uint8 RGB array or a float (3, H, W) / (B, 3, H, W) tensor in [0, 1]"
-            )
-        if image.ndim not in (3, 4) or image.shape[-3] != 3:
-            raise ValueError(
-                f"image {i}: tensors must be (3, H, W) or (B, 3, H, W) RGB, got shape "
-                f"{tuple(image.shape)}"
-            )
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        out.extend(image.unbind(0) if image.ndim == 4 else [image])
+        elif isinstance(image, (Image.Image, np.ndarray)):
+            image = torch.from_numpy(_uint8_rgb(image, i).copy()).movedim(-1, -3)
+        out.extend(_check_tensor(image, i))
     return out
 
 
-def letterbox(
-    batch: torch.Tensor, imgsz: int | None = None, stride: int = YOLO_STRIDE
-) -> tuple[torch.Tensor, tuple[float, float], tuple[int, int]]:
-    """Resize (B, 3, H, W) so the long side is ``imgsz`` (None: keep the size), then pad the sides
-    up to multiples of ``stride``, centred, with ultralytics' grey.
+def _as_list(images: Images) -> list[ImageInput]:
+    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        return [images]
+    return list(images)
 
-    Returns:
-        the padded batch, the (x, y) scale and the (left, top) padding; a point maps back to
-        the input image as ``(x - left) / scale_x``.
+
+def _check_tensor(image: Any, i: int) -> list[torch.Tensor]:
+    """A (3, H, W) or (B, 3, H, W) tensor as a list of float (3, H, W) views in [0, 1]."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(
+            f"image {i} is a {type(image).__name__}; expected a PIL image, a numpy (H, W, 3) "
+            "uint8 RGB array or a float (3, H, W) / (B, 3, H, W) tensor in [0, 1]"
+        )
+    if image.ndim not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(
+            f"image {i}: tensors must be (3, H, W) or (B, 3, H, W) RGB, got shape "
+            f"{tuple(image.shape)}"
+        )
+    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return list(image.unbind(0)) if image.ndim == 4 else [image]
+
+
+def _split_inputs(images: Images) -> list[np.ndarray | torch.Tensor]:
+    """Each image as a uint8 (H, W, 3) RGB array (the ultralytics path) or a float (3, H, W)
+    tensor (the torch path): PIL images, uint8 numpy arrays and uint8 tensors are uint8."""
+    out: list[np.ndarray | torch.Tensor] = []
+    for i, image in enumerate(_as_list(images)):
+        if isinstance(image, Image.Image) or (
+            isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3)
+        ):
+            out.append(_uint8_rgb(image, i))
+        elif isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+            arrays = image.reshape(-1, *image.shape[-3:]) if image.ndim == 4 else [image]
+            if image.ndim not in (3, 4) or image.shape[-3] != 3:
+                _check_tensor(image, i)  # raises the shape message
+            out.extend(a.movedim(0, -1).cpu().numpy() for a in arrays)
+        elif isinstance(image, np.ndarray) and image.dtype == np.uint8:
+            out.extend(_uint8_rgb(a, i) for a in image)  # (B, H, W, 3)
+        else:
+            out.extend(as_image_tensors([image]) if isinstance(image, np.ndarray)
+                       else _check_tensor(image, i))  # fmt: skip
+    return out
+
+
+def letterbox_params(height: int, width: int, imgsz: int, stride: int = YOLO_STRIDE) -> dict:
+    """Ultralytics' own letterbox geometry for an image of ``height`` x ``width``.
+
+    The numbers come from ``ultralytics.data.augment.LetterBox.get_params`` as its predictor
+    uses it (``auto=True``: the long side scaled to ``imgsz``, up or down, the other side padded
+    to the next multiple of ``stride``, centred): ``new_unpad`` (w, h) and the ``top``,
+    ``bottom``, ``left``, ``right`` padding in pixels.
+    """
+    from numpy.lib.stride_tricks import as_strided
+    from ultralytics.data.augment import LetterBox
+
+    # get_params reads only the image's shape: a zero-stride view allocates nothing.
+    shape_only = as_strided(np.zeros(1, dtype=np.uint8), (height, width, 3), (0, 0, 0))
+    return LetterBox(imgsz, auto=True, stride=stride).get_params({"img": shape_only})
+
+
+def letterbox(batch: torch.Tensor, imgsz: int, stride: int = YOLO_STRIDE) -> torch.Tensor:
+    """The torch twin of ultralytics' letterbox for a float (B, 3, H, W) batch in [0, 1].
+
+    Same geometry (:func:`letterbox_params`), bilinear resizing without antialiasing (what
+    OpenCV's ``INTER_LINEAR`` computes, minus its rounding to uint8), ultralytics' grey (114)
+    padding, clamped to [0, 1] (ultralytics divides a tensor with values above 1 by 255).
     """
     h, w = batch.shape[-2:]
-    r = 1.0 if imgsz is None else imgsz / max(h, w)
-    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    p = letterbox_params(h, w, imgsz, stride)
+    new_w, new_h = p["new_unpad"]
     if (new_w, new_h) != (w, h):
-        batch = F.interpolate(
-            batch, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=r < 1
-        )
-    pad_w, pad_h = -new_w % stride, -new_h % stride
-    left, top = pad_w // 2, pad_h // 2
-    if pad_w or pad_h:
-        batch = F.pad(batch, (left, pad_w - left, top, pad_h - top), value=LETTERBOX_FILL)
-    return batch, (new_w / w, new_h / h), (left, top)
+        batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    if p["left"] or p["right"] or p["top"] or p["bottom"]:
+        pads = (p["left"], p["right"], p["top"], p["bottom"])
+        batch = F.pad(batch, pads, value=LETTERBOX_FILL)
+    return batch.clamp(0.0, 1.0)
+
+
+def ultralytics_device(device: torch.device) -> str:
+    """``device`` as ultralytics' ``device=`` argument: "cpu", "mps" or a CUDA index ("0")."""
+    if device.type == "cuda":
+        return str(device.index if device.index is not None else torch.cuda.current_device())
+    return device.type if device.type in ("cpu", "mps") else str(device)
 
 
 def _default_device() -> torch.device:
@@ -276,6 +348,19 @@ def _default_device() -> torch.device:
 class YoloPoseEstimator:
     """Ultralytics YOLO-pose (YOLOv8/YOLO11 ``*-pose.pt``) as a :class:`PoseEstimator`.
 
+    Two input paths, one network:
+
+    * **uint8 images** (PIL images, uint8 numpy arrays and tensors) go through ultralytics' own
+      ``YOLO.predict`` (its LetterBox with OpenCV resizing, its NMS and its mapping back), so
+      keypoints, scores and boxes are what ``YOLO(weights).predict(image, imgsz=..., conf=...,
+      iou=...)`` gives a user. Photos, pseudo ground truth and evaluation take this path.
+    * **float tensors** in [0, 1] (the stage-2 loss' decoded images, on the training device)
+      stay tensors: :func:`letterbox` (ultralytics' geometry, bilinear resizing in float), the
+      same network (ultralytics' ``AutoBackend``, Conv+BN fused), ultralytics' own
+      ``non_max_suppression``, ``scale_boxes`` and ``scale_coords``. It differs from the uint8
+      path only in that the resized image is not rounded to uint8 (see the README for the
+      measured difference).
+
     YOLO-pose regresses keypoints instead of predicting heatmaps, so :meth:`heatmaps` draws them:
     one Gaussian per joint at the predicted keypoint (sigma ``heatmap_sigma`` heatmap pixels,
     peak = the keypoint's confidence, people combined by maximum, see
@@ -287,9 +372,9 @@ class YoloPoseEstimator:
         device: where the model runs; None picks the available accelerator, else the CPU.
         conf: minimum person detection score.
         iou: non-maximum suppression IoU threshold.
-        imgsz: inference size: the long side is resized to it (ultralytics' usual 640). None
-            (default) runs at the image's own size; either way the sides are padded up to
-            multiples of 32. The model is not scale invariant: keypoints move with imgsz.
+        imgsz: inference size (ultralytics' ``imgsz``, default 640 as ultralytics): the long side
+            is scaled to it and the short side padded to a multiple of 32. The model is not
+            scale invariant: keypoints move with imgsz.
         heatmap_sigma: Gaussian sigma in heatmap pixels.
         heatmap_stride: default heatmap size is the image size divided by this.
         batch_size: images per forward pass.
@@ -303,19 +388,21 @@ class YoloPoseEstimator:
         device: torch.device | str | None = None,
         conf: float = 0.25,
         iou: float = 0.7,
-        imgsz: int | None = None,
+        imgsz: int = DEFAULT_IMGSZ,
         heatmap_sigma: float = 2.0,
         heatmap_stride: int = 4,
         batch_size: int = 16,
+        max_det: int = 300,
     ) -> None:
-        if imgsz is not None and imgsz < YOLO_STRIDE:
-            raise ValueError(f"imgsz must be None or >= {YOLO_STRIDE}, got {imgsz}")
+        if imgsz is None or imgsz < YOLO_STRIDE or imgsz % YOLO_STRIDE:
+            raise ValueError(f"imgsz must be a multiple of {YOLO_STRIDE}, got {imgsz}")
         self.weights = weights
         self.device = torch.device(device) if device is not None else _default_device()
-        self.conf, self.iou, self.imgsz = conf, iou, imgsz
+        self.conf, self.iou, self.imgsz, self.max_det = conf, iou, imgsz, max_det
         self.heatmap_sigma, self.heatmap_stride = heatmap_sigma, heatmap_stride
         self.batch_size = batch_size
         self._model: Any = None
+        self._network: Any = None
 
     @property
     def model(self) -> Any:
@@ -331,18 +418,38 @@ class YoloPoseEstimator:
             self._model = model
         return self._model
 
+    @property
+    def network(self) -> Any:
+        """The frozen network of the torch path: ultralytics' ``AutoBackend`` over a copy of the
+        model, built as its predictor builds it (Conv+BN fused, eval mode, no parameter
+        gradients; gradients still flow to the input)."""
+        if self._network is None:
+            import copy
+
+            from ultralytics.nn.autobackend import AutoBackend
+
+            net = AutoBackend(copy.deepcopy(self.model.model), device=self.device, verbose=False)
+            self._network = net.eval()
+        return self._network
+
     def estimate_people(self, images: Images) -> list[Detections]:
         """Detect people: one :class:`Detections` per image, in input order."""
-        tensors = as_image_tensors(images)
-        out: list[Detections | None] = [None] * len(tensors)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tensors):  # same-size images share a forward pass
-            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
-        for indices in groups.values():
+        items = _split_inputs(images)
+        out: list[Detections | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):  # same-kind, same-size images share a forward pass
+            kind = "uint8" if isinstance(item, np.ndarray) else str(item.device)
+            size = item.shape[:2] if isinstance(item, np.ndarray) else tuple(item.shape[-2:])
+            groups.setdefault((kind, *size), []).append(i)
+        for (kind, *_), indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                batch = torch.stack([tensors[i].to(self.device) for i in chunk])
-                for i, det in zip(chunk, self._predict(batch), strict=True):
+                if kind == "uint8":
+                    found = self._predict_uint8([items[i] for i in chunk])
+                else:
+                    batch = torch.stack([items[i] for i in chunk]).to(self.device)
+                    found = [d.to_numpy() for d in self.detect(batch)]
+                for i, det in zip(chunk, found, strict=True):
                     out[i] = det
         return out  # type: ignore[return-value]
 
@@ -380,36 +487,77 @@ class YoloPoseEstimator:
             device=device,
         )
 
-    @torch.no_grad()
-    def _predict(self, batch: torch.Tensor) -> list[Detections]:
-        """Run YOLO on a (B, 3, H, W) float RGB batch in [0, 1] of one size."""
-        h, w = batch.shape[-2:]
-        padded, (sx, sy), (left, top) = letterbox(batch, self.imgsz)
-        # A BCHW float tensor goes straight to the network as RGB: ultralytics neither
-        # letterboxes it (hence the padding above) nor flips channels, unlike numpy input (BGR).
+    def _predict_uint8(self, arrays: list[np.ndarray]) -> list[Detections]:
+        """Ultralytics' own predict on (H, W, 3) uint8 RGB arrays of one size."""
+        bgr = [np.ascontiguousarray(a[..., ::-1]) for a in arrays]  # ultralytics reads BGR
         # ultralytics' select_device() sets torch's thread count on every predict call; keep ours.
         threads = torch.get_num_threads()
         try:
             results = self.model.predict(
-                padded, conf=self.conf, iou=self.iou, device=self.device, verbose=False
-            )
+                bgr, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=self.max_det,
+                device=ultralytics_device(self.device), batch=len(bgr), verbose=False,
+            )  # fmt: skip
         finally:
             torch.set_num_threads(threads)
-        offset = np.array([left, top], dtype=np.float64)
-        scale = np.array([sx, sy])
-        limit = np.array([w, h], dtype=np.float64)
+        h, w = arrays[0].shape[:2]
         out = []
         for r in results:
             if r.keypoints is None or len(r.boxes) == 0:
                 out.append(Detections.empty((w, h)))
                 continue
-            kpts = r.keypoints.data.cpu().numpy().astype(np.float64)
-            kpts[..., :2] = np.clip((kpts[..., :2] - offset) / scale, 0.0, limit)
-            boxes = r.boxes.xyxy.cpu().numpy().astype(np.float64).reshape(-1, 2, 2)
-            boxes = np.clip((boxes - offset) / scale, 0.0, limit).reshape(-1, 4)
-            scores = r.boxes.conf.cpu().numpy().astype(np.float64)
-            out.append(Detections(kpts, scores, boxes, (w, h)))
+            out.append(
+                Detections(
+                    r.keypoints.data.cpu().numpy().astype(np.float64),
+                    r.boxes.conf.cpu().numpy().astype(np.float64),
+                    r.boxes.xyxy.cpu().numpy().astype(np.float64),
+                    (w, h),
+                )
+            )
         return out
+
+    def detect(self, batch: torch.Tensor) -> list[TensorDetections]:
+        """The torch path on a float (B, 3, H, W) batch in [0, 1] on :attr:`device`.
+
+        Differentiable in the input up to NMS: the returned keypoints and boxes carry gradients
+        when ``batch`` does (the selection by NMS does not). Returns one
+        :class:`TensorDetections` per image, people sorted by score, coordinates in the
+        batch's pixels.
+        """
+        from ultralytics.utils import ops
+        from ultralytics.utils.nms import non_max_suppression
+
+        net = self.network
+        h, w = batch.shape[-2:]
+        x = letterbox(batch.float(), self.imgsz, int(net.stride))
+        preds = net(x)
+        found = non_max_suppression(
+            preds, self.conf, self.iou, max_det=self.max_det, nc=len(net.names),
+            end2end=bool(getattr(net, "end2end", False)),
+        )  # fmt: skip
+        kpt_shape = tuple(net.kpt_shape)
+        out = []
+        for pred in found:
+            boxes = ops.scale_boxes(x.shape[2:], pred[:, :4].clone(), (h, w))
+            kpts = pred[:, 6:].reshape(len(pred), *kpt_shape).clone()
+            kpts = ops.scale_coords(x.shape[2:], kpts, (h, w))
+            out.append(TensorDetections(kpts, pred[:, 4], boxes, (int(w), int(h))))
+        return out
+
+
+@dataclass(frozen=True)
+class TensorDetections:
+    """:class:`Detections` as tensors on the estimator's device (the torch path)."""
+
+    keypoints: torch.Tensor  # (P, 17, 3) x, y, score
+    scores: torch.Tensor  # (P,)
+    boxes: torch.Tensor  # (P, 4) x0, y0, x1, y1
+    image_size: tuple[int, int]
+
+    def to_numpy(self) -> Detections:
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().double().numpy()
+
+        return Detections(arr(self.keypoints), arr(self.scores), arr(self.boxes), self.image_size)
 
 
 def build_pose_estimator(
