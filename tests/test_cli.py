@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +100,19 @@ def test_pose_estimate_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFi
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
 ) -> None:
     """`make demo` on a fresh folder: pose toolkit, training, evaluation, report; then reused."""
     monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
     assert main(["demo"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # The synthetic captions are longer than 77 tokens: cut once, quietly, and counted once.
+    logged = [r.getMessage() for r in caplog.records] + captured.err.splitlines()
+    assert not [m for m in logged if "truncated because CLIP" in m or "Token indices" in m]
+    assert sum("training captions:" in m for m in logged) == 1
+    assert json.loads((tmp_path / "runs/tiny/captions.json").read_text())["cut"] > 0
     run = tmp_path / "runs" / "tiny"
     assert "1 person(s) found" in printed and "Report: runs/tiny/eval/report.html" in printed
     for name in (

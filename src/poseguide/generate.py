@@ -39,6 +39,7 @@ from poseguide.pose.inputs import (  # noqa: F401 - re-exported: the generation 
     pose_condition,
     pose_from_path,
 )
+from poseguide.text import CaptionCuts, encode_captions
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +228,71 @@ def _inference_mode(pipe: Any) -> Iterator[None]:
             module.train(mode)
 
 
-def _warn_bad(images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int]) -> None:
-    for image, prompt, seed in zip(images, prompts, seeds, strict=True):
-        bad = (
-            "NaN" if not np.isfinite(image).all() else "black" if image.max() < BLACK_LEVEL else ""
-        )
-        if bad:
+def image_problem(image: np.ndarray) -> str | None:
+    """Why a generated float (H, W, 3) image in [0, 1] is unusable: "NaN", "Inf", "black" (every
+    value below one 8-bit level), or None when it is fine."""
+    if np.isnan(image).any():
+        return "NaN"
+    if not np.isfinite(image).all():
+        return "Inf"
+    return "black" if image.max() < BLACK_LEVEL else None
+
+
+def _call_pipe(pipe: Any, prompts: Sequence[str], poses: Sequence[Image.Image],
+               seeds: Sequence[int], cfg: GenerateConfig, size: tuple[int, int],
+               cuts: CaptionCuts | None = None, output_type: str = "np") -> Any:  # fmt: skip
+    """One diffusers call for one batch, with embeddings from the one caption path."""
+    embeds, negative = _prompt_embeddings(pipe, prompts, cfg, cuts)
+    return pipe(
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        image=list(poses),
+        height=size[1],
+        width=size[0],
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        controlnet_conditioning_scale=cfg.conditioning_scale,
+        output_type=output_type,
+    ).images
+
+
+def _redo_with_fp32_vae(pipe: Any, prompts: Sequence[str], poses: Sequence[Image.Image],
+                        seeds: Sequence[int], cfg: GenerateConfig,
+                        size: tuple[int, int]) -> list[np.ndarray]:  # fmt: skip
+    """The same images (same seeds, so the same latents) decoded by a float32 copy of the VAE:
+    a float16 VAE overflows into NaN or black images, a float32 one does not."""
+    import copy
+
+    latents = _call_pipe(pipe, prompts, poses, seeds, cfg, size, output_type="latent")
+    vae = copy.deepcopy(pipe.vae).to(torch.float32)
+    with torch.autocast(latents.device.type, enabled=False):
+        decoded = vae.decode(latents.float() / vae.config.scaling_factor).sample
+    images = pipe.image_processor.postprocess(decoded, output_type="np")
+    return [np.asarray(image, dtype=np.float32) for image in images]
+
+
+def _retry_invalid(images: list[np.ndarray], pipe: Any, prompts: Sequence[str],
+                   poses: Sequence[Image.Image], seeds: Sequence[int], cfg: GenerateConfig,
+                   size: tuple[int, int]) -> None:  # fmt: skip
+    """Regenerate (once, VAE in float32) the images of one batch that came out NaN, Inf or
+    black; warn about each that is still invalid (its caller decides what to do with it)."""
+    bad = [j for j, image in enumerate(images) if image_problem(image)]
+    if bad and pipe.vae.dtype != torch.float32:
+        log.warning("%d image(s) came out %s with the %s VAE; decoding them again in float32",
+                    len(bad), image_problem(images[bad[0]]), pipe.vae.dtype)  # fmt: skip
+        redone = _redo_with_fp32_vae(pipe, [prompts[j] for j in bad], [poses[j] for j in bad],
+                                     [seeds[j] for j in bad], cfg, size)  # fmt: skip
+        for j, image in zip(bad, redone, strict=True):
+            images[j] = image
+    for j in bad:
+        if image_problem(images[j]):
             log.warning(
-                "the image for prompt %r, seed %d is %s; in float16 the VAE can overflow: "
-                "try generate.dtype=float32 or bfloat16",
-                prompt,
-                seed,
-                bad,
+                "the image for prompt %r, seed %d is %s even with a float32 VAE: not a "
+                "usable image",
+                prompts[j][:80],
+                seeds[j],
+                image_problem(images[j]),
             )
 
 
@@ -250,12 +304,18 @@ def generate_arrays(
     cfg: GenerateConfig,
     size: tuple[int, int] = DEFAULT_SIZE,
     progress: bool = False,
+    cuts: CaptionCuts | None = None,
 ) -> list[np.ndarray]:
     """One image per seed as float32 (H, W, 3) RGB arrays in [0, 1] (NaN where the VAE failed).
 
     ``prompts`` and ``poses`` (skeleton images, resized to ``size`` (W, H) if needed) are single
     items or one per seed. Images are generated ``cfg.batch_size`` at a time; image ``i`` uses
     a CPU generator seeded with ``seeds[i]``, so it does not depend on the batch it is in.
+    Prompts go to the pipeline as embeddings from the one caption path
+    (:func:`poseguide.text.encode_captions`): a long prompt is cut to the text encoder's limit
+    without a warning; ``cuts`` (optional) counts which prompts were cut. An image that comes out
+    NaN, Inf or black (:func:`image_problem`; a float16 VAE can overflow) is decoded once more
+    with a float32 copy of the VAE; one still invalid is returned as it is, with a warning.
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -279,23 +339,24 @@ def generate_arrays(
     with _inference_mode(pipe), tqdm(total=n, desc="generating", disable=not progress) as bar:
         for start in range(0, n, cfg.batch_size):
             batch = slice(start, start + cfg.batch_size)
-            k = len(seeds[batch])
-            result = pipe(
-                prompt=prompts[batch],
-                image=poses[batch],
-                height=height,
-                width=width,
-                num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                negative_prompt=[cfg.negative_prompt] * k if cfg.negative_prompt else None,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[batch]],
-                controlnet_conditioning_scale=cfg.conditioning_scale,
-                output_type="np",
-            )
-            out.extend(np.asarray(image, dtype=np.float32) for image in result.images)
-            bar.update(k)
-    _warn_bad(out, prompts, seeds)
+            args = (prompts[batch], poses[batch], seeds[batch], cfg, (width, height))
+            images = [np.asarray(im, dtype=np.float32) for im in _call_pipe(pipe, *args, cuts)]
+            _retry_invalid(images, pipe, *args)
+            out.extend(images)
+            bar.update(len(images))
     return out
+
+
+def _prompt_embeddings(
+    pipe: Any, prompts: Sequence[str], cfg: GenerateConfig, cuts: CaptionCuts | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prompt, negative prompt) embeddings as diffusers' ``encode_prompt`` would compute them;
+    the negative ones only when classifier-free guidance is on (guidance scale > 1)."""
+    embeds = encode_captions(pipe.text_encoder, pipe.tokenizer, prompts, cuts)
+    if cfg.guidance_scale <= 1.0:
+        return embeds, None
+    negative = [cfg.negative_prompt or ""] * len(prompts)
+    return embeds, encode_captions(pipe.text_encoder, pipe.tokenizer, negative)
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
@@ -313,6 +374,7 @@ def generate(
     size: tuple[int, int] = DEFAULT_SIZE,
     output_sizes: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
     progress: bool = False,
+    cuts: CaptionCuts | None = None,
 ) -> list[Image.Image]:
     """Generate one RGB image per seed: the one path for validation, evaluation, CLI and UI.
 
@@ -326,8 +388,9 @@ def generate(
         output_sizes: (W, H), one or one per image: the generated images are resized to it
             (bicubic), e.g. back to the original image size for evaluation. None: ``size``.
         progress: show a progress bar over the images.
+        cuts: counts the prompts cut to the text encoder's limit (see :mod:`poseguide.text`).
     """
-    arrays = generate_arrays(pipe, prompts, poses, seeds, cfg, size, progress)
+    arrays = generate_arrays(pipe, prompts, poses, seeds, cfg, size, progress, cuts)
     images = [to_pil(a) for a in arrays]
     if output_sizes is None:
         return images
@@ -384,7 +447,10 @@ def run_generate(
         model.base, controlnet, config.generate, device, model.revision, model.variant
     )
     seeds = [seed + i for i in range(n)]
-    images = generate(pipe, prompt, cond.image, seeds, config.generate, size, target, progress=True)
+    cuts = CaptionCuts()
+    images = generate(pipe, prompt, cond.image, seeds, config.generate, size, target, True, cuts)
+    if cuts.cut.get(prompt):
+        log.info("the prompt is cut to %d tokens (%d tokens dropped)", cuts.limit, cuts.cut[prompt])
 
     out = Path(out_dir)
     atomic_save_image(out / "pose.png", cond.image)

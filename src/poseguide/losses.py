@@ -38,6 +38,25 @@ MASK_SOURCES: tuple[str, ...] = ("predicted_error", "ground_truth")
 
 Losses = dict[str, Any]
 
+# How each logged term is reduced over a batch, over gradient-accumulation micro-batches and
+# over processes: the extremes of H_E are extremes, everything else is a mean (every sample, and
+# every process's batch, counts the same).
+MEAN, MIN, MAX = "mean", "min", "max"
+TERM_REDUCTIONS: dict[str, str] = {"he_min": MIN, "he_max": MAX}
+
+
+def term_reduction(name: str) -> str:
+    """How the term ``name`` is reduced: ``"mean"`` (default), ``"min"`` or ``"max"``."""
+    return TERM_REDUCTIONS.get(name, MEAN)
+
+
+def reduce_terms(values: dict[str, torch.Tensor], dim: int = 0) -> dict[str, torch.Tensor]:
+    """Reduce each term's tensor along ``dim`` as :func:`term_reduction` says (on its device).
+
+    Per-sample (B,) terms -> scalars; or terms stacked over micro-batches or processes."""
+    ops = {MEAN: torch.mean, MIN: torch.amin, MAX: torch.amax}
+    return {k: ops[term_reduction(k)](v.detach().float(), dim=dim) for k, v in values.items()}
+
 
 def denoising_target(
     scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

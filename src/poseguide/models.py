@@ -158,6 +158,14 @@ def load_sd_parts(
     return SDParts(vae, unet, text_encoder, tokenizer, scheduler, folder)
 
 
+def load_tokenizer(base: str, revision: str | None = None) -> Any:
+    """The CLIP tokenizer of an SD1.5-layout folder or hub id (its ``tokenizer/`` subfolder)."""
+    from transformers import CLIPTokenizer
+
+    folder = resolve_pretrained(base, revision, what="Stable Diffusion base")
+    return CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+
+
 def build_controlnet(unet: Any, init: str | None = None, revision: str | None = None) -> Any:
     """A trainable ControlNet: copied from the UNet encoder (``init=None``) or loaded."""
     from diffusers import ControlNetModel
@@ -181,17 +189,12 @@ def build_controlnet(unet: Any, init: str | None = None, revision: str | None = 
     return controlnet
 
 
-def encode_prompts(parts: SDParts, prompts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings (B, 77, hidden) for prompts, truncated to the tokenizer's length."""
-    ids = parts.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=parts.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(parts.text_encoder.device)
-    with torch.no_grad():
-        return parts.text_encoder(ids)[0]
+def encode_prompts(parts: SDParts, prompts: list[str], cuts: Any = None) -> torch.Tensor:
+    """CLIP text embeddings (B, 77, hidden) for prompts, cut to the tokenizer's length by the one
+    caption path (:func:`poseguide.text.encode_captions`; ``cuts`` counts what was cut)."""
+    from poseguide.text import encode_captions
+
+    return encode_captions(parts.text_encoder, parts.tokenizer, prompts, cuts)
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:

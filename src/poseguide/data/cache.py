@@ -134,6 +134,11 @@ class LatentCache:
             )
         return cls(folder, manifest)
 
+    @property
+    def captions(self) -> list[str]:
+        """The distinct captions whose embeddings are cached (empty when text is not cached)."""
+        return list(self._captions) if self.manifest["key"]["text"] else []
+
     def _handle(self, name: str) -> Any:
         if name not in self._handles:
             self._handles[name] = safe_open(str(self.folder / name), framework="pt")

@@ -3,7 +3,8 @@
 ``CLIP score = 100 * max(cos(image_embedding, text_embedding), 0)``, the torchmetrics definition,
 computed here with ``CLIPModel.get_image_features`` / ``get_text_features`` (torchmetrics'
 ``CLIPScore`` with a local model crashed on transformers 5.24). Captions are truncated to the
-model's text length (77 tokens for OpenAI's CLIP), never rejected.
+model's text length (77 tokens for OpenAI's CLIP) by the one caption path
+(:func:`poseguide.text.tokenize_captions`), never rejected.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from poseguide.models import ModelNotFoundError, resolve_pretrained
+from poseguide.text import CaptionCuts, count_cuts, tokenize_captions
 from poseguide.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,11 @@ class ClipScorer:
         length = f"{self.max_length} tokens" if self._parts else "the model's text length"
         return f"CLIP score 100*max(cos, 0) with {self.name}{where}, captions cut to {length}"
 
+    def caption_cuts(self, captions: Sequence[str]) -> CaptionCuts:
+        """Which of ``captions`` this scorer cuts, and by how many tokens."""
+        _, tokenizer, _ = self._load()
+        return count_cuts(tokenizer, captions, self.max_length)
+
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, D) float32 unit-length image embeddings (CPU)."""
@@ -129,17 +136,12 @@ class ClipScorer:
         model, tokenizer, _ = self._load()
         out = []
         for start in range(0, len(captions), self.batch_size):
-            tokens = tokenizer(
-                list(captions[start : start + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            chunk = list(captions[start : start + self.batch_size])
+            tokens = tokenize_captions(tokenizer, chunk, self.max_length, padding="longest")
             emb = _embedding(
                 model.get_text_features(
-                    input_ids=tokens["input_ids"].to(self.device),
-                    attention_mask=tokens["attention_mask"].to(self.device),
+                    input_ids=tokens.input_ids.to(self.device),
+                    attention_mask=tokens.attention_mask.to(self.device),
                 )
             )
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())

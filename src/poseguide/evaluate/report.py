@@ -395,8 +395,24 @@ def _setup_items(run: EvalRun) -> list[str]:
         f"OKS ground truth: {get('ground_truth')}; matching: {get('matching')}; "
         f"min OKS: {get('min_oks')}",
         f"Eval rows: {get('rows')} from {get('eval_source')} (limit: {limit or 'none'})",
+        f"Captions cut to the text encoders' limits: {_caption_cuts(run)}",
         f"Confidence intervals: {ci}",
     ]
+
+
+def _caption_cuts(run: EvalRun) -> str:
+    """How many captions were cut (training: ``<run>/captions.json``; eval: metrics.json)."""
+    parts = []
+    train = run.run_dir / "captions.json"
+    found = {"training": json.loads(train.read_text())} if train.is_file() else {}
+    found.update((run.setup.get("captions") or {}).items())
+    for what, c in found.items():
+        if not isinstance(c, dict) or "cut" not in c:
+            continue
+        text = f"{what.replace('_', ' ')} {c['cut']} of {c.get('captions')} (limit {c.get('limit')}"
+        text += f", at most {c.get('tokens_cut_max')} tokens cut)" if c["cut"] else ")"
+        parts.append(text)
+    return "; ".join(parts) or "not recorded"
 
 
 # (FILES key, heading, caption, text when there is no figure), after the qualitative grid.
@@ -450,7 +466,24 @@ def _results_blocks(run: EvalRun, problems: list[str]) -> list[Block]:
         ("table", main_table(run)),
         ("p", check),
     ]
-    return blocks + ([("ul", problems)] if problems else [])
+    blocks += [("ul", problems)] if problems else []
+    return blocks + _invalid_blocks(run)
+
+
+def _invalid_blocks(run: EvalRun) -> list[Block]:
+    """Generated images that came out NaN, Inf or black (after a float32-VAE retry): not scored,
+    not in the means; counted and listed per model."""
+    items = []
+    for model in run.models:
+        invalid = run.entry(model).get("invalid") or {}
+        if invalid.get("count"):
+            reasons = invalid.get("reasons") or {}
+            listed = ", ".join(f"{i} ({reasons.get(i, '?')})" for i in invalid.get("ids", []))
+            items.append(f"`{model}`: {invalid['count']} invalid image(s), left out: {listed}")
+    if not items:
+        return [("p", "Invalid images (NaN, Inf or black even with a float32 VAE): none.")]
+    return [("p", "Invalid images (NaN, Inf or black even with a float32 VAE), not scored:"),
+            ("ul", items)]  # fmt: skip
 
 
 def build_blocks(

@@ -53,6 +53,10 @@ class EvalPaths:
     def image(self, model: str, row_id: str) -> Path:
         return self.root / "images" / model / f"{file_stem(row_id)}.png"
 
+    def invalid(self, model: str, row_id: str) -> Path:
+        """Beside an image that came out NaN, Inf or black: why (one word)."""
+        return self.root / "images" / model / f"{file_stem(row_id)}.invalid"
+
     def pose(self, row_id: str) -> Path:
         return self.root / "poses" / f"{file_stem(row_id)}.png"
 
@@ -187,9 +191,7 @@ def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
 def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPaths,
                      run_dir: Path, device: Any) -> int:  # fmt: skip
     """Generate the rows whose image for ``model`` is missing or corrupt; returns how many."""
-    from poseguide.generate import generate, load_pipeline
-    from poseguide.pose.transforms import restore_image
-    from poseguide.utils.io import atomic_save_image
+    from poseguide.generate import generate_arrays, load_pipeline
 
     todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
     if not todo:
@@ -208,12 +210,36 @@ def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPat
 
     for start in tqdm(range(0, len(todo), step), desc=f"generating ({model.name})", unit="batch"):
         batch = todo[start : start + step]
-        images = generate(pipe, [r.caption for r in batch], [r.pose for r in batch],
-                          [r.seed for r in batch], config.generate, size=size)  # fmt: skip
-        for row, image in zip(batch, images, strict=True):
-            atomic_save_image(paths.image(model.name, row.id), restore_image(image, row.placement))
+        arrays = generate_arrays(pipe, [r.caption for r in batch], [r.pose for r in batch],
+                                 [r.seed for r in batch], config.generate, size=size)  # fmt: skip
+        for row, array in zip(batch, arrays, strict=True):
+            _store_generated(paths, model.name, row, array)
     del pipe
     return len(todo)
+
+
+def _store_generated(paths: EvalPaths, model: str, row: Row, array: np.ndarray) -> None:
+    """The image, mapped back to the original size; a sidecar when it is NaN, Inf or black."""
+    from poseguide.generate import image_problem, to_pil
+    from poseguide.pose.transforms import restore_image
+    from poseguide.utils.io import atomic_save_image, atomic_write_text
+
+    problem = image_problem(array)
+    sidecar = paths.invalid(model, row.id)
+    if problem:  # written first: an interrupted run never leaves a bad image unmarked
+        atomic_write_text(sidecar, problem + "\n")
+    else:
+        sidecar.unlink(missing_ok=True)
+    atomic_save_image(paths.image(model, row.id), restore_image(to_pil(array), row.placement))
+
+
+def invalid_reason(paths: EvalPaths, model: str, row_id: str, image: Any) -> str | None:
+    """Why a stored generated image cannot be scored: its sidecar's reason (NaN, Inf, black),
+    or "black" for an all-black image without one; None for a usable image."""
+    sidecar = paths.invalid(model, row_id)
+    if sidecar.is_file():
+        return sidecar.read_text().strip() or "invalid"
+    return "black" if image.getextrema() in (((0, 0),) * 3, (0, 0)) else None
 
 
 @dataclass
@@ -251,11 +277,14 @@ def read_samples(paths: EvalPaths) -> dict[tuple[str, str], dict]:
 
 
 def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, paths: EvalPaths,
-               out: Path, done: dict) -> int:  # fmt: skip
-    """Score this model's generated images of ``rows`` not yet in ``done``; append to ``out``."""
+               out: Path, done: dict, model_ref: str = "") -> int:  # fmt: skip
+    """Score this model's generated images of ``rows`` not yet in ``done``; append to ``out``.
+
+    An image that came out NaN, Inf or black (:func:`invalid_reason`) is not scored: its row
+    says why (``"invalid"``) and has no metric values, so the means leave it out.
+    """
     from tqdm.auto import tqdm
 
-    from poseguide.evaluate.metrics import sample_oks
     from poseguide.utils.images import pil_open
 
     todo = [r for r in rows if (model, r.id) not in done]
@@ -263,17 +292,46 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
     for start in tqdm(range(0, len(todo), step), desc=f"scoring ({model})", unit="batch"):
         batch = todo[start : start + step]
         generated = [pil_open(paths.image(model, r.id)).convert("RGB") for r in batch]
-        originals = [pil_open(paths.original(r.id)).convert("RGB") for r in batch]
-        lpips = scorers.lpips.scores(generated, originals)
-        clip = scorers.clip.scores(generated, [r.caption for r in batch])
-        found = scorers.estimator.estimate_people(generated)
+        reasons = [None if model_ref == ORIGINALS else invalid_reason(paths, model, r.id, im)
+                   for r, im in zip(batch, generated, strict=True)]  # fmt: skip
+        keep = [k for k, reason in enumerate(reasons) if reason is None]
+        scored = _score(config, scorers, [batch[k] for k in keep], [generated[k] for k in keep],
+                        paths)  # fmt: skip
         with out.open("a", encoding="utf-8") as handle:
             for k, row in enumerate(batch):
-                oks = sample_oks(found[k], row.gt, row.areas, config.evaluate.min_oks)
-                record = _record(model, row, generated[k].size, clip[k], lpips[k], oks)
+                if reasons[k] is None:
+                    record = _record(model, row, generated[k].size, *scored[keep.index(k)])
+                else:
+                    record = _invalid_record(model, row, generated[k].size, reasons[k])
                 handle.write(json.dumps(record) + "\n")
                 done[(model, row.id)] = record
     return len(todo)
+
+
+def _score(config: Config, scorers: Scorers, rows: list[Row], generated: list,
+           paths: EvalPaths) -> list[tuple]:  # fmt: skip
+    """(clip, lpips, oks dict) of each usable generated image."""
+    from poseguide.evaluate.metrics import sample_oks
+    from poseguide.utils.images import pil_open
+
+    if not rows:
+        return []
+    originals = [pil_open(paths.original(r.id)).convert("RGB") for r in rows]
+    lpips = scorers.lpips.scores(generated, originals)
+    clip = scorers.clip.scores(generated, [r.caption for r in rows])
+    found = scorers.estimator.estimate_people(generated)
+    return [(clip[k], lpips[k], sample_oks(found[k], r.gt, r.areas, config.evaluate.min_oks))
+            for k, r in enumerate(rows)]  # fmt: skip
+
+
+def _invalid_record(model: str, row: Row, size: tuple, reason: str) -> dict:
+    """A row whose generated image is NaN, Inf or black: listed, not scored (no metric)."""
+    return {
+        "model": model, "id": row.id, "index": row.index, "seed": row.seed,
+        "caption": row.caption, "size": list(size), "invalid": reason, "clip": None,
+        "lpips": None, "oks": None, "per_gt_oks": [], "num_gt": 0, "num_dets": 0, "preds": [],
+        "scores": [], "gt": [], "areas": None,
+    }  # fmt: skip
 
 
 def _record(model: str, row: Row, size: tuple, clip: float, lpips: float, oks: dict) -> dict:
@@ -284,9 +342,9 @@ def _record(model: str, row: Row, size: tuple, clip: float, lpips: float, oks: d
         "oks": float(oks["mean_oks"]) if finite else None,
         "per_gt_oks": [None if np.isnan(v) else float(v) for v in oks["per_gt_oks"]],
         "num_gt": oks["num_gt"], "num_dets": oks["num_dets"],
-        "preds": np.round(oks["preds"].reshape(-1, 51), 3).tolist(),
+        "preds": np.round(oks["preds"].reshape(-1, 3 * NUM_COCO17), 3).tolist(),
         "scores": [round(float(s), 5) for s in oks["scores"]],
-        "gt": oks["gts"].reshape(-1, 51).tolist(),
+        "gt": oks["gts"].reshape(-1, 3 * NUM_COCO17).tolist(),
         "areas": None if row.areas is None else [float(a) for a in row.areas],
     }  # fmt: skip
 
@@ -296,10 +354,10 @@ def _oks_inputs(record: dict, min_oks: float) -> dict:
     from poseguide.evaluate.metrics import sample_oks
     from poseguide.pose.estimator import Detections
 
-    preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, 17, 3)
+    preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
     scores = np.asarray(record["scores"], dtype=np.float64)
     found = Detections(preds, scores, np.zeros((len(scores), 4)), tuple(record["size"]))
-    gt = np.asarray(record["gt"], dtype=np.float64).reshape(-1, 17, 3)
+    gt = np.asarray(record["gt"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
     return sample_oks(found, gt, record["areas"], min_oks)
 
 
@@ -310,6 +368,8 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
 
     e = config.evaluate
     stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
+    invalid = {r["id"]: r["invalid"] for r in records if r.get("invalid")}
+    records = [r for r in records if not r.get("invalid")]  # NaN, Inf, black: not in the means
     people = [v for r in records for v in r["per_gt_oks"] if v is not None]
     sets = aggregate_oks([_oks_inputs(r, e.min_oks) for r in records])
     per_sample = [r["oks"] for r in records if r["oks"] is not None]
@@ -317,6 +377,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
     joints = sets["oks"]["per_joint_accuracy"]
     out = {
         "n": len(records),
+        "invalid": {"count": len(invalid), "ids": sorted(invalid), "reasons": invalid},
         "clip": summarize([r["clip"] for r in records], **stats),
         "lpips": summarize([r["lpips"] for r in records], **stats),
         "oks": summarize(people, **stats),
@@ -356,6 +417,23 @@ def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
         "fid": result.get("fid"),
         "kid": {k: v for k, v in result.items() if k.startswith("kid")},
     }
+
+
+def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict:
+    """How many eval captions the generation's text encoder and the CLIP score cut (logged)."""
+    from poseguide.models import load_tokenizer
+    from poseguide.text import count_cuts
+
+    captions = sorted({r["caption"] for r in records})
+    out = {}
+    for what, cuts in (
+        ("generation", count_cuts(load_tokenizer(config.model.base, config.model.revision),
+                                  captions)),
+        ("clip_score", scorers.clip.caption_cuts(captions)),
+    ):  # fmt: skip
+        log.info("%s", cuts.describe(f"eval captions ({what.replace('_', ' ')})"))
+        out[what] = cuts.summary()
+    return out
 
 
 def _setup(config: Config, run_dir: Path, scorers: Scorers, gt_kind: str, rows: int) -> dict:
@@ -404,7 +482,9 @@ def _finish(
                               "resolved": controlnet_ref(model.controlnet, run_dir),
                               **aggregate(config, mine, paths, model.name)}  # fmt: skip
     rows = len({r["id"] for r in records})
-    metrics = _plain({"models": models, "setup": _setup(config, run_dir, scorers, gt_kind, rows)})
+    setup = _setup(config, run_dir, scorers, gt_kind, rows)
+    setup["captions"] = _caption_cuts(config, scorers, records)
+    metrics = _plain({"models": models, "setup": setup})
     atomic_write_json(paths.root / "metrics.json", metrics)
     return metrics
 
@@ -434,7 +514,7 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
         generate_missing(config, model, rows, paths, folder, state.device)
     done, out = read_samples(paths), paths.root / f"samples-{state.process_index}.jsonl"
     for model in config.evaluate.models:
-        score_rows(config, model.name, rows, scorers, paths, out, done)
+        score_rows(config, model.name, rows, scorers, paths, out, done, model.controlnet)
     state.wait_for_everyone()
     metrics = _finish(config, folder, paths, scorers, gt_kind) if state.is_main_process else {}
     state.wait_for_everyone()

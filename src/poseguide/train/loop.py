@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from poseguide.config import Config, to_dict
 from poseguide.config.schema import StageConfig
 from poseguide.errors import UserError
+from poseguide.text import CaptionCuts
 from poseguide.train.checkpoint import LATEST, Loaded, Position, rng_state, save_checkpoint
 from poseguide.train.monitor import MetricsLog
 from poseguide.train.setup import (
@@ -75,6 +76,7 @@ class Run:
     stop: StopFlag
     validator: Any = None  # callable(controlnet, stage_name, global_step) or None
     estimators: dict = field(default_factory=dict)
+    captions: CaptionCuts = field(default_factory=CaptionCuts)  # captions cut to the limit
 
     @property
     def checkpoints(self) -> Path:
@@ -101,7 +103,8 @@ def _loss_terms(run: Run, stage: StageConfig, controlnet: Any, batch: dict, key:
 
     parts = run.frozen.parts
     gens = row_generators(run.config.run.seed, key, batch["index"])
-    inputs = make_inputs(parts, batch, gens, run.frozen.device, run.frozen.weight_dtype)
+    inputs = make_inputs(parts, batch, gens, run.frozen.device, run.frozen.weight_dtype,
+                         run.captions)  # fmt: skip
     with run.accelerator.autocast():
         pred = predict(controlnet, parts.unet, inputs)
     target = denoising_target(parts.scheduler, inputs.latents, inputs.noise, inputs.timesteps)
@@ -113,9 +116,19 @@ def _loss_terms(run: Run, stage: StageConfig, controlnet: Any, batch: dict, key:
     )  # fmt: skip
 
 
-def _mean_terms(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.detach().float().mean()) for k, v in terms.items()
-            if isinstance(v, torch.Tensor) and not k.startswith("_")}  # fmt: skip
+def _step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
+    """The logged terms of one optimizer step: each reduced over its batch, the micro-batches
+    and the processes as its loss declares (mean, min or max), in one collective."""
+    from poseguide.losses import reduce_terms
+
+    keys = [k for k, v in micro[0].items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
+    per_micro = [reduce_terms({k: terms[k] for k in keys}) for terms in micro]
+    step = reduce_terms({k: torch.stack([m[k] for m in per_micro]) for k in keys})
+    local = torch.stack([step[k] for k in keys]).to(acc.device)
+    every = acc.gather(local[None]).reshape(-1, len(keys))  # (processes, terms)
+    merged = reduce_terms({k: every[:, j] for j, k in enumerate(keys)})
+    values = torch.stack([merged[k] for k in keys]).tolist()
+    return dict(zip(keys, values, strict=True))
 
 
 def _sync_flags(run: Run, loss: torch.Tensor) -> tuple[bool, bool]:
@@ -130,7 +143,7 @@ def _optimizer_step(run: Run, stage: StageConfig, model: Any, opt: Any, sched: A
                     it: Any, key: int, pos: Position) -> dict[str, float]:  # fmt: skip
     """Accumulate ``grad_accum`` micro-batches, check the loss, clip, and step once."""
     acc, accum = run.accelerator, run.config.train.grad_accum
-    logged: list[dict[str, float]] = []
+    logged: list[dict[str, torch.Tensor]] = []
     total = torch.zeros((), device=acc.device)
     for micro in range(accum):
         batch = next(it)
@@ -141,7 +154,7 @@ def _optimizer_step(run: Run, stage: StageConfig, model: Any, opt: Any, sched: A
             loss = terms["loss"].mean() / accum
             acc.backward(loss)
         total += loss.detach()
-        logged.append(_mean_terms(terms))
+        logged.append({k: v.detach() for k, v in terms.items() if isinstance(v, torch.Tensor)})
     bad, stop = _sync_flags(run, total)
     if bad:
         raise TrainingError(
@@ -155,16 +168,7 @@ def _optimizer_step(run: Run, stage: StageConfig, model: Any, opt: Any, sched: A
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    keys = list(logged[0])
-    local = torch.tensor([sum(d[k] for d in logged) / len(logged) for k in keys], device=acc.device)
-    means = acc.reduce(local, reduction="mean").tolist()  # the mean over all processes
-    out: dict = {**dict(zip(keys, means, strict=True)), "_stop": stop}
-    if "neg_weight_frac" in out:  # min/max over processes would need other reductions: keep local
-        out["he_min"], out["he_max"] = (
-            min(d["he_min"] for d in logged),
-            max(d["he_max"] for d in logged),
-        )
-    return out
+    return {**_step_terms(logged, acc), "_stop": stop}
 
 
 def save(run: Run, model: Any, opt: Any, sched: Any, pos: Position) -> Path | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from poseguide.config import Config, save_config, to_dict
 from poseguide.data.api import checked_source, run_dir
+from poseguide.text import count_cuts
 from poseguide.train.checkpoint import LATEST, Loaded, load_checkpoint, resolve_checkpoint
 from poseguide.train.loop import Run, StopFlag, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
@@ -25,6 +26,7 @@ from poseguide.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 STAGE_MARKER = "poseguide_stage.json"
+CAPTIONS_FILE = "captions.json"  # how many training captions were cut to the text limit
 # Config keys that may change between a checkpoint and its resumption (they do not change what
 # is computed).
 RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "data.cache.dir",
@@ -112,7 +114,18 @@ def _make_run(config: Config, resume: str | None) -> tuple[Run, Loaded | None]:
         metrics.truncate_after(loaded.position.global_step)
     run = Run(config, folder, acc, frozen, source, report.valid, cache, metrics, StopFlag())
     run.validator = _validator(run)
+    if cache is not None and cache.captions:  # every training caption was tokenised once
+        run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
+        _report_captions(run)
     return run, loaded
+
+
+def _report_captions(run: Run) -> None:
+    """Log once how many training captions the text encoder's limit cuts; keep it for the
+    report (``<run>/captions.json``)."""
+    if run.accelerator.is_main_process and run.captions.seen:
+        log.info("%s", run.captions.describe("training captions"))
+        atomic_write_json(run.run_dir / CAPTIONS_FILE, run.captions.summary())
 
 
 def _latest_done(folder: Path) -> bool:
@@ -177,6 +190,8 @@ def run_training(
             if run.accelerator.is_main_process:
                 plot_curves(metrics, run.run_dir / f"curves-{name}.png", stage=name)
                 plot_curves(metrics, run.run_dir / "curves.png")
+        if run.cache is None or not run.cache.captions:  # counted as the steps encoded them
+            _report_captions(run)
     finally:
         run.stop.restore()
         run.metrics.close()

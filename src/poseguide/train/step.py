@@ -46,8 +46,9 @@ class StepInputs:
 
 @torch.no_grad()
 def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], device: torch.device,
-                dtype: torch.dtype) -> StepInputs:  # fmt: skip
-    """Latents (from the cache or the VAE), per-row noise and timesteps, text embeddings."""
+                dtype: torch.dtype, cuts: Any = None) -> StepInputs:  # fmt: skip
+    """Latents (from the cache or the VAE), per-row noise and timesteps, text embeddings
+    (from the cache, or the one caption path; ``cuts`` counts the captions it cuts)."""
     if "latent_mean" in batch:
         mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
     else:
@@ -62,7 +63,7 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
     else:
         from poseguide.models import encode_prompts
 
-        text = encode_prompts(parts, batch["captions"])
+        text = encode_prompts(parts, batch["captions"], cuts)
     noisy = parts.scheduler.add_noise(latents, noise, t)
     return StepInputs(noisy.to(dtype), t, text.to(dtype), batch["conditioning"].to(device, dtype),
                       latents, noise)  # fmt: skip
