@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +44,16 @@ def write_config(root: Path, **sections: object) -> Path:
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The global torch RNG seeded with ``seed`` inside the block and restored after it: for
+    what draws from it without a generator (a new module's weights, such as the ControlNet
+    pose embedding that ``build_controlnet`` initialises)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def cli_env() -> dict[str, str]:

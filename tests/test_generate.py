@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import seeded
 from PIL import Image
 
 from poseguide.config.schema import (
@@ -78,7 +79,8 @@ def parts(tiny_sd: str):
 def controlnet(parts):
     """A 'training' ControlNet: fp32, train mode, trainable, with its zero convolutions set to
     random values so that the pose changes the image (untrained, it has no effect at all)."""
-    controlnet = build_controlnet(parts.unet)
+    with seeded(0):  # the pose embedding's other layers start random
+        controlnet = build_controlnet(parts.unet)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in controlnet.named_parameters():

@@ -26,12 +26,20 @@ def _pair(shape=(3, 4, 8, 8), seed=0):
     return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
 
 
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 # --------------------------------------------------------------------------- weighted loss
 
 
 def test_weight_zero_gives_exactly_stage1():
     pred, target = _pair()
-    h_e = torch.randn(3, 4, 8, 8) * 3
+    h_e = _randn(3, 4, 8, 8, seed=100) * 3
     stage1 = denoising_loss(pred, target)
     out = heatmap_weighted_loss(pred, target, h_e, 0.0)
     assert torch.equal(out["loss"], stage1["loss"])
@@ -75,7 +83,7 @@ def test_known_values_with_negative_weight():
 
 def test_one_channel_mask_broadcasts_over_channels():
     pred, target = _pair(seed=3)
-    h_e = torch.randn(3, 1, 8, 8)
+    h_e = _randn(3, 1, 8, 8, seed=101)
     out1 = heatmap_weighted_loss(pred, target, h_e, 0.3)
     out4 = heatmap_weighted_loss(pred, target, h_e.expand(-1, 4, -1, -1), 0.3)
     torch.testing.assert_close(out1["loss"], out4["loss"])
@@ -84,7 +92,7 @@ def test_one_channel_mask_broadcasts_over_channels():
 
 def test_losses_are_per_sample():
     pred, target = _pair(seed=4)
-    h_e = torch.randn(3, 4, 8, 8)
+    h_e = _randn(3, 4, 8, 8, seed=102)
     base = heatmap_weighted_loss(pred, target, h_e, 0.2)
     pred2, h_e2 = pred.clone(), h_e.clone()
     pred2[1] += 1.0
@@ -174,7 +182,7 @@ def _heatmap_cfg(**kw):
 
 
 def test_predicted_error_pipeline_shapes_and_inputs(vae):
-    diff = torch.randn(2, 4, 8, 8)
+    diff = _randn(2, 4, 8, 8, seed=103)
     est = StubEstimator()
     g = torch.Generator().manual_seed(0)
     out = predicted_error_mask(diff, vae, est, _heatmap_cfg(), generator=g)
@@ -197,7 +205,7 @@ def test_predicted_error_pipeline_shapes_and_inputs(vae):
 
 
 def test_same_generator_seed_same_h_e(vae):
-    diff = torch.randn(1, 4, 8, 8)
+    diff = _randn(1, 4, 8, 8, seed=104)
     cfg = _heatmap_cfg()
 
     def run(seed):
@@ -219,7 +227,8 @@ def test_same_generator_seed_same_h_e(vae):
 )
 def test_polarity_and_reduction_shape_h_m(vae, polarity, reduction, inside, outside):
     cfg = _heatmap_cfg(polarity=polarity, reduction=reduction, mask_resize="nearest")
-    out = predicted_error_mask(torch.randn(1, 4, 8, 8), vae, StubEstimator(), cfg)
+    diff = _randn(1, 4, 8, 8, seed=105)
+    out = predicted_error_mask(diff, vae, StubEstimator(), cfg, generator=_gen())
     h_m = out["h_m"]
     block = 2 * StubEstimator.stride  # the 2x2 heatmap block in image pixels
     expected = torch.full_like(h_m, float(outside))
@@ -230,7 +239,8 @@ def test_polarity_and_reduction_shape_h_m(vae, polarity, reduction, inside, outs
 def test_bicubic_resize_is_the_default(vae):
     import torch.nn.functional as F
 
-    out = predicted_error_mask(torch.randn(1, 4, 8, 8), vae, StubEstimator(), _heatmap_cfg())
+    diff = _randn(1, 4, 8, 8, seed=106)
+    out = predicted_error_mask(diff, vae, StubEstimator(), _heatmap_cfg(), generator=_gen())
     h_m = out["h_m"]
     low = torch.full((1, 1, 16, 16), float(NUM_COCO17))
     low[..., BLOB[0], BLOB[1]] = NUM_COCO17 - 2
@@ -264,7 +274,10 @@ def test_no_gradient_through_the_mask_and_analytic_gradient(vae):
 
 def test_predicted_error_with_weight_zero_is_stage1(vae):
     pred, target = _pair(shape=(2, 4, 8, 8), seed=10)
-    out = stage_loss(_heatmap_cfg(weight=0.0), pred, target, vae=vae, estimator=StubEstimator())
+    out = stage_loss(
+        _heatmap_cfg(weight=0.0), pred, target, vae=vae, estimator=StubEstimator(),
+        generator=_gen(),
+    )  # fmt: skip
     assert torch.equal(out["loss"], denoising_loss(pred, target)["loss"])
     assert "_debug" not in out
 
@@ -273,7 +286,8 @@ def test_low_precision_vae_gives_float32_mask(tiny_sd):
     from diffusers import AutoencoderKL
 
     vae16 = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae", torch_dtype=torch.bfloat16)
-    out = predicted_error_mask(torch.randn(1, 4, 8, 8), vae16, StubEstimator(), _heatmap_cfg())
+    diff = _randn(1, 4, 8, 8, seed=107)
+    out = predicted_error_mask(diff, vae16, StubEstimator(), _heatmap_cfg(), generator=_gen())
     assert all(v.dtype == torch.float32 for v in out.values())
     assert torch.isfinite(out["h_e"]).all()
 
@@ -338,7 +352,7 @@ def test_stage_loss_denoising_is_denoising_loss():
 
 
 def test_bf16_mask_precision_is_close_but_not_exact(vae):
-    diff = torch.randn(2, 4, 8, 8)
+    diff = _randn(2, 4, 8, 8, seed=108)
 
     def run(precision):
         g = torch.Generator().manual_seed(3)
@@ -351,3 +365,39 @@ def test_bf16_mask_precision_is_close_but_not_exact(vae):
     assert fast["h_e"].dtype == torch.float32 and not torch.equal(exact["h_e"], fast["h_e"])
     rel = (fast["h_e"] - exact["h_e"]).norm() / exact["h_e"].norm()
     assert rel < 0.05
+
+
+def test_each_term_is_reduced_as_it_declares() -> None:
+    from poseguide.losses import reduce_terms, term_reduction
+
+    assert term_reduction("he_min") == "min" and term_reduction("he_max") == "max"
+    assert term_reduction("loss") == term_reduction("neg_weight_frac") == "mean"
+    terms = {"loss": torch.tensor([1.0, 3.0]), "he_min": torch.tensor([-1.0, -4.0]),
+             "he_max": torch.tensor([2.0, 5.0])}  # fmt: skip
+    assert {k: v.item() for k, v in reduce_terms(terms).items()} == {
+        "loss": 2.0,
+        "he_min": -4.0,
+        "he_max": 5.0,
+    }
+
+
+def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> None:
+    """Two micro-batches here, and a second process whose values arrive through gather: the
+    logged he_min/he_max are the extremes of all samples, the loss the mean of all samples."""
+    from poseguide.train.loop import _step_terms
+
+    class TwoProcesses:
+        device = torch.device("cpu")
+
+        def gather(self, local: torch.Tensor) -> torch.Tensor:
+            other = torch.tensor([[10.0, -9.0, 1.0]])  # loss, he_min, he_max of process 1
+            return torch.cat([local, other])
+
+    micro = [
+        {"loss": torch.tensor([1.0, 2.0]), "he_min": torch.tensor([-1.0, -3.0]),
+         "he_max": torch.tensor([4.0, 0.5]), "_debug": {}},
+        {"loss": torch.tensor([3.0, 6.0]), "he_min": torch.tensor([-2.0, 0.0]),
+         "he_max": torch.tensor([7.0, 1.0]), "_debug": {}},
+    ]  # fmt: skip
+    logged = _step_terms(micro, TwoProcesses())
+    assert logged == {"loss": (3.0 + 10.0) / 2, "he_min": -9.0, "he_max": 7.0}

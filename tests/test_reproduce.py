@@ -38,7 +38,8 @@ def test_dry_run_offline_reports_what_is_unreachable(
     assert "item(s) unreachable: fix them before `poseguide reproduce`" in out
 
 
-def test_plan_arithmetic() -> None:
+def test_plan_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the plan synthesises the tiny preset's data (runs/data/...)
     config = load_config("tiny", ["train.batch_size=2", "train.grad_accum=2"])
     measured = Probe("m", "cpu", {"stage1": 0.5, "stage2": 2.0}, 3.0)
     rows = {r["step"]: r for r in plan(config, measured)}
