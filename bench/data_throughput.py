@@ -15,7 +15,7 @@ What is timed is what the trainer does for every batch before the ControlNet run
 
 Models: ``tiny`` (``builtin:tiny-sd``) and ``sd15`` (``builtin:sd15-random``: SD1.5's VAE and
 text encoder architecture with random weights, built once, ~4 GB on disk). Data: synthetic people
-(``poseguide.data.synth.synthesize``) at a COCO-like 640x480, resized to each size; caches are
+(``poseguide.synth.people.synthesize``) at a COCO-like 640x480, resized to each size; caches are
 built with ``build_cache`` in a temporary folder (its speed is printed too). On this 2-core CPU
 the default run takes about 4 minutes, most of it SD1.5-size VAE encodes (the first run also
 builds ``builtin:sd15-random``, ~30 s). Add ``--threads 1`` when other processes share the CPU.
@@ -205,7 +205,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    from poseguide.data.synth import synthesize
+    from poseguide.synth.people import synthesize
 
     args = parse_args()
     if args.threads:

@@ -10,10 +10,12 @@ as ``poseguide train`` does (``poseguide.train.runner._make_run``: frozen parts,
 latent cache; then the ControlNet, AdamW, LR schedule and ``accelerator.prepare`` as in
 ``train_stage``) and times:
 
-* trainer: ``poseguide.train.loop._optimizer_step``, the loop's step (next batch from the
-  DataLoader, ``make_inputs``, ControlNet + UNet, loss, backward, non-finite check, gradient
-  clipping, AdamW, LR schedule, metric reduction), for stage 1 and for stage 2 with the heatmap
-  loss from ``ground_truth`` and from ``predicted_error`` masks;
+* trainer: ``poseguide.train.step.optimizer_step``, the one step ``poseguide train`` runs (next
+  batch from the DataLoader, ``loss_terms``: ``make_inputs``, ControlNet + UNet under the
+  accelerator's autocast, loss; backward, non-finite check, gradient clipping, AdamW, LR
+  schedule, metric reduction) on a stage state from ``poseguide.train.loop.start_stage`` (the
+  same optimizer factory and gradient checkpointing as training), for stage 1 and for stage 2
+  with the heatmap loss from ``ground_truth`` and from ``predicted_error`` masks;
 * bare: a hand-written loop on one fixed batch of inputs: ``controlnet(...)`` -> ``unet(...,
   residuals)`` -> MSE -> backward -> AdamW step (the same model and optimizer), interleaved with
   the stage-1 trainer steps so that load changes hit both alike;
@@ -88,6 +90,7 @@ def make_config(work: Path, base: str, size: int, args: argparse.Namespace) -> A
         StageConfig(name="stage2_pe", loss=LossConfig(kind="heatmap", source="predicted_error")),
     ]
     train = TrainConfig(stages=stages, batch_size=args.batch, mixed_precision=args.precision,
+                        gradient_checkpointing=args.gradient_checkpointing,
                         validation=ValidationConfig(every=0))  # fmt: skip
     run = RunConfig(name="bench", output_dir=str(work / "runs"), device=args.device)
     return Config(run=run, data=data, model=ModelConfig(base=base), train=train)
@@ -115,37 +118,26 @@ class Bench:
     """One run set up like ``poseguide train`` and the timed step functions."""
 
     def __init__(self, work: Path, base: str, size: int, args: argparse.Namespace) -> None:
+        from poseguide.train.loop import start_stage
         from poseguide.train.runner import _make_run
-        from poseguide.train.setup import (
-            controlnet_for_stage,
-            make_loader,
-            make_lr_scheduler,
-            make_optimizer,
-        )
+        from poseguide.train.setup import make_loader
 
         self.run, _ = _make_run(make_config(work, base, size, args), None)
-        cfg, acc = self.run.config, self.run.accelerator
+        cfg = self.run.config
         self.device = self.run.frozen.device
-        stage = cfg.train.stages[0]
-        model = controlnet_for_stage(self.run.frozen, stage, "unet", None, cfg.run.seed)
-        opt = make_optimizer([p for p in model.parameters() if p.requires_grad],
-                             cfg.train.optim, stage.lr)  # fmt: skip
-        self.sched = make_lr_scheduler(opt, stage, 10**6)
-        self.model, self.opt = acc.prepare(model, opt)
+        # One ControlNet, optimizer and LR schedule (training's own), stepped with each loss.
+        self.state = start_stage(self.run, 0, "unet", None, None, 0, 10**6)
+        self.model, self.opt = self.state.model, self.state.optimizer
         self.data = make_loader(cfg, self.run.source, self.run.rows, self.run.cache, 0, 1)
         self.iters = {i: batches(self.data[2], self.data[0], self.data[1], i)
                       for i in range(len(STAGES))}  # fmt: skip
 
     def trainer_step(self, index: int) -> float:
-        from poseguide.train.checkpoint import Position
-        from poseguide.train.loop import _optimizer_step
-        from poseguide.train.step import epoch_key
+        from poseguide.train.step import epoch_key, optimizer_step
 
         stage = self.run.config.train.stages[index]
-        pos = Position(index, stage.name)
         t0 = time.perf_counter()
-        _optimizer_step(self.run, stage, self.model, self.opt, self.sched, self.iters[index],
-                        epoch_key(index, 0), pos)  # fmt: skip
+        optimizer_step(self.run, stage, self.state, self.iters[index], epoch_key(index, 0))
         sync(self.device)
         return time.perf_counter() - t0
 
@@ -245,12 +237,11 @@ def mask_parts(b: Bench, x: Any, n: int) -> dict:
     the whole ground_truth mask."""
     from poseguide.losses import _resize, ground_truth_mask
     from poseguide.pose.heatmaps import binary_mask
-    from poseguide.train.loop import _estimator
 
     vae, stage = b.run.frozen.parts.vae, b.run.config.train.stages[2]
     z = (torch.randn_like(x.latents) / vae.config.scaling_factor).to(vae.dtype)
     decoded = ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
-    estimator = _estimator(b.run, stage)
+    estimator = b.run.estimator(stage)
     heatmaps = estimator.heatmaps(decoded)
     mask = binary_mask(heatmaps, stage.loss.threshold, stage.loss.polarity, stage.loss.reduction)
     h_m = _resize(mask, tuple(decoded.shape[-2:]), stage.loss.mask_resize).expand(-1, 3, -1, -1)
@@ -390,6 +381,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu", help="run.device: cpu, cuda, auto, ...")
     p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    what = "train.gradient_checkpointing=true (ControlNet and frozen UNet)"
+    p.add_argument("--gradient-checkpointing", action="store_true", help=what)
     p.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()

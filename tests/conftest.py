@@ -78,6 +78,16 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return attempts
 
 
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No offline variable set (poseguide.utils.offline): code may try the network, so pair it
+    with no_network or a patched download."""
+    from poseguide.utils.offline import OFFLINE_ENV_VARS
+
+    for name in OFFLINE_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
 # --- the tests leave the repository as they found it ----------------------------------------
 
 # What any run creates in a checkout and that is harmless: bytecode, tool caches, the venv and the

@@ -384,7 +384,7 @@ def test_each_term_is_reduced_as_it_declares() -> None:
 def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> None:
     """Two micro-batches here, and a second process whose values arrive through gather: the
     logged he_min/he_max are the extremes of all samples, the loss the mean of all samples."""
-    from poseguide.train.loop import _step_terms
+    from poseguide.train.step import step_terms
 
     class TwoProcesses:
         device = torch.device("cpu")
@@ -399,5 +399,5 @@ def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> Non
         {"loss": torch.tensor([3.0, 6.0]), "he_min": torch.tensor([-2.0, 0.0]),
          "he_max": torch.tensor([7.0, 1.0]), "_debug": {}},
     ]  # fmt: skip
-    logged = _step_terms(micro, TwoProcesses())
+    logged = step_terms(micro, TwoProcesses())
     assert logged == {"loss": (3.0 + 10.0) / 2, "he_min": -9.0, "he_max": 7.0}

@@ -81,11 +81,10 @@ def test_unreachable_hub_id_fails_fast_with_a_howto(name: str, no_network: list[
 
 
 def test_unreachable_hub_id_fails_fast_even_when_not_marked_offline(
-    monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+    monkeypatch: pytest.MonkeyPatch, no_network: list[str], online: None
 ) -> None:
     # No HF_HUB_OFFLINE, but the hub endpoint is unreachable (a closed local port; no_network
     # refuses the connection as that port would, and records it).
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     import huggingface_hub.constants as hc
 

@@ -48,3 +48,28 @@ def test_plan_arithmetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert rows["train stage1 (denoising)"]["total"] == pytest.approx(32.0)
     assert rows["train stage2 (heatmap)"]["total"] == pytest.approx(16 * 2.0)
     assert rows["evaluate (generation)"]["count"] == 8 * 4  # 8 eval rows x 4 models
+
+
+def test_the_probe_times_the_step_training_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dry-run's timing calls training's own optimizer step on a state built by training's
+    own start_stage, with the config's optimizer, gradient checkpointing and autocast."""
+    import poseguide.train.step as step
+    from poseguide.reproduce import probe
+
+    monkeypatch.chdir(tmp_path)
+    calls: list[tuple[str, bool, str]] = []
+    real_step = step.optimizer_step
+
+    def spy_step(trainer, stage, state, batches, key):
+        checkpointing = state.model.is_gradient_checkpointing
+        calls.append((stage.name, checkpointing, type(state.optimizer.optimizer).__name__))
+        return real_step(trainer, stage, state, batches, key)
+
+    monkeypatch.setattr(step, "optimizer_step", spy_step)
+    overrides = ["data.resolution=64", "generate.steps=2", "train.gradient_checkpointing=true",
+                 "train.batch_size=1"]  # fmt: skip
+    measured = probe(load_config("tiny", overrides), "builtin:tiny-sd", steps=2, warmup=1)
+    assert calls == [("stage1", True, "AdamW")] * 3 + [("stage2", True, "AdamW")] * 3
+    assert set(measured.step_seconds) == {"stage1", "stage2"}

@@ -8,15 +8,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-log = logging.getLogger("poseguide")
+from poseguide.config.schema import RenderConfig, SynthConfig
+from poseguide.errors import OOM_HINT
+from poseguide.pose.inputs import POSE_KINDS
+from poseguide.pose.render import RENDER_STYLES
 
-# Errors meant for people: printed as one line, exit status 2, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    OSError,
-    RuntimeError,
-)
+log = logging.getLogger("poseguide")
 
 
 def _config_show(args: argparse.Namespace) -> None:
@@ -74,7 +71,7 @@ def _cli_source(args: argparse.Namespace):  # a Source
 
 
 def _data_synth(args: argparse.Namespace) -> None:
-    from poseguide.data.synth import synthesize
+    from poseguide.synth.people import synthesize
 
     manifest = synthesize(
         args.out, args.n, args.seed, size=tuple(args.size), two_people=args.two_people
@@ -199,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poseguide", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups = (_config_commands, _pose_commands, _data_commands, _train_commands,
+              _generate_command, _evaluate_commands, _reproduce_command, _app_command)  # fmt: skip
+    for add in groups:
+        add(commands)
+    return parser
 
+
+def _config_commands(commands: argparse._SubParsersAction) -> None:
     config = commands.add_parser("config", help="show or validate a config").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"
     )
@@ -208,15 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--save", help="also write the resolved config to this YAML file")
     _add_config_args(_add(config, "validate", _config_validate, "check a config and exit"))
 
+
+def _pose_commands(commands: argparse._SubParsersAction) -> None:
     pose = commands.add_parser("pose", help="render and estimate poses").add_subparsers(
         dest="pose_command", required=True, metavar="ACTION"
     )
     render = _add(pose, "render", _pose_render, "draw a keypoint JSON file as a skeleton image")
     render.add_argument("keypoints", help="keypoint JSON (COCO layout, see README)")
     render.add_argument("--out", required=True, help="output PNG")
-    render.add_argument(
-        "--style", default="controlnet10", choices=["controlnet10", "controlnet_aux"]
-    )
+    render.add_argument("--style", default=RenderConfig.style, choices=list(RENDER_STYLES))
     render.add_argument(
         "--size", nargs=2, type=int, metavar=("W", "H"), help="canvas size (default: from the file)"
     )
@@ -226,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--render", help="also draw the skeleton to this PNG")
     _add_config_args(estimate, required=False)
 
+
+def _data_commands(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="inspect, preview and synthesise datasets")
     data = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     for name, func, text in (
@@ -246,14 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth = _add(data, "synth", _data_synth, "write N synthetic people as a manifest dataset")
     synth.add_argument("--n", type=int, required=True, help="number of samples")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("W", "H"))
-    synth.add_argument("--two-people", type=float, default=0.3, help="fraction with two people")
-
+    synth.add_argument("--seed", type=int, default=SynthConfig.seed)
+    synth.add_argument("--size", type=int, nargs=2, default=list(SynthConfig.size),
+                       metavar=("W", "H"))  # fmt: skip
+    synth.add_argument("--two-people", type=float, default=SynthConfig.two_people,
+                       help="fraction with two people")  # fmt: skip
     cache = commands.add_parser("cache", help="the latent and text-embedding cache")
     cache = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     _add_config_args(_add(cache, "build", _cache_build, "scan the training rows and cache them"))
 
+
+def _train_commands(commands: argparse._SubParsersAction) -> None:
     train = _add(commands, "train", _train, "train the config's stages (stage 1, stage 2, ...)")
     _add_config_args(train)
     train.add_argument(
@@ -264,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="latest|PATH",
         help="continue from the latest checkpoint of the run, or from a checkpoint folder",
     )  # fmt: skip
-
     explain = _add(commands, "explain-loss", _explain_loss,
                    "what the stage-2 loss weighs for one training sample (Fig. 4.2)")  # fmt: skip
     _add_config_args(explain)
@@ -274,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--controlnet", help="ControlNet folder or id (default: the run's)")
     explain.add_argument("--out", default="explain_loss.png", help="output PNG")
 
+
+def _generate_command(commands: argparse._SubParsersAction) -> None:
     gen = _add(commands, "generate", _generate, "generate images from a prompt and a pose")
     gen.add_argument("--controlnet", required=True, help="ControlNet folder or hub id")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--pose", required=True, help="skeleton image, keypoint JSON or photo")
-    gen.add_argument(
-        "--pose-kind", default="auto", choices=["auto", "keypoints", "skeleton", "photo"]
-    )
+    gen.add_argument("--pose-kind", default="auto", choices=["auto", *POSE_KINDS])
     gen.add_argument("--out", default="generated", help="output folder")
     gen.add_argument("-n", type=int, default=1, help="number of images (seeds seed..seed+n-1)")
     gen.add_argument("--seed", type=int, default=0)
@@ -293,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="resize the images to the pose's original size")  # fmt: skip
     _add_config_args(gen, required=False)
 
+
+def _evaluate_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = _add(commands, "evaluate", _evaluate,
                     "generate and score every configured model on the eval split")  # fmt: skip
     _add_config_args(evaluate)
     evaluate.add_argument("--limit", type=int, help="only the first N eval rows")
-
     report = _add(commands, "report", _report, "write report.md and report.html of an evaluation")
     report.add_argument("run_dir", help="the run folder (holding eval/metrics.json)")
     report.add_argument("--samples", nargs="+", metavar="ID", help="eval rows for the image grid")
@@ -306,30 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how grid rows are chosen without --samples (default: spread, the "
                         "rows where the models' OKS differ most)")  # fmt: skip
 
-    repro = _add(
-        commands,
-        "reproduce",
-        _reproduce,
-        "the thesis end to end: train every stage, evaluate, report (resumable)",
-    )
+
+def _reproduce_command(commands: argparse._SubParsersAction) -> None:
+    what = "the thesis end to end: train every stage, evaluate, report (resumable)"
+    repro = _add(commands, "reproduce", _reproduce, what)
     repro.add_argument("--config", default="thesis", help="config path or preset (default: thesis)")
     repro.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.name=mine")
-    repro.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check that everything can be reached and print the timed plan",
-    )
-    repro.add_argument(
-        "--probe-model",
-        help="model for the timing probe (default: the base "
-        "model, or builtin:sd15-random when it cannot be reached)",
-    )
+    plan = "check that everything can be reached and print the timed plan"
+    repro.add_argument("--dry-run", action="store_true", help=plan)
+    repro.add_argument("--probe-model", help="model for the timing probe (default: the base "
+                       "model, or builtin:sd15-random when it cannot be reached)")  # fmt: skip
     repro.add_argument("--probe-steps", type=int, default=2, help="timed steps per stage")
-
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
     demo.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
     demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.seed=1")
 
+
+def _app_command(commands: argparse._SubParsersAction) -> None:
     app = _add(commands, "app", _app, "the web UI: a pose from a photo, a skeleton image or "
                "dragged joints, a prompt -> images (needs the app extra)")  # fmt: skip
     app.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
@@ -341,7 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--max-upload-mb", type=float, help="largest upload (default 20)")
     app.add_argument("--max-pixels", type=int, help="largest image in pixels (default 4096*4096)")
     app.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.resolution=512")
-    return parser
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -369,14 +370,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if type(err).__name__ == "Interrupted":  # a signal stopped training after a checkpoint
-            print(str(err), file=sys.stderr)
-            return 130
-        if not isinstance(err, USER_ERRORS) or args.verbose:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err, args.verbose)
     return 0
+
+
+def _fail(err: Exception, verbose: bool) -> int:
+    """One line for what the user can fix (:func:`poseguide.errors.classify`); otherwise the
+    traceback, after a hint for an out-of-memory error."""
+    from poseguide.errors import Interrupted, UserError, classify
+
+    kind = classify(err)
+    if kind == "oom":
+        log.error("%s", OOM_HINT)
+        raise err
+    if kind != "user" or verbose:
+        raise err
+    prefix = "" if isinstance(err, Interrupted) else "error: "
+    print(f"{prefix}{err}", file=sys.stderr)
+    return err.exit_status if isinstance(err, UserError) else 2
 
 
 if __name__ == "__main__":

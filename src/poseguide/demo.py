@@ -26,7 +26,7 @@ from poseguide.pose.heatmaps import binary_mask
 from poseguide.pose.io import write_pose
 from poseguide.pose.render import RENDER_STYLES, render_skeleton
 from poseguide.pose.skeleton import COCO17_NAMES
-from poseguide.utils.images import pil_open
+from poseguide.utils.images import figure_to_image, pyplot
 from poseguide.utils.io import atomic_save_image
 
 log = logging.getLogger(__name__)
@@ -56,23 +56,12 @@ def _mask_image(mask: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def _panel(images: dict[str, np.ndarray], path: Path) -> Path:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6))
+    fig, axes = pyplot().subplots(1, len(images), figsize=(3.2 * len(images), 3.6))
     for ax, (title, array) in zip(axes, images.items(), strict=True):
         ax.imshow(array)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return atomic_save_image(path, pil_open(buffer))
+    return atomic_save_image(path, figure_to_image(fig, dpi=90))
 
 
 def pose_demo(config: Config, out_dir: str | Path) -> dict:
@@ -129,15 +118,16 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def run_demo(config: Config) -> dict:
     """The whole pipeline for ``config`` (see the module docstring); returns the metrics."""
-    from poseguide.data.api import run_dir
     from poseguide.evaluate.report import make_report
     from poseguide.evaluate.runner import run_evaluation
+    from poseguide.paths import RunPaths
     from poseguide.train.runner import train_or_resume
 
     start = time.perf_counter()
-    folder = run_dir(config)
+    run = RunPaths.of(config)
+    folder = run.root
     _banner("1/4 pose toolkit on a real photo")
-    pose_demo(config, folder / "pose_demo")
+    pose_demo(config, run.pose_demo)
     _banner("2/4 synthetic data, latent cache, training (stage 1, stage 2)")
     train_or_resume(config)
     _banner("3/4 generation and evaluation")

@@ -1,8 +1,9 @@
 """The one generation path: SD1.5 + a pose ControlNet, a prompt and a pose -> images.
 
 Training validation, evaluation, ``poseguide generate`` and the demo UI all call :func:`generate`
-on a pipeline from :func:`load_pipeline` (models from folders or hub ids) or
-:func:`pipeline_from_parts` (models already in memory, e.g. the ControlNet being trained).
+on a pipeline from :func:`poseguide.models.load_pipeline` (models from folders or hub ids) or
+:func:`poseguide.models.pipeline_from_parts` (models already in memory, e.g. the ControlNet being
+trained); both are re-exported here.
 
 Reproducibility: image ``i`` is drawn with its own generator seeded with ``seeds[i]``, so the image
 for a (prompt, pose, seed) triple does not depend on the batch it was generated in nor on the
@@ -16,6 +17,7 @@ Poses (skeleton images, keypoints, photos) become ControlNet conditions in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +28,13 @@ import torch
 from PIL import Image
 
 from poseguide.config.schema import GenerateConfig
-from poseguide.models import ModelNotFoundError, SDParts, resolve_pretrained
+from poseguide.errors import InputError
+from poseguide.models import (  # noqa: F401 - re-exported: the generation API
+    SCHEDULERS,
+    load_pipeline,
+    make_scheduler,
+    pipeline_from_parts,
+)
 from poseguide.pose.api import estimator_from_config
 from poseguide.pose.estimator import PoseEstimator
 from poseguide.pose.inputs import (  # noqa: F401 - re-exported: the generation API
@@ -43,154 +51,12 @@ from poseguide.text import CaptionCuts, encode_captions
 
 log = logging.getLogger(__name__)
 
-# GenerateConfig.scheduler -> diffusers scheduler class, built from the pipeline's own config.
-SCHEDULERS: dict[str, str] = {
-    "unipc": "UniPCMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler",
-    "ddpm": "DDPMScheduler",
-}
 # A generated image whose brightest value is below this (of 1.0) is reported as black.
 BLACK_LEVEL = 1.0 / 255.0
 
 # ---------------------------------------------------------------------------------------------
 # Pipelines
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``GenerateConfig.dtype`` as a torch dtype; ``"auto"`` = float16 on CUDA, else float32."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(dtypes)}")
-    return dtypes[name]
-
-
-def make_scheduler(name: str, config: Any) -> Any:
-    """A fresh scheduler ``name`` (a key of :data:`SCHEDULERS`) from a scheduler config.
-
-    The noise schedule (betas, timesteps, prediction type) comes from ``config``, the base
-    model's scheduler config, so every sampler solves the same diffusion the model was trained on.
-    """
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls = getattr(diffusers, SCHEDULERS[name])
-    extra = {"skip_prk_steps": True} if name == "pndm" else {}  # SD's PNDM skips Runge-Kutta
-    return cls.from_config(config, **extra)
-
-
-def _check_controlnet(controlnet: Any) -> None:
-    from diffusers import ControlNetModel
-
-    if not isinstance(controlnet, ControlNetModel):
-        raise TypeError(
-            f"controlnet is a {type(controlnet).__name__}, expected a diffusers ControlNetModel "
-            "(unwrap a DDP or compiled model first, e.g. with accelerator.unwrap_model)"
-        )
-
-
-def _load_controlnet(name: str, dtype: torch.dtype, revision: str | None) -> Any:
-    from diffusers import ControlNetModel
-
-    folder = resolve_pretrained(name, revision, what="ControlNet")
-    try:
-        return ControlNetModel.from_pretrained(folder, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise ModelNotFoundError(
-            f"ControlNet {name!r} ({folder}) could not be loaded: {err}. It must be a folder "
-            "written by ControlNetModel.save_pretrained (config.json and weights)."
-        ) from None
-
-
-def load_pipeline(
-    base: str,
-    controlnet: str | Any,
-    cfg: GenerateConfig,
-    device: torch.device | str = "cpu",
-    revision: str | None = None,
-    variant: str | None = None,
-    controlnet_revision: str | None = None,
-    progress: bool = False,
-) -> Any:
-    """A ``StableDiffusionControlNetPipeline`` on ``device`` in ``cfg.dtype``, no safety checker.
-
-    Args:
-        base: an SD1.5-layout pipeline folder, hub id or ``builtin:tiny-sd``.
-        controlnet: a ControlNet folder or hub id, or a ``ControlNetModel`` in memory. A model in
-            memory is used as is: not copied, cast or moved (mixed dtypes run under autocast,
-            see :func:`generate`), so it must already be on ``device``.
-        cfg: ``dtype`` and ``scheduler`` are applied here, the rest in :func:`generate`.
-        revision, variant: of the base (variant e.g. "fp16").
-        progress: show diffusers' per-step progress bar.
-    """
-    from diffusers import StableDiffusionControlNetPipeline
-
-    device = torch.device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if isinstance(controlnet, str):
-        controlnet = _load_controlnet(controlnet, dtype, controlnet_revision).to(device)
-    _check_controlnet(controlnet)
-    if controlnet.device.type != device.type:
-        raise ValueError(f"the ControlNet is on {controlnet.device}; the pipeline goes to {device}")
-    folder = resolve_pretrained(base, revision, what="Stable Diffusion base", variant=variant)
-    try:
-        pipe = StableDiffusionControlNetPipeline.from_pretrained(
-            folder,
-            controlnet=controlnet,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            dtype=dtype,
-            **({"variant": variant} if variant else {}),
-        )
-    except (OSError, ValueError) as err:
-        raise ModelNotFoundError(
-            f"Stable Diffusion base {base!r} ({folder}) could not be loaded: {err}. It must be a "
-            "diffusers pipeline folder (model_index.json, vae/, unet/, text_encoder/, ...)."
-        ) from None
-    for module in (pipe.vae, pipe.unet, pipe.text_encoder):  # never the caller's ControlNet
-        module.to(device)
-    pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=not progress)
-    return pipe
-
-
-def pipeline_from_parts(
-    parts: SDParts, controlnet: Any, cfg: GenerateConfig, progress: bool = False
-) -> Any:
-    """A pipeline over SD parts and a ControlNet already in memory (training validation).
-
-    Nothing is copied, cast or moved: the parts and the ControlNet keep their dtypes and devices
-    (``cfg.dtype`` is not applied; mixed dtypes, e.g. fp16 frozen parts and the fp32 training
-    ControlNet, run under autocast in :func:`generate`). The sampler is a new scheduler built
-    from ``parts.scheduler``'s config, so the training noise scheduler is never stepped.
-    """
-    from diffusers import StableDiffusionControlNetPipeline
-
-    _check_controlnet(controlnet)
-    devices = {m.device for m in (parts.vae, parts.unet, parts.text_encoder, controlnet)}
-    if len(devices) > 1:
-        raise ValueError(f"the SD parts and the ControlNet are on different devices: {devices}")
-    pipe = StableDiffusionControlNetPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        controlnet=controlnet,
-        scheduler=make_scheduler(cfg.scheduler, parts.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=not progress)
-    return pipe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +191,7 @@ def generate_arrays(
     width, height = int(size[0]), int(size[1])
     factor = pipe.vae_scale_factor
     if width <= 0 or height <= 0 or width % factor or height % factor:
-        raise ValueError(
+        raise InputError(
             f"size {width}x{height}: both sides must be positive multiples of {factor}"
         )
     poses = [p.convert("RGB") for p in poses]
@@ -426,14 +292,10 @@ def run_generate(
     ``pose.json`` (its keypoints, when rendered from keypoints or a photo), ``image_{seed}.png``
     and ``generate.json`` (the settings). Returns the image paths.
     """
-    import dataclasses
-
-    from poseguide.pose.io import write_pose
     from poseguide.utils.device import resolve_device
-    from poseguide.utils.io import atomic_save_image, atomic_write_json
 
     if n < 1:
-        raise ValueError(f"n: must be at least 1, got {n}")
+        raise InputError(f"n: must be at least 1, got {n}")
     size = tuple(size) if size else (config.data.resolution, config.data.resolution)
     pose_input = pose_from_path(pose, pose_kind)
     if pose_input.kind == "photo" and estimator is None:
@@ -451,24 +313,28 @@ def run_generate(
     images = generate(pipe, prompt, cond.image, seeds, config.generate, size, target, True, cuts)
     if cuts.cut.get(prompt):
         log.info("the prompt is cut to %d tokens (%d tokens dropped)", cuts.limit, cuts.cut[prompt])
+    record = {
+        "prompt": prompt, "seeds": seeds,
+        "pose": {"source": pose_input.source, "kind": pose_input.kind}, "size": list(size),
+        "output_size": list(target) if target else list(size), "base": model.base,
+        "controlnet": controlnet, "generate": dataclasses.asdict(config.generate),
+        "device": str(device),
+    }  # fmt: skip
+    return _write_generated(Path(out_dir), cond, images, seeds, record)
 
-    out = Path(out_dir)
+
+def _write_generated(out: Path, cond: PoseCondition, images: list[Image.Image], seeds: list[int],
+                     record: dict) -> list[Path]:  # fmt: skip
+    """``pose.png``, ``pose.json`` (keypoints, when there are some), ``image_{seed}.png`` and
+    ``generate.json`` in ``out``; returns the image paths."""
+    from poseguide.pose.io import write_pose
+    from poseguide.utils.io import atomic_save_image, atomic_write_json
+
     atomic_save_image(out / "pose.png", cond.image)
     if cond.people is not None:
-        write_pose(out / "pose.json", cond.people, size=size)
+        write_pose(out / "pose.json", cond.people, size=tuple(record["size"]))
     paths = [
         atomic_save_image(out / f"image_{s}.png", im) for s, im in zip(seeds, images, strict=True)
     ]
-    record = {
-        "prompt": prompt,
-        "seeds": seeds,
-        "pose": {"source": pose_input.source, "kind": pose_input.kind},
-        "size": list(size),
-        "output_size": list(target) if target else list(size),
-        "base": model.base,
-        "controlnet": controlnet,
-        "generate": dataclasses.asdict(config.generate),
-        "device": str(device),
-    }
     atomic_write_json(out / "generate.json", record)
     return paths

@@ -22,13 +22,14 @@ that is then exactly 1.0 (see :func:`heatmap_weighted_loss`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from poseguide.config.schema import LossConfig
+from poseguide.config.schema import Config, EstimatorConfig, LossConfig, StageConfig
 from poseguide.pose.heatmaps import binary_mask, keypoint_mask, skeleton_mask
 from poseguide.pose.skeleton import NUM_COCO17
 
@@ -43,6 +44,32 @@ Losses = dict[str, Any]
 # every process's batch, counts the same).
 MEAN, MIN, MAX = "mean", "min", "max"
 TERM_REDUCTIONS: dict[str, str] = {"he_min": MIN, "he_max": MAX}
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a stage's loss needs besides the prediction and the target."""
+
+    estimator: bool = False  # a pose estimator (the predicted-error mask)
+    vae: bool = False  # the VAE (decoding the error, encoding the mask)
+    keypoints: bool = False  # the rows' keypoints (the ground-truth mask)
+
+
+def loss_needs(cfg: LossConfig) -> LossNeeds:
+    """What :func:`stage_loss` will ask for with ``cfg``: the one place that knows it."""
+    if cfg.kind == "heatmap" and cfg.source == "predicted_error":
+        return LossNeeds(estimator=True, vae=True)
+    if cfg.kind == "heatmap" and cfg.source == "ground_truth":
+        return LossNeeds(keypoints=True)
+    return LossNeeds()
+
+
+def stage_estimator_config(config: Config, stage: StageConfig) -> EstimatorConfig | None:
+    """The estimator config of a stage whose loss needs one (``loss.estimator``, else
+    ``pose.estimator``); None when it needs none."""
+    if not loss_needs(stage.loss).estimator:
+        return None
+    return stage.loss.estimator or config.pose.estimator
 
 
 def term_reduction(name: str) -> str:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from poseguide.config import Config
 from poseguide.config.schema import SourceConfig
 from poseguide.errors import UserError
+from poseguide.losses import stage_estimator_config
+from poseguide.paths import RunPaths
 
 # Captioned COCO-Pose's size as the thesis gives it, for time estimates when the dataset
 # itself cannot be reached.
@@ -67,11 +71,11 @@ def source_check(what: str, cfg: SourceConfig) -> Check:
             if not path.exists():
                 raise FileNotFoundError(f"{path} does not exist")
             return
-        from poseguide.data.hub import _offline
+        from poseguide.utils.offline import is_offline, offline_reason
 
-        if _offline():
+        if is_offline():
             raise FileNotFoundError(
-                f"hub dataset {cfg.path} cannot be reached offline (HF_HUB_OFFLINE=1); download "
+                f"hub dataset {cfg.path} cannot be reached ({offline_reason()}); download "
                 f"its parquet shards (`hf download {cfg.path} --repo-type dataset --local-dir DIR`)"
                 " and set the source's path to DIR"
             )
@@ -87,49 +91,26 @@ def source_check(what: str, cfg: SourceConfig) -> Check:
     return Check(what, f"{cfg.kind}:{cfg.path}", probe)
 
 
-def evaluation_checks(config: Config, run_dir: Path, trained_later: bool = False) -> list[Check]:
+def evaluation_checks(config: Config, run: RunPaths, trained_later: bool = False) -> list[Check]:
     """What ``poseguide evaluate`` needs. ``trained_later``: exports of this run's stages will
     be written by the training that runs first (``reproduce``), so they are not checked."""
-    from poseguide.evaluate.runner import ORIGINALS, UNTRAINED, controlnet_ref
     from poseguide.models import resolve_pretrained
     from poseguide.pose.estimator import resolve_pose_weights
 
     m, e = config.model, config.evaluate
     checks = [
         Check("Stable Diffusion base", m.base, lambda: resolve_pretrained(m.base, m.revision)),
-        Check(
-            "evaluation pose weights",
-            e.estimator.weights,
-            lambda: resolve_pose_weights(e.estimator.weights),
-        ),
-        Check(
-            "CLIP model", e.clip_model, lambda: resolve_pretrained(e.clip_model, what="CLIP model")
-        ),
-    ]
+        Check("evaluation pose weights", e.estimator.weights,
+              lambda: resolve_pose_weights(e.estimator.weights)),
+        Check("CLIP model", e.clip_model,
+              lambda: resolve_pretrained(e.clip_model, what="CLIP model")),
+    ]  # fmt: skip
     if config.data.eval is None:
         checks.append(Check("eval split", "data.eval", _fail("no eval split: set data.eval")))
     else:
         checks.append(source_check("eval split", config.data.eval))
     for model in e.models:
-        ref = controlnet_ref(model.controlnet, run_dir)
-        what = f"model {model.name!r}"
-        if model.controlnet.startswith("stage:"):
-            stage = model.controlnet.split(":", 1)[1]
-            if trained_later:
-                checks.append(Check(what, ref, None, f"written by training ({stage})"))
-            elif not (Path(ref) / "config.json").is_file():
-                checks.append(
-                    Check(
-                        what,
-                        ref,
-                        _fail(
-                            f"the export {ref} is missing; train it "
-                            f"first (poseguide train CONFIG --stage {stage})"
-                        ),
-                    )
-                )
-        elif ref not in (UNTRAINED, ORIGINALS):
-            checks.append(Check(what, ref, lambda r=ref: resolve_pretrained(r, what="ControlNet")))
+        checks += _model_checks(model, run, trained_later)
     if e.lpips_pretrained:
         from poseguide.evaluate.lpips_metric import BACKBONE_WEIGHTS
         from poseguide.evaluate.metrics import ensure_torch_hub_weights
@@ -139,9 +120,28 @@ def evaluation_checks(config: Config, run_dir: Path, trained_later: bool = False
     return checks
 
 
+def _model_checks(model: Any, run: RunPaths, trained_later: bool) -> list[Check]:
+    """One evaluation model: its export (``stage:NAME``) or its folder or hub id."""
+    from poseguide.models import ControlNetRef, resolve_pretrained
+
+    ref = ControlNetRef.parse(model.controlnet)
+    where, what = ref.location(run.exports), f"model {model.name!r}"
+    if ref.kind == "stage":
+        if trained_later:
+            return [Check(what, where, None, f"written by training ({ref.name})")]
+        if not (Path(where) / "config.json").is_file():
+            fix = f"train it first (poseguide train CONFIG --stage {ref.name})"
+            return [Check(what, where, _fail(f"the export {where} is missing; {fix}"))]
+        return []
+    if ref.kind == "pretrained":
+        return [Check(what, where, lambda: resolve_pretrained(where, what="ControlNet"))]
+    return []
+
+
 def training_checks(config: Config) -> list[Check]:
-    """What ``poseguide train`` needs: the base model, the data, stage inits, stage-2 weights."""
-    from poseguide.models import resolve_pretrained
+    """What ``poseguide train`` needs: the base model, the data, stage inits, each stage's pose
+    weights (every stage's, before the first step)."""
+    from poseguide.models import ControlNetRef, resolve_pretrained
     from poseguide.pose.estimator import resolve_pose_weights
 
     m = config.model
@@ -150,21 +150,14 @@ def training_checks(config: Config) -> list[Check]:
         source_check("train split", config.data.train),
     ]
     for stage in config.train.stages:
-        if stage.init not in (None, "unet", "previous"):
-            checks.append(
-                Check(
-                    f"{stage.name} start",
-                    stage.init,
-                    lambda i=stage.init: resolve_pretrained(i, what="ControlNet"),
-                )
-            )
-        if stage.loss.kind == "heatmap" and stage.loss.source == "predicted_error":
-            weights = (stage.loss.estimator or config.pose.estimator).weights
-            checks.append(
-                Check(
-                    f"{stage.name} pose weights", weights, lambda w=weights: resolve_pose_weights(w)
-                )
-            )
+        ref = ControlNetRef.parse(stage.init)
+        if ref.kind == "pretrained":
+            probe = partial(resolve_pretrained, ref.name, what="ControlNet")
+            checks.append(Check(f"{stage.name} start", ref.name, probe))
+        estimator = stage_estimator_config(config, stage)
+        if estimator is not None:
+            probe = partial(resolve_pose_weights, estimator.weights)
+            checks.append(Check(f"{stage.name} pose weights", estimator.weights, probe))
     return checks
 
 

@@ -10,6 +10,7 @@ architecture with random weights, which costs the same compute.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -18,9 +19,12 @@ from typing import Any
 import torch
 
 from poseguide.config import Config
+from poseguide.paths import RunPaths
 from poseguide.preflight import THESIS_ROWS, evaluation_checks, run_checks, training_checks
 
 log = logging.getLogger(__name__)
+
+PROBE_LATENT_STD = 0.01  # the fake batch's latent posterior std (a cached VAE posterior's scale)
 
 
 @dataclass
@@ -48,80 +52,81 @@ def _rows(cfg: Any) -> tuple[int | None, str]:
     return (known, "the thesis' figure") if known else (None, "unknown")
 
 
-def _fake_batch(config: Config, parts: Any, device: torch.device) -> dict:
+def _fake_batch(config: Config, parts: Any) -> dict:
     """Cached-path inputs of the configured size with random values (a stand-in for data)."""
-    from poseguide.data.synth import make_sample
+    from poseguide.models.sd import vae_scale_factor
+    from poseguide.synth.people import make_sample
+    from poseguide.text import caption_limit
 
     b, r = config.train.batch_size, config.data.resolution
-    latent = r // (2 ** (len(parts.vae.config.block_out_channels) - 1))
-    width = parts.text_encoder.config.hidden_size
+    latent = r // vae_scale_factor(parts.vae)
+    channels, width = parts.vae.config.latent_channels, parts.text_encoder.config.hidden_size
+    tokens = caption_limit(parts.tokenizer, parts.text_encoder.config)
     people = [make_sample(config.run.seed, i, (r, r), 0.0).keypoints for i in range(b)]
+    generator = torch.Generator().manual_seed(config.run.seed)
     return {
         "index": torch.arange(b),
-        "latent_mean": torch.randn(b, parts.vae.config.latent_channels, latent, latent),
-        "latent_std": torch.full((b, parts.vae.config.latent_channels, latent, latent), 0.01),
-        "text_emb": torch.randn(b, 77, width),
-        "conditioning": torch.rand(b, 3, r, r),
+        "latent_mean": torch.randn(b, channels, latent, latent, generator=generator),
+        "latent_std": torch.full((b, channels, latent, latent), PROBE_LATENT_STD),
+        "text_emb": torch.randn(b, tokens, width, generator=generator),
+        "conditioning": torch.rand(b, 3, r, r, generator=generator),
         "keypoints": people,
     }
 
 
-def _time_steps(config: Config, parts: Any, stage: Any, batch: dict, steps: int, warmup: int,
-                device: torch.device, estimator: Any) -> float:  # fmt: skip
-    """Seconds per optimizer step of the trainer's own step functions (after ``warmup``)."""
-    from poseguide.losses import denoising_target, stage_loss
-    from poseguide.models import build_controlnet
-    from poseguide.train.step import make_inputs, predict, row_generators
+def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int) -> float:
+    """Seconds per optimizer step of stage ``index``: training's own step
+    (:func:`poseguide.train.step.optimizer_step`) on a fresh stage state (the same optimizer,
+    autocast, gradient checkpointing and clipping as ``poseguide train``)."""
+    from poseguide.train.loop import end_stage, start_stage
+    from poseguide.train.step import epoch_key, optimizer_step
+    from poseguide.utils.device import synchronize
 
-    controlnet = build_controlnet(parts.unet).to(device)
-    optimizer = torch.optim.AdamW(controlnet.parameters(), lr=stage.lr)
+    stage = trainer.config.train.stages[index]
+    state = start_stage(trainer, index, "unet", None, None, 0, warmup + steps)
+    batches = itertools.repeat(batch)
     times = []
     for k in range(warmup + steps):
         start = time.perf_counter()
-        gens = row_generators(config.run.seed, k, batch["index"])
-        x = make_inputs(parts, batch, gens, device, parts.unet.dtype)
-        mixed = parts.unet.dtype != torch.float32  # as accelerate's autocast in the trainer
-        with torch.autocast(device.type, dtype=parts.unet.dtype, enabled=mixed):
-            pred = predict(controlnet, parts.unet, x)
-        target = denoising_target(parts.scheduler, x.latents, x.noise, x.timesteps)
-        size = (config.data.resolution,) * 2
-        loss = stage_loss(stage.loss, pred, target, vae=parts.vae, estimator=estimator,
-                          keypoints=batch["keypoints"], image_size=size)["loss"].mean()  # fmt: skip
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        optimizer_step(trainer, stage, state, batches, epoch_key(index, k))
+        synchronize(trainer.frozen.device)
         times.append(time.perf_counter() - start)
+    end_stage(trainer, state)
     return sum(times[warmup:]) / max(1, len(times) - warmup)
 
 
 def probe(config: Config, model: str, steps: int = 2, warmup: int = 1) -> Probe:
     """Measure each stage's step and one generated image for ``config`` with ``model``."""
     from poseguide.generate import generate, pipeline_from_parts
-    from poseguide.models import build_controlnet, load_sd_parts
-    from poseguide.pose.api import estimator_from_config
-    from poseguide.train.setup import WEIGHT_DTYPES
-    from poseguide.utils.device import resolve_device
+    from poseguide.models import untrained_controlnet
+    from poseguide.train.setup import make_trainer
 
-    device = resolve_device(config.run.device)
-    parts = load_sd_parts(model, dtype=WEIGHT_DTYPES[config.train.mixed_precision], device=device)
-    batch = _fake_batch(config, parts, device)
-    seconds = {}
-    for stage in config.train.stages:
-        estimator = None
-        if stage.loss.kind == "heatmap" and stage.loss.source == "predicted_error":
-            cfg = stage.loss.estimator or config.pose.estimator
-            estimator = estimator_from_config(replace(cfg, weights=_usable_weights(cfg.weights)))
-        seconds[stage.name] = _time_steps(config, parts, stage, batch, steps, warmup, device,
-                                          estimator)  # fmt: skip
-    pipe = pipeline_from_parts(parts, build_controlnet(parts.unet).eval(), config.generate)
+    stages = [_usable_stage(config, s) for s in config.train.stages]
+    config = replace(config, model=replace(config.model, base=model),
+                     train=replace(config.train, stages=stages))  # fmt: skip
+    trainer = make_trainer(config)
+    batch = _fake_batch(config, trainer.frozen.parts)
+    seconds = {s.name: _time_stage(trainer, i, batch, steps, warmup) for i, s in enumerate(stages)}
+    parts = trainer.frozen.parts
+    pipe = pipeline_from_parts(parts, untrained_controlnet(parts, 0).eval(), config.generate)
     pose = _pose_image(config)
     size = (config.data.resolution,) * 2
     generate(pipe, ["a person"], [pose], [0], config.generate, size=size)  # warm-up
     start = time.perf_counter()
     generate(pipe, ["a person"], [pose], [1], config.generate, size=size)
-    return Probe(model, str(device), seconds, time.perf_counter() - start)
+    return Probe(model, str(trainer.frozen.device), seconds, time.perf_counter() - start)
+
+
+def _usable_stage(config: Config, stage: Any) -> Any:
+    """The stage with pose weights that exist here when its loss needs an estimator (the
+    bundled ones when the configured ones are missing: the probe times the step)."""
+    from poseguide.losses import stage_estimator_config
+
+    cfg = stage_estimator_config(config, stage)
+    if cfg is None:
+        return stage
+    usable = replace(cfg, weights=_usable_weights(cfg.weights))
+    return replace(stage, loss=replace(stage.loss, estimator=usable))
 
 
 def _usable_weights(weights: str) -> str:
@@ -137,8 +142,8 @@ def _usable_weights(weights: str) -> str:
 def _pose_image(config: Config) -> Any:
     from PIL import Image
 
-    from poseguide.data.synth import make_sample
     from poseguide.pose.render import render_skeleton
+    from poseguide.synth.people import make_sample
 
     r = config.data.resolution
     return Image.fromarray(render_skeleton(make_sample(0, 0, (r, r), 0.0).keypoints, (r, r)))
@@ -176,9 +181,8 @@ def _duration(seconds: float | None) -> str:
 
 def dry_run(config: Config, probe_model: str | None = None, steps: int = 2) -> dict:
     """Check reachability of everything, probe this machine, print the plan; return both."""
-    from poseguide.data.api import run_dir
-
-    results = run_checks(training_checks(config) + evaluation_checks(config, run_dir(config), True))
+    run = RunPaths.of(config)
+    results = run_checks(training_checks(config) + evaluation_checks(config, run, True))
     print("What the reproduction needs:")
     for r in results:
         state = "ok" if r.ok and r.check.probe else ("later" if r.ok else "UNREACHABLE")
@@ -209,12 +213,12 @@ def dry_run(config: Config, probe_model: str | None = None, steps: int = 2) -> d
 
 def run_reproduce(config: Config) -> dict:
     """Train every unfinished stage, evaluate, write the report (each step resumes)."""
-    from poseguide.data.api import run_dir
     from poseguide.evaluate.report import make_report
     from poseguide.evaluate.runner import run_evaluation
     from poseguide.train.runner import train_or_resume
 
-    checks = training_checks(config) + evaluation_checks(config, run_dir(config), True)
+    run = RunPaths.of(config)
+    checks = training_checks(config) + evaluation_checks(config, run, True)
     problems = [r for r in run_checks(checks) if not r.ok]
     if problems:
         from poseguide.evaluate.runner import EvaluationError
@@ -223,6 +227,6 @@ def run_reproduce(config: Config) -> dict:
             f"{r.check.what}: {r.error}" for r in problems))  # fmt: skip
     train_or_resume(config)
     metrics = run_evaluation(config)
-    paths = make_report(run_dir(config))
+    paths = make_report(run.root)
     print(f"report: {paths['html']}")
     return metrics

@@ -21,10 +21,13 @@ from typing import Any
 
 import torch
 
+from poseguide.paths import cache_root
 from poseguide.utils.io import atomic_directory
 
 log = logging.getLogger(__name__)
 
+TINY_SD_VERSION = 1  # bump when the tiny architecture changes; old folders are rebuilt
+SD15_RANDOM_VERSION = 1  # bump when its construction changes; old folders are rebuilt
 TINY_HIDDEN = 32  # text embedding width = UNet cross-attention width
 SD15_SCHEDULER = {  # SD1.5's scheduler/scheduler_config.json (PNDM), the values that matter
     "num_train_timesteps": 1000,
@@ -188,8 +191,6 @@ def _build(folder: Path, arch: dict[str, dict[str, Any]], seed: int) -> Path:
 
 def build_tiny_sd(folder: str | Path | None = None, seed: int = 0) -> Path:
     """Build (once) and return a tiny SD pipeline folder loadable with ``from_pretrained``."""
-    from poseguide.models import TINY_SD_VERSION, cache_root
-
     name = f"tiny-sd-v{TINY_SD_VERSION}-s{seed}"
     return _build(Path(folder) if folder else cache_root() / "models" / name, TINY_ARCH, seed)
 
@@ -202,8 +203,6 @@ def build_random_sd15(folder: str | Path | None = None, seed: int = 0) -> Path:
     about a minute on a CPU and writes ~4 GB (float32 safetensors) under
     ``cache_root()/models/`` (or ``folder``): meant for benchmarks, not for tests.
     """
-    from poseguide.models import SD15_RANDOM_VERSION, cache_root
-
     name = f"sd15-random-v{SD15_RANDOM_VERSION}-s{seed}"
     return _build(Path(folder) if folder else cache_root() / "models" / name, SD15_ARCH, seed)
 
@@ -224,8 +223,6 @@ def build_tiny_clip(folder: str | Path | None = None, seed: int = 0) -> Path:
     score code path runs, its values mean nothing.
     """
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from poseguide.models import cache_root
 
     folder = Path(folder) if folder else cache_root() / "models" / f"tiny-clip-v1-s{seed}"
     if (folder / "config.json").is_file():

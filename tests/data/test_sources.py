@@ -224,7 +224,9 @@ def test_hub_id_offline_fails_fast_with_a_hint(tmp_path: Path, no_network: list[
     assert no_network == []  # offline: it fails before any connection attempt
 
 
-def test_hub_id_unreachable_fails_fast(monkeypatch, tmp_path: Path, no_network: list[str]) -> None:
+def test_hub_id_unreachable_fails_fast(
+    monkeypatch, tmp_path: Path, no_network: list[str], online: None
+) -> None:
     """Online mode without a network: one probe, no retries inside load_dataset."""
     import datasets
     from huggingface_hub import HfApi

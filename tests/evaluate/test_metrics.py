@@ -110,7 +110,7 @@ def test_lpips_pretrained_offline_fails_fast(empty_torch_home, no_network) -> No
     assert str(expected) in message and "evaluate.lpips_pretrained=false" in message
 
 
-def test_weights_download_has_a_time_out_and_a_clear_failure(empty_torch_home, monkeypatch):
+def test_weights_download_has_a_time_out_and_a_clear_failure(empty_torch_home, monkeypatch, online):
     """Online, a missing file is downloaded with a socket time-out (no waiting for the OS's TCP
     time-out behind a firewall); a failure names where to put the file."""
     import socket
@@ -118,8 +118,6 @@ def test_weights_download_has_a_time_out_and_a_clear_failure(empty_torch_home, m
 
     from poseguide.evaluate import metrics
 
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
     seen = []
 
     def no_network(url, dst, **kwargs):

@@ -12,6 +12,7 @@ from helpers import write_config
 from poseguide.cli import main
 from poseguide.config import load_config
 from poseguide.evaluate.runner import EvaluationError, preflight, run_evaluation
+from poseguide.paths import RunPaths
 from poseguide.train.runner import run_training
 
 MODELS = [
@@ -127,7 +128,7 @@ def test_missing_things_are_reported_before_generation(
     models = [*MODELS, {"name": "hub", "controlnet": "someone/not-here"}]
     write_config(tmp_path, evaluate={"models": models, "estimator": {"weights": "yolov8x-pose.pt"}})
     config = load_config("config.yaml", ["data.eval=null"])
-    problems = preflight(config, tmp_path / "runs/t")
+    problems = preflight(config, RunPaths(tmp_path / "runs/t"))
     text = "\n".join(problems)
     assert "no eval split" in text
     assert "model 'stage1': the export" in text and "--stage stage1" in text

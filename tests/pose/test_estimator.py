@@ -202,14 +202,12 @@ def test_weights_lookup_order(no_weights, monkeypatch) -> None:
     assert found == (no_weights / "weights" / "custom-pose.pt").resolve()
 
 
-def test_download_failures_are_wrapped(no_weights, monkeypatch) -> None:
+def test_download_failures_are_wrapped(no_weights, monkeypatch, online) -> None:
     import ultralytics.utils.downloads as downloads
 
     def refuse(*args, **kwargs):
         raise ConnectionError("network unreachable")
 
-    monkeypatch.delenv("YOLO_OFFLINE")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(downloads, "attempt_download_asset", refuse)
     with pytest.raises(pe.PoseWeightsNotFoundError, match="download failed.*unreachable"):
         pe.resolve_pose_weights("yolov8x-pose.pt")

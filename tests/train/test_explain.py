@@ -31,16 +31,16 @@ def test_explain_loss_shows_the_mask_the_loss_used(
 
     monkeypatch.setattr(losses, "stage_loss", record)
     timesteps: list[int] = []
-    import poseguide.train.loop as loop
+    import poseguide.train.step as step
 
-    real_inputs = loop.make_inputs
+    real_inputs = step.make_inputs
 
     def inputs_spy(*args, **kwargs):
         out = real_inputs(*args, **kwargs)
         timesteps.append(int(out.timesteps[0]))
         return out
 
-    monkeypatch.setattr(loop, "make_inputs", inputs_spy)
+    monkeypatch.setattr(step, "make_inputs", inputs_spy)
     run_training(load_config("config.yaml"))
     monkeypatch.setattr(losses, "stage_loss", real)
     first_stage2 = next(i for i, s in enumerate(seen) if s["kind"] == "heatmap")

@@ -4,7 +4,7 @@
 (through :func:`poseguide.generate.pose_condition`) and generates images through
 :func:`poseguide.generate.generate`, the one generation path. Uploads are checked before they are
 decoded: their size in bytes, then their pixel count read from the header
-(:class:`AppLimits`), then a full decode by :func:`poseguide.data.checks.open_image`.
+(:class:`AppLimits`), then a full decode, all by :func:`poseguide.utils.images.read_image`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,17 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from poseguide.config import Config
-from poseguide.data.checks import open_image
-from poseguide.data.record import RowError
-from poseguide.errors import UserError
+from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
+from poseguide.models.controlnet import UNTRAINED, ControlNetRef
+from poseguide.paths import RunPaths
 from poseguide.pose.io import parse_pose, pose_to_json, read_pose
-from poseguide.pose.skeleton import KeypointError
-from poseguide.utils.images import pil_open
+from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.utils.images import ImageReadError, read_image
 from poseguide.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +49,6 @@ MAX_STEPS = 150
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 MAX_CACHED_PIPELINES = 2  # SD1.5 pipelines take ~4 GB each: keep the last two models used
 DEFAULT_CANVAS = (512, 512)  # (width, height) of the default pose and of JSON files without one
-UNTRAINED = "unet"  # model choice: a ControlNet copied from the base UNet, untrained
 UNTRAINED_LABEL = "untrained ControlNet (copied from the base UNet)"
 UPLOAD_KINDS = ("auto", "photo", "skeleton")
 EDITOR_BACKGROUND_SIDE = 384  # px: the photo under the editor's joints, sent as a data URL
@@ -77,7 +74,7 @@ class AppLimits:
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
-            raise ValueError(f"app limits must be positive, got {self}")
+            raise InputError(f"app limits must be positive, got {self}")
 
     @classmethod
     def from_options(
@@ -110,40 +107,35 @@ def default_person(canvas: tuple[int, int] = DEFAULT_CANVAS) -> np.ndarray:
 
 
 def read_upload(path: str | Path, limits: AppLimits) -> Image.Image:
-    """Decode an uploaded image as RGB (EXIF orientation applied) within ``limits``.
+    """Decode an uploaded image as RGB (EXIF orientation applied) within ``limits``, with the
+    one safe reader (:func:`poseguide.utils.images.read_image`): the byte size, then the pixel
+    count from the header before any pixel is decoded, then a full decode.
 
-    Raises :class:`AppError` naming the file: too many bytes, too many pixels (read from the
-    header, before any pixel is decoded), or not a readable image.
+    Raises :class:`AppError` naming the file (its name only: the server's temp path means
+    nothing to the user).
     """
     path = Path(path)
-    name = path.name
-    size = path.stat().st_size
-    if size > limits.max_upload_bytes:
-        raise AppError(
-            f"{name} is {size / 2**20:.1f} MB, over the upload limit of "
-            f"{limits.max_upload_bytes / 2**20:.1f} MB; use a smaller file"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with pil_open(path) as image:
-                width, height = image.size
-        except Image.DecompressionBombError:
-            raise AppError(
-                f"{name} has more pixels than Pillow allows; use a smaller image"
-            ) from None
-        except Exception as err:  # any failure to identify untrusted bytes
-            raise AppError(f"{name} is not a readable image ({err})") from None
-    if width * height > limits.max_pixels:
-        raise AppError(
-            f"{name} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{limits.max_pixels:,} pixels; use a smaller image"
-        )
     try:
-        image = open_image(path, row=name, max_pixels=limits.max_pixels, what="uploaded image")
-    except RowError as err:
-        raise AppError(f"{name}: {err.detail}") from None
-    return ImageOps.exif_transpose(image)
+        return read_image(path, limits.max_pixels, "uploaded image", exif=True,
+                          max_bytes=limits.max_upload_bytes, limit_name="--max-pixels")  # fmt: skip
+    except ImageReadError as err:
+        raise AppError(_upload_problem(path.name, err)) from None
+
+
+def _upload_problem(name: str, err: ImageReadError) -> str:
+    """What the page says about an upload the reader refused."""
+    facts = err.facts
+    if "bytes" in facts:
+        return (f"{name} is {facts['bytes'] / 2**20:.1f} MB, over the upload limit of "
+                f"{facts['limit'] / 2**20:.1f} MB; use a smaller file")  # fmt: skip
+    if "pixels" in facts:
+        return (f"{name} is {facts['width']}x{facts['height']} = {facts['pixels']:,} pixels, "
+                f"over the limit of {facts['limit']:,} pixels; use a smaller image")  # fmt: skip
+    if facts.get("pil_limit"):
+        return f"{name} has more pixels than Pillow allows; use a smaller image"
+    if err.problem == "unreadable_image" and "reason" in facts:
+        return f"{name} is not a readable image ({facts['reason']})"
+    return err.detail.split(" ", 2)[-1] if err.detail.startswith("uploaded image ") else err.detail
 
 
 def data_url(image: Image.Image, side: int = EDITOR_BACKGROUND_SIDE) -> str:
@@ -168,15 +160,16 @@ def _summary(people: np.ndarray, canvas: tuple[int, int]) -> str:
     count = len(people)
     joints = int((people[..., 2] > 0).sum())
     who = "1 person" if count == 1 else f"{count} people"
-    return f"{who}, {joints} of {17 * count} joints shown, on a {canvas[0]}x{canvas[1]} canvas"
+    shown = f"{joints} of {NUM_COCO17 * count} joints shown"
+    return f"{who}, {shown}, on a {canvas[0]}x{canvas[1]} canvas"
 
 
 def default_controlnet(config: Config) -> str:
     """The run's newest export (``exports/stage2``, then ``stage1``), else :data:`UNTRAINED`."""
-    exports = Path(config.run.output_dir) / config.run.name / "exports"
+    paths = RunPaths.of(config)
     for stage in ("stage2", "stage1"):
-        if (exports / stage / "config.json").is_file():
-            return str(exports / stage)
+        if (paths.export(stage) / "config.json").is_file():
+            return str(paths.export(stage))
     return UNTRAINED
 
 
@@ -344,18 +337,20 @@ class AppBackend:
             return pipe
 
     def _load(self, model: str) -> Any:
-        from poseguide.generate import load_pipeline, pipeline_from_parts
-        from poseguide.models import build_controlnet, load_sd_parts
+        from poseguide.models import (
+            load_pipeline,
+            load_sd_parts,
+            pipeline_from_parts,
+            untrained_controlnet,
+        )
         from poseguide.utils.device import resolve_device
 
         cfg, m = self.config, self.config.model
         device = resolve_device(cfg.run.device)
         start = time.perf_counter()
-        if model == UNTRAINED:
+        if ControlNetRef.parse(model).kind == "untrained":
             parts = load_sd_parts(m.base, m.revision, m.variant, device=device)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.run.seed)  # the same untrained model every time
-                controlnet = build_controlnet(parts.unet).eval().requires_grad_(False)
+            controlnet = untrained_controlnet(parts, cfg.run.seed).eval().requires_grad_(False)
             pipe = pipeline_from_parts(parts, controlnet, cfg.generate)
         else:
             pipe = load_pipeline(m.base, model, cfg.generate, device, m.revision, m.variant)
@@ -402,9 +397,13 @@ class AppBackend:
 
 
 def error_message(err: BaseException) -> str:
-    """The status line for an error: the message for people's errors, the type for others."""
-    if isinstance(err, (UserError, KeypointError, FileNotFoundError, ValueError)):
-        text = str(err)
+    """The status line for an error, classified as the CLI does (:func:`poseguide.errors.classify`):
+    the message of what the user can fix; the type (traceback in the server log) for the rest."""
+    kind = classify(err)
+    if kind == "user":
+        text = one_line(err)
+    elif kind == "oom":
+        text = f"{type(err).__name__}: {OOM_HINT} (see the server log)"
     else:
         text = f"{type(err).__name__}: {err} (see the server log)"
     return f"**Error:** {escape_markdown(text)}"

@@ -28,7 +28,7 @@ from poseguide.app.core import (
 )
 from poseguide.app.editor import EDITOR_CSS, EDITOR_JS, EDITOR_TEMPLATE, editor_props
 from poseguide.config import Config
-from poseguide.errors import UserError
+from poseguide.errors import classify
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _guarded(fn: Callable[..., tuple], outputs: int) -> Callable[..., tuple]:
         try:
             return fn(*args)
         except Exception as err:
-            log.warning("app: %s", err, exc_info=not isinstance(err, (UserError, ValueError)))
+            log.warning("app: %s", err, exc_info=classify(err) != "user")
             return (*([gr.skip()] * (outputs - 1)), error_message(err))
 
     return run

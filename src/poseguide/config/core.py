@@ -20,10 +20,12 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from poseguide.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value is invalid; the message names the key."""
 
 

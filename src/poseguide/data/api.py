@@ -10,13 +10,9 @@ from poseguide.config.schema import SourceConfig
 from poseguide.data.record import Source
 from poseguide.data.sources import open_source
 from poseguide.data.validate import ScanReport, scan
+from poseguide.paths import RunPaths
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(config: Config) -> Path:
-    """The run folder: ``run.output_dir / run.name``."""
-    return Path(config.run.output_dir) / config.run.name
 
 
 def checked_source(
@@ -33,7 +29,7 @@ def checked_source(
     report = scan(
         source,
         cfg.on_bad_row,
-        out_dir=out_dir or run_dir(config),
+        out_dir=out_dir or RunPaths.of(config).root,
         progress=progress,
         cache_dir=Path(cfg.cache.dir) / "scans",
         workers=cfg.num_workers,
@@ -43,7 +39,7 @@ def checked_source(
             "%s: skipped %d of %d rows (%s); the list is in %s",
             source.name, len(report.skipped), report.total,
             ", ".join(f"{k}: {v}" for k, v in report.counts.items() if v),
-            out_dir or run_dir(config),
+            out_dir or RunPaths.of(config).root,
         )  # fmt: skip
     return source, report
 

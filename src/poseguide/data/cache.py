@@ -34,13 +34,13 @@ from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import Source
 from poseguide.errors import UserError
+from poseguide.utils.device import DTYPES
 from poseguide.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CacheError(UserError, RuntimeError):

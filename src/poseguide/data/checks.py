@@ -20,117 +20,40 @@ stored-pixel coordinates.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import os
-import struct
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from poseguide.config.schema import DataConfig
 from poseguide.data.record import RowError, Sample
 from poseguide.pose.io import parse_pose
 from poseguide.pose.skeleton import KeypointError, validate_keypoints
-from poseguide.utils.images import pil_open
+from poseguide.utils.images import ImageReadError, ImageSource, read_image
 
 log = logging.getLogger(__name__)
 
 # The config's default, used when a source is built without a config.
 DEFAULT_MAX_IMAGE_PIXELS: int = DataConfig.max_image_pixels
 
-ImageInput = str | os.PathLike | bytes | bytearray | memoryview
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_warned_truncated = False
-
-
-def _read(src: ImageInput, row: str, what: str) -> tuple[bytes, str]:
-    """The encoded bytes of an image and a short description of where they came from."""
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return bytes(src), what
-    path = Path(src)
-    where = f"{what} {path}"
-    try:
-        return path.read_bytes(), where
-    except FileNotFoundError:
-        raise RowError(row, "missing_file", f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise RowError(row, "missing_file", f"{where} is a folder, not an image file") from None
-    except OSError as err:
-        raise RowError(row, "unreadable_image", f"{where} cannot be read: {err}") from None
-
-
-def _png_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk, without PIL (which refuses 0-pixel images)."""
-    if data[:8] != _PNG_SIGNATURE or len(data) < 24 or data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
-
-
-def _check_truncation_flag() -> None:
-    global _warned_truncated
-    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
-        _warned_truncated = True
-        log.warning(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some other code): truncated "
-            "images will load with grey areas instead of being reported as unreadable_image"
-        )
+ImageInput = ImageSource
 
 
 def open_image(src: ImageInput, row: str, max_pixels: int, what: str = "image") -> Image.Image:
-    """Decode an untrusted image in full and return it as an RGB PIL image.
+    """Decode a row's untrusted image in full (:func:`poseguide.utils.images.read_image`, stored
+    pixels, no EXIF rotation) and return it as an RGB PIL image.
 
     ``src`` is a file path or the encoded bytes; ``row`` and ``what`` (e.g. ``"pose image"`` or
     ``"column 'image'"``) name it in errors. Raises :class:`RowError` with problem
     ``missing_file``, ``zero_size``, ``too_many_pixels`` or ``unreadable_image``.
     """
-    data, where = _read(src, row, what)
-    if not data:
-        raise RowError(row, "zero_size", f"{where} is empty (0 bytes)")
-    _check_truncation_flag()
-    with warnings.catch_warnings():
-        # Our own limit is checked from the header below; PIL's warning would only repeat it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = pil_open(io.BytesIO(data))
-        except Image.DecompressionBombError as err:
-            raise RowError(
-                row,
-                "too_many_pixels",
-                f"{where}: {err} (PIL's own limit, PIL.Image.MAX_IMAGE_PIXELS, also applies)",
-            ) from None
-        except Exception as err:  # any failure to identify untrusted bytes
-            size = _png_header_size(data)
-            if size is not None and 0 in size:
-                raise RowError(row, "zero_size", f"{where} is {size[0]}x{size[1]} pixels") from None
-            raise RowError(
-                row, "unreadable_image", f"{where} is not a readable image ({err})"
-            ) from None
-        width, height = image.size
-        if width == 0 or height == 0:
-            raise RowError(row, "zero_size", f"{where} is {width}x{height} pixels")
-        if width * height > max_pixels:
-            raise RowError(
-                row,
-                "too_many_pixels",
-                f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{max_pixels} (data.max_image_pixels; a guard against decompression bombs)",
-            )
-        try:
-            if image.format == "PNG":
-                image.verify()  # chunk checksums up to IEND: catches PNGs cut inside the data
-                image = pil_open(io.BytesIO(data))
-            image.load()  # PIL decodes lazily: truncation and corruption show only here
-            return image.convert("RGB")
-        except Exception as err:  # any failure to decode untrusted bytes
-            raise RowError(
-                row, "unreadable_image", f"{where} is corrupt or truncated ({err})"
-            ) from None
+    try:
+        return read_image(src, max_pixels, what)
+    except ImageReadError as err:
+        raise RowError(row, err.problem, err.detail) from None
 
 
 def parse_keypoints(raw: object, row: str, where: str = "keypoints") -> np.ndarray | None:

@@ -36,6 +36,11 @@ from torch.utils.data import Dataset, Sampler
 from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import Source
+from poseguide.errors import InputError
+
+# The epoch's data order draws from its own stream of (run.seed, epoch key): a number no other
+# per-row stream uses, so the order is independent of the rows' noise and flips.
+ORDER_STREAM = 7919
 
 
 class LatentLookup(Protocol):
@@ -117,7 +122,7 @@ class ShardedSampler(Sampler[int]):
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         if size <= 0:
-            raise ValueError(
+            raise InputError(
                 "cannot sample from an empty dataset (every row skipped or none given)"
             )
         if not 0 <= rank < world:
@@ -136,7 +141,7 @@ class ShardedSampler(Sampler[int]):
         """This process's positions for ``epoch`` (before ``start`` is applied)."""
         order = np.arange(self.size)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, 7919]).permutation(self.size)
+            order = np.random.default_rng([self.seed, epoch, ORDER_STREAM]).permutation(self.size)
         padded = np.resize(order, self.per_process * self.world)  # wrap to equal shares
         return padded[self.rank :: self.world]
 

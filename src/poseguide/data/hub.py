@@ -38,6 +38,7 @@ from poseguide.data.checks import (
     parse_keypoints,
 )
 from poseguide.data.record import RowError, Sample, SourceError
+from poseguide.utils.offline import is_offline
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,6 @@ def find_shards(folder: Path, split: str) -> list[Path]:
         f"{folder}: no parquet shards for split {split!r} (looked for {tried}); parquet files "
         f"found: {found or 'none'}. Pass the folder that holds the dataset's data/ folder."
     )
-
-
-def _offline() -> bool:
-    import datasets
-
-    return bool(datasets.config.HF_HUB_OFFLINE)
 
 
 def _hint(name: str) -> str:
@@ -133,7 +128,7 @@ def load_hub_dataset(path: str, split: str, revision: str | None, cache_dir: str
             f"hub source {path!r} is neither a folder of parquet shards nor a hub dataset id "
             "(owner/name)"
         )
-    if not _offline():
+    if not is_offline():
         _probe_hub(path, revision)
     try:
         # Rows are checked one by one by poseguide; the card's split sizes are not needed (and

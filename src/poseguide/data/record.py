@@ -12,6 +12,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from poseguide.errors import UserError
+
 # Why a row can be bad; `skip` reports count rows per reason under these names.
 ROW_PROBLEMS: tuple[str, ...] = (
     "missing_file",  # an image or pose file does not exist, a null image cell, no pose at all
@@ -24,12 +26,12 @@ ROW_PROBLEMS: tuple[str, ...] = (
 )
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source cannot be opened at all (missing column, malformed manifest line, unreachable
     hub dataset...); unlike :class:`RowError` it is never skipped. The message says what to do."""
 
 
-class RowError(ValueError):
+class RowError(UserError, ValueError):
     """A dataset row cannot be used; names the row and the problem."""
 
     def __init__(self, row: str, problem: str, detail: str) -> None:

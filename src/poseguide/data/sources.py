@@ -8,7 +8,7 @@ Three kinds of source yield the same :class:`~poseguide.data.record.Sample` (see
 * ``coco`` (:class:`CocoSource`, :mod:`poseguide.data.coco`): a ``person_keypoints_*.json``,
   its images folder and captions;
 
-and ``synthetic`` writes a manifest with :func:`poseguide.data.synth.ensure_synthetic` and opens
+and ``synthetic`` writes a manifest with :func:`poseguide.synth.people.ensure_synthetic` and opens
 it. Every source decodes lazily (building one reads no image) and raises
 :class:`~poseguide.data.record.RowError` from ``load`` for a bad row, after the shared checks of
 :mod:`poseguide.data.checks`. Rows without a pose image have ``pose_image=None``: the skeleton is
@@ -58,7 +58,7 @@ def open_source(
     if cfg.kind == "coco":
         return CocoSource(cfg.path, cfg.images_dir, cfg.captions, **common)
     if cfg.kind == "synthetic":
-        from poseguide.data.synth import ensure_synthetic
+        from poseguide.synth.people import ensure_synthetic
 
         return ManifestSource(ensure_synthetic(cfg.path, cfg.synthetic), **common)
     raise SourceError(f"unknown source kind {cfg.kind!r}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from poseguide.errors import InputError
 from poseguide.evaluate.metrics import MetricUnavailableError, ensure_torch_hub_weights
 from poseguide.utils.device import resolve_device
 
@@ -63,7 +64,7 @@ class LpipsMetric:
         seed: int = 0,
     ) -> None:
         if net not in BACKBONE_WEIGHTS:
-            raise ValueError(f"LPIPS net must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
+            raise InputError(f"LPIPS net must be one of {sorted(BACKBONE_WEIGHTS)}, got {net!r}")
         self.net, self.pretrained, self.seed = net, pretrained, seed
         self.device = resolve_device(None) if device is None else torch.device(device)
         self.batch_size = batch_size

@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 
 from poseguide.errors import UserError
-from poseguide.pose.estimator import Detections, is_offline
+from poseguide.pose.estimator import Detections
 from poseguide.pose.oks import box_area_from_keypoints, coco_keypoint_ap, match_greedy, mean_oks
 from poseguide.pose.skeleton import validate_keypoints
 from poseguide.utils.device import resolve_device
+from poseguide.utils.offline import is_offline, offline_reason
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def ensure_torch_hub_weights(url: str, what: str, alternative: str = "") -> Path
     tail = f" {alternative}" if alternative else ""
     if is_offline():
         raise MetricUnavailableError(
-            f"{what}: {path} is missing and downloads are off (HF_HUB_OFFLINE/YOLO_OFFLINE). "
-            f"{howto}{tail}"
+            f"{what}: {path} is missing and downloads are off ({offline_reason()}). {howto}{tail}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = re.search(torch.hub.HASH_REGEX, path.name)
@@ -322,6 +322,27 @@ def _features(
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def _fid_kid_values(f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int, subset: int,
+                    seed: int) -> tuple[float, float, float]:  # fmt: skip
+    """(FID, KID mean, KID std) of precomputed features, by torchmetrics."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    dim = f_real.shape[1]
+    fid = FrechetInceptionDistance(feature=_Precomputed(dim))
+    with warnings.catch_warnings():  # "KID will save all extracted features in buffer"
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=subsets,
+                                      subset_size=subset)  # fmt: skip
+    for metric in (fid, kid):
+        metric.update(f_real, real=True)
+        metric.update(f_fake, real=False)
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global RNG
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return float(fid.compute()), float(kid_mean), float(kid_std)
+
+
 def fid_kid(
     real: Sequence[Image.Image],
     fake: Sequence[Image.Image],
@@ -354,8 +375,8 @@ def fid_kid(
     name = f"inception-{feature}" if extractor is None else type(extractor).__name__
     extractor = extractor if extractor is not None else inception_extractor(feature, dev)
     try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
+        import torchmetrics.image.fid
+        import torchmetrics.image.kid  # noqa: F401
     except ImportError as err:
         raise MetricUnavailableError(
             f"FID/KID need torchmetrics ({err}): pip install torchmetrics, "
@@ -363,22 +384,10 @@ def fid_kid(
         ) from None
     f_real = _features(extractor, real, dev, batch_size)
     f_fake = _features(extractor, fake, dev, batch_size)
-    dim = f_real.shape[1]
-    fid = FrechetInceptionDistance(feature=_Precomputed(dim))
     subset = min(kid_subset_size, len(real), len(fake))
-    with warnings.catch_warnings():  # "KID will save all extracted features in buffer"
-        warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(
-            feature=_Precomputed(dim), subsets=kid_subsets, subset_size=subset
-        )
-    for metric in (fid, kid):
-        metric.update(f_real, real=True)
-        metric.update(f_fake, real=False)
-    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global RNG
-        torch.manual_seed(seed)
-        kid_mean, kid_std = kid.compute()
+    fid, kid_mean, kid_std = _fid_kid_values(f_real, f_fake, kid_subsets, subset, seed)
     return {
-        "fid": float(fid.compute()),
+        "fid": fid,
         "kid_mean": float(kid_mean),
         "kid_std": float(kid_std),
         "n_real": len(real),

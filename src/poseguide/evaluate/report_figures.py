@@ -6,7 +6,6 @@ bytes (None when there is nothing to draw).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -15,10 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from poseguide.evaluate.runner import file_stem
+from poseguide.paths import file_stem
 from poseguide.pose.skeleton import COCO17_NAMES
 from poseguide.utils.grid import image_grid
-from poseguide.utils.images import pil_open
+from poseguide.utils.images import (
+    ImageReadError,
+    figure_to_image,
+    image_png_bytes,
+    pyplot,
+    read_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +45,8 @@ def _num(value: Any) -> float:
 def _open(path: Path) -> Any:
     """The image at ``path``, or None when it is missing or unreadable (a grey cell)."""
     try:
-        with pil_open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError):
+        return read_image(path)
+    except ImageReadError:
         return None
 
 
@@ -81,26 +85,11 @@ def grid_figure(run: EvalRun, ids: Sequence[str]) -> tuple[bytes | None, list[st
         texts.append("\n".join(lines))
         errors.append(bool(missing))
     grid = image_grid(rows, texts, labels, GRID_CELL, GRID_TEXT_WIDTH, errors)
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return buffer.getvalue(), notes
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return image_png_bytes(grid), notes
 
 
 def _figure_png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
-    return buffer.getvalue()
+    return image_png_bytes(figure_to_image(fig, dpi=100))
 
 
 def oks_histogram_figure(run: EvalRun) -> bytes | None:
@@ -108,7 +97,7 @@ def oks_histogram_figure(run: EvalRun) -> bytes | None:
     if not run.samples:
         return None
 
-    plt, models = _pyplot(), run.models
+    plt, models = pyplot(), run.models
     bins = np.linspace(0.0, 1.0, OKS_BINS + 1)
     fig, axes = plt.subplots(
         1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, sharex=True, sharey=True
@@ -141,7 +130,7 @@ def joints_figure(run: EvalRun) -> bytes | None:
     if not series:
         return None
     names = run.entry(series[0][1]).get("joint_names") or COCO17_NAMES
-    plt, x, width = _pyplot(), np.arange(len(COCO17_NAMES)), 0.8 / len(series)
+    plt, x, width = pyplot(), np.arange(len(COCO17_NAMES)), 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(12, 3.8))
     for i, (k, model, accuracy) in enumerate(series):
         ax.bar(x - 0.4 + width * (i + 0.5), accuracy, width, label=model, color=f"C{k}")

@@ -27,14 +27,12 @@ import numpy as np
 
 from poseguide.config import Config
 from poseguide.errors import UserError
+from poseguide.models.controlnet import ControlNetRef
+from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
 
 log = logging.getLogger(__name__)
 
-UNTRAINED = "unet"  # evaluate.models[].controlnet: a ControlNet copied from the UNet, untrained
-# evaluate.models[].controlnet: no generation, the original images themselves are scored; their
-# row gives the metrics' reference values (LPIPS 0, the estimator's OKS on real images).
-ORIGINALS = "originals"
 PSEUDO_GT_MIN_SCORE = 0.5  # estimator joints at least this confident count as pseudo ground truth
 
 
@@ -42,43 +40,16 @@ class EvaluationError(UserError, RuntimeError):
     """The evaluation cannot start or go on; the message lists every problem found."""
 
 
-@dataclass
-class EvalPaths:
-    root: Path
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples.jsonl"
-
-    def image(self, model: str, row_id: str) -> Path:
-        return self.root / "images" / model / f"{file_stem(row_id)}.png"
-
-    def invalid(self, model: str, row_id: str) -> Path:
-        """Beside an image that came out NaN, Inf or black: why (one word)."""
-        return self.root / "images" / model / f"{file_stem(row_id)}.invalid"
-
-    def pose(self, row_id: str) -> Path:
-        return self.root / "poses" / f"{file_stem(row_id)}.png"
-
-    def original(self, row_id: str) -> Path:
-        return self.root / "originals" / f"{file_stem(row_id)}.png"
+def controlnet_ref(ref: str, paths: RunPaths) -> str:
+    """An evaluation model's reference as a loadable location (``stage:NAME`` -> the export)."""
+    return ControlNetRef.parse(ref).location(paths.exports)
 
 
-def file_stem(name: str) -> str:
-    """The file name (without extension) a row id is stored under: unsafe characters -> _."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def controlnet_ref(ref: str, run_dir: Path) -> str:
-    """``stage:NAME`` -> this run's export folder; anything else unchanged."""
-    return str(run_dir / "exports" / ref.split(":", 1)[1]) if ref.startswith("stage:") else ref
-
-
-def preflight(config: Config, run_dir: Path) -> list[str]:
+def preflight(config: Config, run: RunPaths) -> list[str]:
     """Every problem that would stop the evaluation, found before any generation starts."""
     from poseguide.preflight import evaluation_checks, run_checks
 
-    results = run_checks(evaluation_checks(config, run_dir))
+    results = run_checks(evaluation_checks(config, run))
     return [f"{r.check.what}: {r.error}" for r in results if not r.ok]
 
 
@@ -136,14 +107,14 @@ def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank
     """
     from poseguide.pose.api import detections_to_coco
     from poseguide.pose.oks import area_from_box
-    from poseguide.utils.images import pil_open
+    from poseguide.utils.images import read_image
     from poseguide.utils.io import atomic_write_json
 
-    store = paths.root / f"pseudo_ground_truth-{rank}.json"
+    store = paths.pseudo_ground_truth(rank)
     known = json.loads(store.read_text()) if store.is_file() else {}
     for row in rows:
         if not isinstance(known.get(row.id), dict):  # missing, or an older format
-            found = estimator.estimate_people([pil_open(paths.original(row.id)).convert("RGB")])[0]
+            found = estimator.estimate_people([read_image(paths.original(row.id))])[0]
             boxes = found.boxes.copy()
             boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
             known[row.id] = {
@@ -157,51 +128,47 @@ def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank
 
 
 def _readable(path: Path) -> bool:
-    from poseguide.utils.images import pil_open
+    from poseguide.utils.images import ImageReadError, read_image
 
     if not path.is_file():
         return False
     try:
-        with pil_open(path) as image:
-            image.load()
+        read_image(path, what="stored image")
         return True
-    except Exception:
-        log.warning("%s is unreadable; generating it again", path)
+    except ImageReadError as err:
+        log.warning("%s; generating it again", err)
         return False
 
 
 def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
     """A loadable ControlNet for ``ref``; ``unet`` is built once from the base UNet (seeded)."""
-    if ref != UNTRAINED:
+    if ControlNetRef.parse(ref).kind != "untrained":
         return ref
-    folder = paths.root / "models" / "untrained"
+    folder = paths.untrained
     if not (folder / "config.json").is_file():
-        import torch
-
-        from poseguide.models import build_controlnet, load_sd_parts
+        from poseguide.models import load_sd_parts, untrained_controlnet
         from poseguide.utils.io import atomic_directory
 
         parts = load_sd_parts(config.model.base, config.model.revision, config.model.variant)
-        with torch.random.fork_rng(devices=[]), atomic_directory(folder) as tmp:
-            torch.manual_seed(config.run.seed)
-            build_controlnet(parts.unet).save_pretrained(tmp, safe_serialization=True)
+        with atomic_directory(folder) as tmp:
+            untrained_controlnet(parts, config.run.seed).save_pretrained(tmp)
     return str(folder)
 
 
 def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPaths,
-                     run_dir: Path, device: Any) -> int:  # fmt: skip
+                     run: RunPaths, device: Any) -> int:  # fmt: skip
     """Generate the rows whose image for ``model`` is missing or corrupt; returns how many."""
     from poseguide.generate import generate_arrays, load_pipeline
 
     todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
     if not todo:
         return 0
-    if model.controlnet == ORIGINALS:
+    if ControlNetRef.parse(model.controlnet).kind == "originals":
         for row in todo:
             paths.image(model.name, row.id).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(paths.original(row.id), paths.image(model.name, row.id))
         return len(todo)
-    ref = _controlnet_folder(config, controlnet_ref(model.controlnet, run_dir), paths)
+    ref = _controlnet_folder(config, controlnet_ref(model.controlnet, run), paths)
     m = config.model
     pipe = load_pipeline(m.base, ref, config.generate, device, m.revision, m.variant)
     size = (config.data.resolution,) * 2
@@ -285,14 +252,15 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
     """
     from tqdm.auto import tqdm
 
-    from poseguide.utils.images import pil_open
+    from poseguide.utils.images import read_image
 
     todo = [r for r in rows if (model, r.id) not in done]
     step = max(1, config.generate.batch_size)
     for start in tqdm(range(0, len(todo), step), desc=f"scoring ({model})", unit="batch"):
         batch = todo[start : start + step]
-        generated = [pil_open(paths.image(model, r.id)).convert("RGB") for r in batch]
-        reasons = [None if model_ref == ORIGINALS else invalid_reason(paths, model, r.id, im)
+        generated = [read_image(paths.image(model, r.id), what="generated image") for r in batch]
+        originals = ControlNetRef.parse(model_ref).kind == "originals"
+        reasons = [None if originals else invalid_reason(paths, model, r.id, im)
                    for r, im in zip(batch, generated, strict=True)]  # fmt: skip
         keep = [k for k, reason in enumerate(reasons) if reason is None]
         scored = _score(config, scorers, [batch[k] for k in keep], [generated[k] for k in keep],
@@ -312,11 +280,11 @@ def _score(config: Config, scorers: Scorers, rows: list[Row], generated: list,
            paths: EvalPaths) -> list[tuple]:  # fmt: skip
     """(clip, lpips, oks dict) of each usable generated image."""
     from poseguide.evaluate.metrics import sample_oks
-    from poseguide.utils.images import pil_open
+    from poseguide.utils.images import read_image
 
     if not rows:
         return []
-    originals = [pil_open(paths.original(r.id)).convert("RGB") for r in rows]
+    originals = [read_image(paths.original(r.id), what="original image") for r in rows]
     lpips = scorers.lpips.scores(generated, originals)
     clip = scorers.clip.scores(generated, [r.caption for r in rows])
     found = scorers.estimator.estimate_people(generated)
@@ -408,10 +376,10 @@ def _plain(value: Any) -> Any:
 
 def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
     from poseguide.evaluate.metrics import fid_kid
-    from poseguide.utils.images import pil_open
+    from poseguide.utils.images import read_image
 
-    real = [pil_open(paths.original(r["id"])).convert("RGB") for r in records]
-    fake = [pil_open(paths.image(model, r["id"])).convert("RGB") for r in records]
+    real = [read_image(paths.original(r["id"]), what="original image") for r in records]
+    fake = [read_image(paths.image(model, r["id"]), what="generated image") for r in records]
     result = fid_kid(real, fake, kid_subset_size=min(1000, len(records)))
     return {
         "fid": result.get("fid"),
@@ -436,14 +404,14 @@ def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict
     return out
 
 
-def _setup(config: Config, run_dir: Path, scorers: Scorers, gt_kind: str, rows: int) -> dict:
+def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: int) -> dict:
     from poseguide.config import to_dict
 
     e = config.evaluate
     gt = "dataset" if gt_kind == "dataset" else "estimator (pseudo ground truth)"
     return {
         "base_model": config.model.base,
-        "models": {m.name: controlnet_ref(m.controlnet, run_dir) for m in e.models},
+        "models": {m.name: controlnet_ref(m.controlnet, run) for m in e.models},
         "generate": to_dict(config.generate),
         "resolution": config.data.resolution,
         "seed": e.seed,
@@ -463,12 +431,11 @@ def _setup(config: Config, run_dir: Path, scorers: Scorers, gt_kind: str, rows: 
     }
 
 
-def _finish(
-    config: Config, run_dir: Path, paths: EvalPaths, scorers: Scorers, gt_kind: str
-) -> dict:
+def _finish(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str) -> dict:
     """Merge the per-process rows into samples.jsonl and write metrics.json (main process)."""
     from poseguide.utils.io import atomic_write_json, atomic_write_text
 
+    paths = run.eval
     done = read_samples(paths)
     order = {m.name: k for k, m in enumerate(config.evaluate.models)}
     records = sorted(done.values(), key=lambda r: (order.get(r["model"], 99), r["index"]))
@@ -479,13 +446,13 @@ def _finish(
     for model in config.evaluate.models:
         mine = [r for r in records if r["model"] == model.name]
         models[model.name] = {"controlnet": model.controlnet,
-                              "resolved": controlnet_ref(model.controlnet, run_dir),
+                              "resolved": controlnet_ref(model.controlnet, run),
                               **aggregate(config, mine, paths, model.name)}  # fmt: skip
     rows = len({r["id"] for r in records})
-    setup = _setup(config, run_dir, scorers, gt_kind, rows)
+    setup = _setup(config, run, scorers, gt_kind, rows)
     setup["captions"] = _caption_cuts(config, scorers, records)
     metrics = _plain({"models": models, "setup": setup})
-    atomic_write_json(paths.root / "metrics.json", metrics)
+    atomic_write_json(paths.metrics, metrics)
     return metrics
 
 
@@ -493,13 +460,13 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     """Evaluate every configured model on the eval split; returns what metrics.json holds."""
     from accelerate import PartialState
 
-    from poseguide.data.api import checked_source, run_dir
+    from poseguide.data.api import checked_source
     from poseguide.utils.device import wants_cpu
 
     state = PartialState(cpu=wants_cpu(config.run.device))
-    folder = run_dir(config)
-    paths = EvalPaths(folder / "eval")
-    problems = preflight(config, folder)
+    run = RunPaths.of(config)
+    paths = run.eval
+    problems = preflight(config, run)
     if problems:
         raise EvaluationError("cannot evaluate:\n  - " + "\n  - ".join(problems))
     source, report = checked_source(config, config.data.eval, out_dir=paths.root,
@@ -511,11 +478,11 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     if gt_kind == "estimator":
         _pseudo_ground_truth(rows, scorers.estimator, paths, state.process_index)
     for model in config.evaluate.models:
-        generate_missing(config, model, rows, paths, folder, state.device)
-    done, out = read_samples(paths), paths.root / f"samples-{state.process_index}.jsonl"
+        generate_missing(config, model, rows, paths, run, state.device)
+    done, out = read_samples(paths), paths.samples_part(state.process_index)
     for model in config.evaluate.models:
         score_rows(config, model.name, rows, scorers, paths, out, done, model.controlnet)
     state.wait_for_everyone()
-    metrics = _finish(config, folder, paths, scorers, gt_kind) if state.is_main_process else {}
+    metrics = _finish(config, run, scorers, gt_kind) if state.is_main_process else {}
     state.wait_for_everyone()
     return metrics

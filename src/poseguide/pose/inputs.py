@@ -15,8 +15,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from poseguide.errors import UserError
-from poseguide.pose.api import detections_to_coco, estimator_from_config, load_photo
+from poseguide.config.schema import RenderConfig
+from poseguide.errors import InputError, NotFoundError, UserError
+from poseguide.pose.api import detections_to_coco, load_photo
 from poseguide.pose.estimator import PoseEstimator
 from poseguide.pose.io import parse_pose, read_pose
 from poseguide.pose.render import DEFAULT_RENDER_STYLE, render_skeleton
@@ -32,11 +33,6 @@ DARK_LEVEL = 24  # a background pixel's brightest channel is at most this (JPEG 
 SKELETON_MIN_DARK = 0.5  # at least this fraction of the pixels is background
 SATURATED = 0.5  # (max - min) / max of a pixel at least this: an OpenPose colour (min is ~0)
 SKELETON_MIN_SATURATED = 0.7  # at least this fraction of the non-background pixels is saturated
-
-PoseKind = Literal["keypoints", "skeleton", "photo"]
-POSE_KINDS: tuple[str, ...] = ("keypoints", "skeleton", "photo")
-KEYPOINT_SUFFIXES = (".json",)
-
 
 PoseKind = Literal["keypoints", "skeleton", "photo"]
 POSE_KINDS: tuple[str, ...] = ("keypoints", "skeleton", "photo")
@@ -128,9 +124,9 @@ def pose_from_path(path: str | Path, kind: str = "auto") -> PoseInput:
     """
     path = Path(path)
     if kind not in ("auto", *POSE_KINDS):
-        raise ValueError(f"unknown pose kind {kind!r}; choose auto, {', '.join(POSE_KINDS)}")
+        raise InputError(f"unknown pose kind {kind!r}; choose auto, {', '.join(POSE_KINDS)}")
     if not path.is_file():
-        raise FileNotFoundError(f"pose file not found: {path}")
+        raise NotFoundError(f"pose file not found: {path}")
     if kind == "keypoints" or (kind == "auto" and path.suffix.lower() in KEYPOINT_SUFFIXES):
         pose = read_pose(path)
         return PoseInput("keypoints", people=pose.people, canvas=pose.size, source=str(path))
@@ -170,15 +166,16 @@ def pose_condition(
     size: tuple[int, int] = DEFAULT_SIZE,
     style: str = DEFAULT_RENDER_STYLE,
     estimator: PoseEstimator | None = None,
-    min_score: float = 0.3,
+    min_score: float = RenderConfig.min_score,
 ) -> PoseCondition:
     """Turn a pose into the skeleton image ControlNet sees, at ``size`` (W, H).
 
     ``pose``: a :class:`PoseInput`; a PIL image (taken as a skeleton image: wrap a photo in
     ``PoseInput.photo``); a keypoint mapping or (P, 17, 3) array; or a file path
     (:func:`pose_from_path`, kind guessed). Skeleton images are resized (bicubic); keypoints are
-    scaled from their canvas and drawn in ``style``; photos go through ``estimator`` (default:
-    the configured default estimator), joints below ``min_score`` are dropped.
+    scaled from their canvas and drawn in ``style``; photos go through ``estimator`` (required
+    for a photo: build it from the run's config, :func:`poseguide.pose.api.estimator_from_config`),
+    joints below ``min_score`` are dropped.
     """
     size = (int(size[0]), int(size[1]))
     if isinstance(pose, (str, Path)):
@@ -203,10 +200,11 @@ def pose_condition(
 
 
 def _estimate(pose: PoseInput, estimator: PoseEstimator | None, min_score: float) -> np.ndarray:
-    if estimator is None:
-        from poseguide.config.schema import EstimatorConfig
-
-        estimator = estimator_from_config(EstimatorConfig())
+    if estimator is None:  # a programming error: the caller knows the run's estimator config
+        raise TypeError(
+            f"{pose.source}: a photo needs a pose estimator; pass estimator="
+            "poseguide.pose.api.estimator_from_config(config.pose.estimator)"
+        )
     found = estimator.estimate_people([pose.image])[0]
     people = detections_to_coco(found, min_score)
     if len(found) == 0 or not (people[..., 2] > 0).any():

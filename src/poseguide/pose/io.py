@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from poseguide.errors import NotFoundError
 from poseguide.pose.skeleton import NUM_COCO17, KeypointError, validate_keypoints
 from poseguide.utils.io import atomic_write_json
 
@@ -111,7 +112,7 @@ def read_pose(path: str | Path) -> PoseFile:
     """Read a keypoint JSON file (see the module docstring for the layout)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"keypoint file not found: {path}")
+        raise NotFoundError(f"keypoint file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -25,6 +25,7 @@ import math
 import cv2
 import numpy as np
 
+from poseguide.errors import InputError
 from poseguide.pose.skeleton import (
     NUM_OPENPOSE18,
     OPENPOSE18_COLORS,
@@ -51,7 +52,7 @@ def check_style(style: str) -> str:
     """Return ``style`` if it is one of :data:`RENDER_STYLES`, else raise ValueError naming them."""
     if style not in RENDER_STYLES:
         valid = ", ".join(repr(s) for s in RENDER_STYLES)
-        raise ValueError(f"unknown skeleton render style {style!r}; valid styles are {valid}")
+        raise InputError(f"unknown skeleton render style {style!r}; valid styles are {valid}")
     return style
 
 
@@ -82,7 +83,7 @@ def _new_canvas(size: tuple[int, int], canvas: np.ndarray | None) -> np.ndarray:
     """A (H, W, 3) uint8 canvas to draw on: a copy of ``canvas``, or black."""
     width, height = int(size[0]), int(size[1])
     if width <= 0 or height <= 0:
-        raise ValueError(f"canvas size must be positive (width, height), got {tuple(size)}")
+        raise InputError(f"canvas size must be positive (width, height), got {tuple(size)}")
     if canvas is None:
         return np.zeros((height, width, 3), dtype=np.uint8)
     canvas = np.asarray(canvas)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from poseguide.errors import UserError
+
 COCO17_NAMES: tuple[str, ...] = (
     "nose",
     "left_eye",
@@ -103,7 +105,7 @@ OPENPOSE18_COLORS: tuple[tuple[int, int, int], ...] = (
 VISIBILITY_VALUES = (0, 1, 2)
 
 
-class KeypointError(ValueError):
+class KeypointError(UserError, ValueError):
     """A keypoint array or file is malformed; the message names the person and joint."""
 
 

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,28 @@ class Position:
     stage_done: bool = False  # the stage finished; resuming starts the next one
 
 
+@dataclass
+class TrainState:
+    """What training changes and a checkpoint saves: the (prepared) ControlNet, its optimizer,
+    LR scheduler and grad scaler (fp16 only), and the position."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    position: Position
+    scaler: Any = None
+
+    def count_step(self) -> None:
+        """One optimizer step was taken."""
+        p = self.position
+        steps = {"global_step": p.global_step + 1, "stage_step": p.stage_step + 1,
+                 "epoch_step": p.epoch_step + 1}  # fmt: skip
+        self.position = replace(p, **steps)
+
+    def next_epoch(self) -> None:
+        self.position = replace(self.position, epoch=self.position.epoch + 1, epoch_step=0)
+
+
 def rng_state() -> dict[str, Any]:
     """Every global RNG state of this process, as tensors and plain data (weights_only-safe)."""
     py = random.getstate()
@@ -87,21 +109,19 @@ def checkpoint_name(global_step: int) -> str:
 
 def save_checkpoint(
     root: Path,
-    position: Position,
+    state: TrainState,
     controlnet: Any,
-    optimizer: Any,
-    lr_scheduler: Any,
-    scaler: Any | None,
-    rng_states: list[dict[str, Any]],
+    *,
+    rngs: list[dict[str, Any]],
     config: dict,
     keep: int,
     world_size: int = 1,
     deepspeed_dir: Path | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically, point ``latest`` at it, and rotate old ones.
-
-    ``controlnet`` is the unwrapped diffusers ControlNetModel."""
-    target = root / checkpoint_name(position.global_step)
+    """Write a complete checkpoint of ``state`` atomically, point ``latest`` at it, and rotate
+    old ones. ``controlnet`` is the unwrapped diffusers ControlNetModel (fp32 master weights);
+    ``rngs`` every process's RNG states; ``deepspeed_dir`` DeepSpeed's own partitioned files."""
+    target = root / checkpoint_name(state.position.global_step)
     with atomic_directory(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
                   str(tmp / "controlnet.safetensors"))  # fmt: skip
@@ -109,14 +129,14 @@ def save_checkpoint(
         if deepspeed_dir is not None:  # ZeRO partitions the optimizer: DeepSpeed's own files
             shutil.move(str(deepspeed_dir), tmp / "deepspeed")
         else:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        for rank, state in enumerate(rng_states):
-            torch.save(state, tmp / f"rng-{rank}.pt")
-        state = {"position": asdict(position), "world_size": world_size, "config": config}
-        atomic_write_json(tmp / "state.json", state)
+            torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(state.scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        if state.scaler is not None:
+            torch.save(state.scaler.state_dict(), tmp / "scaler.pt")
+        for rank, rng in enumerate(rngs):
+            torch.save(rng, tmp / f"rng-{rank}.pt")
+        meta = {"position": asdict(state.position), "world_size": world_size, "config": config}
+        atomic_write_json(tmp / "state.json", meta)
     atomic_write_text(root / LATEST, target.name + "\n")
     rotate(root, keep)
     return target
@@ -164,13 +184,16 @@ class Loaded:
         model.load_state_dict(self.controlnet_state)
         return model.to(device=device, dtype=torch.float32).train()
 
-    def load_into(self, optimizer: Any, lr_scheduler: Any, scaler: Any | None, rank: int) -> None:
-        """Restore optimizer, LR scheduler, grad scaler and this process's RNG states."""
-        if (self.path / "optimizer.pt").is_file():  # else DeepSpeed loads its own (deepspeed/)
-            optimizer.load_state_dict(torch.load(self.path / "optimizer.pt", weights_only=True))
-        lr_scheduler.load_state_dict(torch.load(self.path / "lr_scheduler.pt", weights_only=True))
-        if scaler is not None and (self.path / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(self.path / "scaler.pt", weights_only=True))
+    def load_into(self, state: TrainState, rank: int) -> None:
+        """Restore the optimizer, LR scheduler, grad scaler, position and this process's RNG
+        states into ``state``."""
+        path = self.path
+        if (path / "optimizer.pt").is_file():  # else DeepSpeed loads its own (deepspeed/)
+            state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        state.scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+        if state.scaler is not None and (path / "scaler.pt").is_file():
+            state.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        state.position = self.position
         rng_file = self.path / f"rng-{rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))

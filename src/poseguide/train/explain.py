@@ -1,16 +1,15 @@
 """``poseguide explain-loss``: the thesis' Fig. 4.2 for one training sample.
 
-It runs the training step's own code (:func:`poseguide.train.step.make_inputs`,
-:func:`~poseguide.train.step.predict`, :func:`poseguide.losses.stage_loss`) on one row with the
-row's own noise, at a chosen timestep, and shows what stage 2 weighs: the image, the pose, the
-decoded prediction error M, the estimator heatmap H, the binary mask H_M, the four channels of
-H_E with their ranges, and the weight map ``1 + w * H_E``. The tensors are saved beside the PNG
-(``.safetensors``) so the figure can be checked against the loss.
+It runs the training step's own code (:func:`poseguide.train.step.loss_terms`, the function every
+optimizer step calls) on one row with the row's own noise, at a chosen timestep, and shows what
+stage 2 weighs: the image, the pose, the decoded prediction error M, the estimator heatmap H,
+the binary mask H_M, the four channels of H_E with their ranges, and the weight map
+``1 + w * H_E``. The tensors are saved beside the PNG (``.safetensors``) so the figure can be
+checked against the loss.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from poseguide.config import Config
 from poseguide.data.dataset import PoseDataset, collate
-from poseguide.train.setup import TrainingError, load_frozen
-from poseguide.train.step import STREAM_MASK, epoch_key, make_inputs, predict, row_generators
-from poseguide.utils.device import resolve_device
+from poseguide.paths import RunPaths
+from poseguide.train.setup import TrainingError
+from poseguide.train.step import epoch_key, loss_terms
 from poseguide.utils.io import atomic_save_image, atomic_write_bytes, atomic_write_json
 
 
@@ -49,14 +48,14 @@ def _row(source: Any, sample_id: str) -> int:
 
 def _controlnet(config: Config, frozen: Any, index: int, controlnet: str | None) -> Any:
     """The given ControlNet, else this stage's export, else the previous stage's, else from_unet."""
-    from poseguide.data.api import run_dir
     from poseguide.train.setup import controlnet_for_stage
 
-    stages = config.train.stages
-    exports = [run_dir(config) / "exports" / s.name for s in stages[: index + 1]][::-1]
+    paths = RunPaths.of(config)
+    exports = [paths.export(s.name) for s in config.train.stages[: index + 1]][::-1]
     found = next((str(p) for p in exports if (p / "config.json").is_file()), None)
     init = controlnet or found or "unet"
-    return controlnet_for_stage(frozen, stages[index], init, None, config.run.seed + index).eval()
+    stage = config.train.stages[index]
+    return controlnet_for_stage(frozen, stage, init, None, config.run.seed + index).eval()
 
 
 def explain_loss(
@@ -65,12 +64,11 @@ def explain_loss(
 ) -> dict:  # fmt: skip
     """Write the figure (``out``), its tensors and a JSON summary; return the summary."""
     from poseguide.data.sources import open_source
-    from poseguide.losses import denoising_target, stage_loss
-    from poseguide.pose.api import estimator_from_config
+    from poseguide.train.setup import make_trainer
 
     index, spec = _stage(config, stage)
-    frozen = load_frozen(config, resolve_device(config.run.device))
-    steps = frozen.parts.scheduler.config.num_train_timesteps
+    trainer = make_trainer(config)
+    steps = trainer.frozen.parts.scheduler.config.num_train_timesteps
     if not 0 <= timestep < steps:
         raise TrainingError(f"--timestep must be in [0, {steps}), got {timestep}")
     source = open_source(config.data.train, config.data.max_image_pixels)
@@ -79,25 +77,9 @@ def explain_loss(
     batch = collate(
         [PoseDataset(source, [row], data, config.pose.render.style, config.run.seed)[0]]
     )
-    key = epoch_key(index, 0)
-    seed = config.run.seed
-    inputs = make_inputs(frozen.parts, batch, row_generators(seed, key, batch["index"]),
-                         frozen.device, frozen.weight_dtype)  # fmt: skip
-    t = torch.full_like(inputs.timesteps, timestep)
-    noisy = frozen.parts.scheduler.add_noise(inputs.latents, inputs.noise, t)
-    inputs = replace(inputs, timesteps=t, noisy=noisy.to(frozen.weight_dtype))
-    model = _controlnet(config, frozen, index, controlnet)
-    with torch.no_grad():
-        pred = predict(model, frozen.parts.unet, inputs)
-    target = denoising_target(frozen.parts.scheduler, inputs.latents, inputs.noise, t)
-    estimator = None
-    if spec.loss.kind == "heatmap" and spec.loss.source == "predicted_error":
-        estimator = estimator_from_config(spec.loss.estimator or config.pose.estimator)
-    terms = stage_loss(
-        spec.loss, pred, target, vae=frozen.parts.vae, estimator=estimator,
-        keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
-        generator=row_generators(seed, key, batch["index"], STREAM_MASK), return_debug=True,
-    )  # fmt: skip
+    model = _controlnet(config, trainer.frozen, index, controlnet)
+    with torch.no_grad():  # the training step's own code, the row's own noise (epoch 0)
+        terms = loss_terms(trainer, model, batch, spec, epoch_key(index, 0), timestep, debug=True)
     return _write(out, spec, batch, terms, timestep, sample_id)
 
 
@@ -124,14 +106,9 @@ def _show(ax: Any, array: np.ndarray, title: str, cmap: str | None = None) -> No
 
 
 def _figure(batch: dict, debug: dict, summary: dict, weight: float) -> Any:
-    import matplotlib
+    from poseguide.utils.images import figure_to_image, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from poseguide.utils.images import pil_open
-
-    fig, axes = plt.subplots(2, 5, figsize=(16, 6.6))
+    fig, axes = pyplot().subplots(2, 5, figsize=(16, 6.6))
     image = (batch["pixel_values"][0].permute(1, 2, 0).numpy() + 1) / 2
     _show(axes[0, 0], image.clip(0, 1), f"image {summary['sample']}")
     _show(axes[0, 1], batch["conditioning"][0].permute(1, 2, 0).numpy(), "pose")
@@ -163,8 +140,4 @@ def _figure(batch: dict, debug: dict, summary: dict, weight: float) -> Any:
         axes[1, 4].axis("off")
     fig.suptitle(f"{summary['stage']}, t = {summary['timestep']}: loss {summary['loss']:.4f}, "
                  f"mse {summary['mse']:.4f}", fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return pil_open(buffer)
+    return figure_to_image(fig, dpi=90)

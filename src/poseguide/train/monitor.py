@@ -12,28 +12,26 @@ one uninterrupted run.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from poseguide.paths import RunPaths
 from poseguide.utils.io import atomic_save_image, atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
     """Append-only JSONL metrics with an optional TensorBoard mirror (main process only)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True) -> None:
-        self.path = run_dir / METRICS_FILE
+    def __init__(self, paths: RunPaths, tensorboard: bool, enabled: bool = True) -> None:
+        self.path = paths.metrics
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(paths.tensorboard))
 
     def truncate_after(self, global_step: int) -> None:
         """Drop lines logged after ``global_step`` (they will be recomputed on resume)."""
@@ -77,16 +75,13 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_curves(metrics: list[dict], out: Path, stage: str | None = None) -> Path | None:
     """Loss and learning-rate curves per stage (the thesis' Fig. 4.1) as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from poseguide.utils.images import figure_to_image, pyplot
 
     rows = [m for m in metrics if stage is None or m["stage"] == stage]
     if not rows:
         return None
     stages = list(dict.fromkeys(m["stage"] for m in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.6))
     for name in stages:
         part = [m for m in rows if m["stage"] == name]
         steps = [m["global_step"] for m in part]
@@ -100,10 +95,4 @@ def plot_curves(metrics: list[dict], out: Path, stage: str | None = None) -> Pat
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    from poseguide.utils.images import pil_open
-
-    return atomic_save_image(out, pil_open(buffer))
+    return atomic_save_image(out, figure_to_image(fig, dpi=100))

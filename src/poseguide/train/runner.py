@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from poseguide.config import Config, save_config, to_dict
-from poseguide.data.api import checked_source, run_dir
+from poseguide.data.api import checked_source
+from poseguide.paths import RunPaths
 from poseguide.text import count_cuts
 from poseguide.train.checkpoint import LATEST, Loaded, load_checkpoint, resolve_checkpoint
-from poseguide.train.loop import Run, StopFlag, train_stage
+from poseguide.train.loop import Run, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.setup import TrainingError, load_frozen, make_accelerator
 from poseguide.utils.io import atomic_write_json
@@ -26,7 +26,6 @@ from poseguide.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 STAGE_MARKER = "poseguide_stage.json"
-CAPTIONS_FILE = "captions.json"  # how many training captions were cut to the text limit
 # Config keys that may change between a checkpoint and its resumption (they do not change what
 # is computed).
 RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "data.cache.dir",
@@ -73,7 +72,7 @@ def _stage_indices(config: Config, names: list[str] | None) -> list[int]:
 
 
 def _finished(run: Run, name: str) -> dict | None:
-    marker = run.export_dir(name) / STAGE_MARKER
+    marker = run.paths.export(name) / STAGE_MARKER
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
@@ -93,27 +92,28 @@ def _make_run(config: Config, resume: str | None) -> tuple[Run, Loaded | None]:
 
     acc = make_accelerator(config)
     set_seed(config.run.seed + acc.process_index)
-    folder = run_dir(config)
+    paths = RunPaths.of(config)
     loaded = None
     if resume is not None:
-        loaded = load_checkpoint(resolve_checkpoint(folder / "checkpoints", resume))
+        loaded = load_checkpoint(resolve_checkpoint(paths.checkpoints, resume))
         check_resumable(loaded, config, acc.num_processes)
-    elif (folder / "checkpoints" / LATEST).is_file() and not _latest_done(folder):
-        raise TrainingError(f"{folder} has an unfinished run; continue it with --resume latest "
-                            "or choose another run.name")  # fmt: skip
+    elif (paths.checkpoints / LATEST).is_file() and not _latest_done(paths):
+        raise TrainingError(f"{paths.root} has an unfinished run; continue it with --resume "
+                            "latest or choose another run.name")  # fmt: skip
     if acc.is_main_process:
-        save_config(config, folder / "config.yaml")
-        source, report = checked_source(config, out_dir=folder)
+        save_config(config, paths.config)
+        source, report = checked_source(config, out_dir=paths.root)
     acc.wait_for_everyone()
     if not acc.is_main_process:  # reads the scan the main process cached
-        source, report = checked_source(config, out_dir=folder, progress=False)
+        source, report = checked_source(config, out_dir=paths.root, progress=False)
     frozen = load_frozen(config, acc.device)
     cache = _open_cache(config, acc, source, report.valid, frozen.parts)
-    metrics = MetricsLog(folder, config.train.tensorboard, enabled=acc.is_main_process)
+    metrics = MetricsLog(paths, config.train.tensorboard, enabled=acc.is_main_process)
     if loaded is not None:
         metrics.truncate_after(loaded.position.global_step)
-    run = Run(config, folder, acc, frozen, source, report.valid, cache, metrics, StopFlag())
-    run.validator = _validator(run)
+    validator = _validator(config, acc, frozen, paths, source, report.valid)
+    run = Run(config, acc, frozen, paths=paths, source=source, rows=report.valid, cache=cache,
+              metrics=metrics, validator=validator)  # fmt: skip
     if cache is not None and cache.captions:  # every training caption was tokenised once
         run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
         _report_captions(run)
@@ -125,28 +125,27 @@ def _report_captions(run: Run) -> None:
     report (``<run>/captions.json``)."""
     if run.accelerator.is_main_process and run.captions.seen:
         log.info("%s", run.captions.describe("training captions"))
-        atomic_write_json(run.run_dir / CAPTIONS_FILE, run.captions.summary())
+        atomic_write_json(run.paths.captions, run.captions.summary())
 
 
-def _latest_done(folder: Path) -> bool:
+def _latest_done(paths: RunPaths) -> bool:
     try:
-        state = load_checkpoint(resolve_checkpoint(folder / "checkpoints", LATEST))
+        state = load_checkpoint(resolve_checkpoint(paths.checkpoints, LATEST))
     except Exception:
         return False
     return state.position.stage_done
 
 
-def _validator(run: Run) -> Any:
-    try:
-        from poseguide.train.validation import make_validator
-    except ImportError:
-        return None
-    return make_validator(run)
+def _validator(config: Config, acc: Any, frozen: Any, paths: RunPaths, source: Any,
+               rows: list[int]) -> Any:  # fmt: skip
+    from poseguide.train.validation import make_validator
+
+    return make_validator(config, acc, frozen, paths, source, rows)
 
 
 def _mark_finished(run: Run, name: str, global_step: int) -> None:
     if run.accelerator.is_main_process:
-        atomic_write_json(run.export_dir(name) / STAGE_MARKER,
+        atomic_write_json(run.paths.export(name) / STAGE_MARKER,
                           {"stage": name, "global_step": global_step})  # fmt: skip
     run.accelerator.wait_for_everyone()
 
@@ -174,32 +173,32 @@ def run_training(
                 skip = True
             if skip:
                 if done is not None:
-                    global_step, exports[name] = done["global_step"], str(run.export_dir(name))
+                    global_step, exports[name] = done["global_step"], str(run.paths.export(name))
                     if index in selected:
                         log.info("%s already finished (%s); --stage %s trains it again",
-                                 name, run.export_dir(name), name)  # fmt: skip
+                                 name, run.paths.export(name), name)  # fmt: skip
                 continue
             init = all_stages[index].init or ("unet" if index == 0 else "previous")
-            previous = run.export_dir(all_stages[index - 1].name) if index else None
+            previous = run.paths.export(all_stages[index - 1].name) if index else None
             export, global_step = train_stage(
                 run, index, init, previous, loaded if resuming else None, global_step
             )
-            metrics = read_metrics(run.run_dir / "metrics.jsonl")
+            metrics = read_metrics(run.paths.metrics)
             _mark_finished(run, name, global_step)
             exports[name] = str(export)
             if run.accelerator.is_main_process:
-                plot_curves(metrics, run.run_dir / f"curves-{name}.png", stage=name)
-                plot_curves(metrics, run.run_dir / "curves.png")
+                plot_curves(metrics, run.paths.curves(name), stage=name)
+                plot_curves(metrics, run.paths.curves())
         if run.cache is None or not run.cache.captions:  # counted as the steps encoded them
             _report_captions(run)
     finally:
         run.stop.restore()
         run.metrics.close()
-    return {"run_dir": str(run.run_dir), "exports": exports, "global_step": global_step}
+    return {"run_dir": str(run.paths.root), "exports": exports, "global_step": global_step}
 
 
 def train_or_resume(config: Config) -> dict[str, Any]:
     """Train every unfinished stage, continuing an interrupted run from its latest checkpoint."""
-    folder = run_dir(config)
-    unfinished = (folder / "checkpoints" / LATEST).is_file() and not _latest_done(folder)
+    paths = RunPaths.of(config)
+    unfinished = (paths.checkpoints / LATEST).is_file() and not _latest_done(paths)
     return run_training(config, resume=LATEST if unfinished else None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,16 @@ from poseguide.config import Config
 from poseguide.config.schema import OptimConfig, StageConfig
 from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
 from poseguide.errors import UserError
-from poseguide.models import SDParts, build_controlnet, load_sd_parts
+from poseguide.models import (
+    ControlNetRef,
+    SDParts,
+    build_controlnet,
+    load_sd_parts,
+    untrained_controlnet,
+)
+from poseguide.utils.device import MIXED_PRECISION_DTYPES
 
 log = logging.getLogger(__name__)
-
-WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(UserError, RuntimeError):
@@ -55,12 +60,11 @@ class Frozen:
     parts: SDParts
     weight_dtype: torch.dtype
     device: torch.device
-    fp32_unet_source: str = field(default="")  # where to reload an fp32 UNet for from_unet
 
 
 def load_frozen(config: Config, device: torch.device) -> Frozen:
     """Load VAE, UNet and text encoder frozen, in the mixed-precision dtype, on ``device``."""
-    dtype = WEIGHT_DTYPES[config.train.mixed_precision]
+    dtype = MIXED_PRECISION_DTYPES[config.train.mixed_precision]
     m = config.model
     parts = load_sd_parts(m.base, m.revision, m.variant, dtype=dtype, device=device)
     if config.train.gradient_checkpointing:
@@ -68,42 +72,38 @@ def load_frozen(config: Config, device: torch.device) -> Frozen:
     if config.train.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Frozen(parts, dtype, device, parts.source)
+    return Frozen(parts, dtype, device)
+
+
+def make_trainer(config: Config) -> Any:
+    """The accelerator and the frozen SD parts on its device: what one training step needs
+    (:class:`poseguide.train.step.Trainer`)."""
+    from poseguide.train.step import Trainer
+
+    accelerator = make_accelerator(config)
+    return Trainer(config, accelerator, load_frozen(config, accelerator.device))
 
 
 def controlnet_for_stage(
     frozen: Frozen, stage: StageConfig, init: str, previous: Path | None, seed: int
 ) -> Any:
-    """The trainable fp32 ControlNet a stage starts from: ``unet``, ``previous`` or a folder/id.
-
-    ``from_unet`` initialises the conditioning embedding randomly: it is seeded with ``seed``
-    so the start does not depend on what consumed the global RNG before."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _controlnet_for_stage(frozen, stage, init, previous)
-
-
-def _controlnet_for_stage(
-    frozen: Frozen, stage: StageConfig, init: str, previous: Path | None
-) -> Any:
-    unet = frozen.parts.unet
-    if init == "unet":
-        if unet.dtype != torch.float32:  # copy the encoder from full-precision weights
-            from diffusers import UNet2DConditionModel
-
-            unet = UNet2DConditionModel.from_pretrained(frozen.fp32_unet_source, subfolder="unet")
-        controlnet = build_controlnet(unet)
-    elif init == "previous":
+    """The trainable fp32 ControlNet a stage starts from (a reference, see
+    :mod:`poseguide.models.controlnet`): ``unet`` (the untrained copy of the UNet's encoder,
+    its conditioning embedding seeded with ``seed``), ``previous`` or a folder/hub id."""
+    ref = ControlNetRef.parse(init)
+    if ref.kind == "untrained":
+        return untrained_controlnet(frozen.parts, seed).to(frozen.device)
+    if ref.kind == "previous":
         if previous is None or not (previous / "config.json").is_file():
             raise TrainingError(
                 f"stage {stage.name!r} starts from the previous stage's export, which is missing "
                 f"({previous}). Run the previous stage first, or set "
                 f"train.stages.{stage.name}.init to a ControlNet folder or hub id."
             )
-        controlnet = build_controlnet(unet, str(previous))
-    else:
-        controlnet = build_controlnet(unet, init)
-    return controlnet.to(frozen.device)
+        return build_controlnet(frozen.parts.unet, str(previous)).to(frozen.device)
+    if ref.kind != "pretrained":
+        raise TrainingError(f"train.stages.{stage.name}.init: {init!r} cannot start a stage")
+    return build_controlnet(frozen.parts.unet, ref.name).to(frozen.device)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, lr: float) -> Any:

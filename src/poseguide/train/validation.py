@@ -12,23 +12,22 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from poseguide.config import Config
 from poseguide.data.preprocess import prepare
+from poseguide.paths import RunPaths
 from poseguide.utils.grid import image_grid
 from poseguide.utils.io import atomic_save_image
 
 log = logging.getLogger(__name__)
 
 
-def _samples(run: Any) -> list[tuple[Any, str]]:
+def _samples(cfg: Config, source: Any, rows: list[int] | None) -> list[tuple[Any, str]]:
     """(pose image, caption) of the fixed validation rows."""
-    cfg = run.config
     n = cfg.train.validation.num_samples
     if cfg.data.eval is not None:
         from poseguide.data.sources import open_source
 
         source, rows = open_source(cfg.data.eval, cfg.data.max_image_pixels), None
-    else:
-        source, rows = run.source, run.rows
     indices = (rows or list(range(len(source))))[:n]
     plain = replace(cfg.data, hflip=0.0, caption_dropout=0.0)
     out = []
@@ -38,30 +37,31 @@ def _samples(run: Any) -> list[tuple[Any, str]]:
     return out
 
 
-def make_validator(run: Any) -> Any:
+def make_validator(config: Config, acc: Any, frozen: Any, paths: RunPaths, source: Any,
+                   rows: list[int] | None) -> Any:  # fmt: skip
     """A callable ``(controlnet, stage, global_step)`` writing a grid, or None when disabled."""
-    if run.config.train.validation.num_samples == 0:
+    if config.train.validation.num_samples == 0:
         return None
-    samples = _samples(run) if run.accelerator.is_main_process else []
-    seed = run.config.train.validation.seed
+    samples = _samples(config, source, rows) if acc.is_main_process else []
+    seed = config.train.validation.seed
 
     def validate(controlnet: Any, stage: str, global_step: int) -> None:
-        if run.accelerator.is_main_process:
+        if acc.is_main_process:
             from poseguide.generate import generate, pipeline_from_parts
 
-            size = (run.config.data.resolution,) * 2
-            pipe = pipeline_from_parts(run.frozen.parts, controlnet, run.config.generate)
+            size = (config.data.resolution,) * 2
+            pipe = pipeline_from_parts(frozen.parts, controlnet, config.generate)
             poses, captions = [p for p, _ in samples], [c for _, c in samples]
             seeds = [seed + i for i in range(len(samples))]
-            images = generate(pipe, captions, poses, seeds, run.config.generate, size=size)
+            images = generate(pipe, captions, poses, seeds, config.generate, size=size)
             grid = image_grid(
                 [[p, im] for p, im in zip(poses, images, strict=True)],
                 [f"seed {s}: {c}" for s, c in zip(seeds, captions, strict=True)],
                 titles=["pose", f"{stage}, step {global_step}"],
             )
-            path = run.run_dir / "validation" / f"{stage}-step-{global_step:08d}.png"
+            path = paths.validation / f"{stage}-step-{global_step:08d}.png"
             atomic_save_image(path, grid)
             log.info("validation grid %s", path)
-        run.accelerator.wait_for_everyone()
+        acc.wait_for_everyone()
 
     return validate

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from poseguide.errors import InputError
+
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """``"auto"`` (or None) picks CUDA, then Apple MPS, then the CPU; anything else is parsed."""
@@ -16,7 +18,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: {err}") from None
+        raise InputError(f"unknown device {name!r}: {err}") from None
 
 
 def wants_cpu(name: str | None) -> bool:
@@ -26,3 +28,34 @@ def wants_cpu(name: str | None) -> bool:
     (gloo) when told to use the CPU, otherwise each launched process would run everything alone.
     """
     return name == "cpu" or (name in (None, "auto") and not torch.cuda.is_available())
+
+
+# The one map from config names to torch dtypes: data.cache.dtype, generate.dtype, and
+# train.mixed_precision's names for the frozen parts' dtype.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+MIXED_PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "no": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A dtype name of :data:`DTYPES`; ``"auto"`` = float16 on CUDA, else float32."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for timing); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

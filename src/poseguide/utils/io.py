@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from poseguide.errors import InputError
+
 
 def _fsync_dir(path: Path) -> None:
     # Make the rename itself durable; not every filesystem supports opening a folder.
@@ -76,7 +78,7 @@ def atomic_save_image(path: str | os.PathLike, image: Any, **save_kwargs: Any) -
     buffer = io.BytesIO()
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
+        raise InputError(f"{path}: unknown image file extension {path.suffix!r}")
     image.save(buffer, format=fmt, **save_kwargs)
     return atomic_write_bytes(path, buffer.getvalue())
 

@@ -4,7 +4,7 @@ A pose is a :class:`PoseAngles`: per-limb angles (:class:`Limb`), torso lean and
 movement and the facing direction. :data:`POSE_FAMILIES` lists the kinds of pose (standing,
 walking, running, arms raised, waving, sitting, ...) with a sampler each;
 :func:`sample_pose` draws one and mirrors it left-right half the time.
-:mod:`poseguide.data.synth_body` turns the angles into keypoints.
+:mod:`poseguide.synth.body` turns the angles into keypoints.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ a local JSONL manifest::
     DIR/manifest.jsonl        one row per sample, written last
 
 Sample ``i`` is drawn from ``np.random.default_rng([seed, i])`` alone, so it does not depend on
-``n`` and a seed always gives byte-identical files. The pieces live in ``synth_body`` (skeletons),
-``synth_poses`` (pose families), ``synth_draw`` (figures), ``synth_background`` and
-``synth_caption``.
+``n`` and a seed always gives byte-identical files. The pieces live beside this module in
+:mod:`poseguide.synth`: ``body`` (skeletons), ``poses`` (pose families), ``draw`` (figures),
+``background`` and ``caption``.
 """
 
 from __future__ import annotations
@@ -29,18 +29,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from poseguide.config.schema import SynthConfig
-from poseguide.data.synth_background import Background, sample_background
-from poseguide.data.synth_body import (
+from poseguide.errors import InputError
+from poseguide.pose.render import render_skeleton
+from poseguide.synth.background import Background, sample_background
+from poseguide.synth.body import (
     Person,
     extent,
     place_person,
     pose_points,
     sample_proportions,
 )
-from poseguide.data.synth_caption import caption
-from poseguide.data.synth_draw import Outfit, draw_people, finish, sample_outfit
-from poseguide.data.synth_poses import sample_pose
-from poseguide.pose.render import render_skeleton
+from poseguide.synth.caption import caption
+from poseguide.synth.draw import Outfit, draw_people, finish, sample_outfit
+from poseguide.synth.poses import sample_pose
 from poseguide.utils.io import atomic_save_image, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     width, height = (int(v) for v in size)
     if min(width, height) < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} (width, height), got {size}")
+        raise InputError(f"size must be at least {MIN_SIZE}x{MIN_SIZE} (width, height), got {size}")
     return width, height
 
 
@@ -158,7 +159,10 @@ def _stored_keypoints(people: list[Person], size: tuple[int, int]) -> np.ndarray
 
 
 def make_sample(
-    seed: int, index: int, size: tuple[int, int] = (256, 256), two_people: float = 0.3
+    seed: int,
+    index: int,
+    size: tuple[int, int] = SynthConfig.size,
+    two_people: float = SynthConfig.two_people,
 ) -> SynthSample:
     """Generate sample ``index`` of the set with ``seed`` (depends on nothing else)."""
     size = _check_size(size)
@@ -261,9 +265,9 @@ def synthesize(
     manifest (an old one is removed first), never one that points at missing files.
     """
     if int(n) < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise InputError(f"n must be at least 1, got {n}")
     if not 0.0 <= float(two_people) <= 1.0:
-        raise ValueError(f"two_people must be a probability in [0, 1], got {two_people}")
+        raise InputError(f"two_people must be a probability in [0, 1], got {two_people}")
     info = synth_info(n, seed, size, two_people)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

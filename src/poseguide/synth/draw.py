@@ -1,6 +1,6 @@
 """Synthetic people, part 2: outfits, backgrounds and drawing a person-like figure.
 
-A placed :class:`~poseguide.data.synth_body.Person` is drawn as filled, anti-aliased shapes (not
+A placed :class:`~poseguide.synth.body.Person` is drawn as filled, anti-aliased shapes (not
 as its skeleton): tapered capsules for the limbs, a convex hull for the torso, ellipses for the
 head, ears and eyes, hair, hands and shoes, each with a thin darker outline so that limbs stay
 apart where they overlap. Shapes are painted back to front by their depth, and the far side of
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from poseguide.data.synth_body import EAR_HIDDEN_DEPTH, EYE_HIDDEN_DEPTH, SIDES, Person
+from poseguide.synth.body import EAR_HIDDEN_DEPTH, EYE_HIDDEN_DEPTH, SIDES, Person
 
 RGB = tuple[int, int, int]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from poseguide.data.synth_draw import COLORS, article
+from poseguide.synth.draw import COLORS, article
 
 WALL_COLORS: dict[str, tuple[int, int, int]] = {
     "white": (236, 234, 228),

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import poseguide.synth.people as synth
 from poseguide.config.schema import SynthConfig
-from poseguide.data import synth
-from poseguide.data.synth_draw import COLORS
-from poseguide.data.synth_poses import POSE_FAMILIES, mirror_pose, sample_pose
 from poseguide.pose.render import render_skeleton
 from poseguide.pose.skeleton import COCO17_NAMES, NUM_COCO17, validate_keypoints
+from poseguide.synth.draw import COLORS
+from poseguide.synth.poses import POSE_FAMILIES, mirror_pose, sample_pose
 
 SIZE = (160, 128)  # (width, height): not square, so x and y mix-ups show
 

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from poseguide.data.synth_draw import Outfit, article
-from poseguide.data.synth_poses import PoseAngles
+from poseguide.synth.draw import Outfit, article
+from poseguide.synth.poses import PoseAngles
 
 POSE_PHRASES: dict[str, tuple[str, ...]] = {
     "standing": ("standing", "standing still", "standing upright",

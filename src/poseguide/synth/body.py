@@ -3,7 +3,7 @@
 A person is a tree of rigid segments (torso, neck and head, upper and lower arms and legs, hands
 and feet) whose lengths vary per person (:class:`Proportions`, in units of the standing body
 height) and whose joint angles are drawn from a pose family within anatomical ranges
-(:mod:`poseguide.data.synth_poses`: standing, walking, running, arms raised, waving, sitting,
+(:mod:`poseguide.synth.poses`: standing, walking, running, arms raised, waving, sitting,
 ...). The body is posed in 3D, turned about the vertical axis (the facing direction) and projected
 orthographically, so a person seen at an angle foreshortens and self-occludes like a real one.
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from poseguide.data.synth_poses import Limb, PoseAngles
 from poseguide.pose.skeleton import COCO17_NAMES, NUM_COCO17
+from poseguide.synth.poses import Limb, PoseAngles
 
 SIDES = ("left", "right")
 # Lateral sign of each side in the body frame (x points to the person's left).

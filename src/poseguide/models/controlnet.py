@@ -1,0 +1,123 @@
+"""ControlNet references and the one way to build or load a ControlNet.
+
+A reference (config values ``train.stages[].init``, ``evaluate.models[].controlnet``, the app's
+model menu, ``--controlnet``) is one of:
+
+* ``unet``: a ControlNet copied from the base UNet's encoder, untrained (its zero convolutions
+  leave the UNet unchanged); built seeded, so every caller gets the same one;
+* ``previous``: the previous stage's export (training only);
+* ``stage:NAME``: this run's export of stage NAME;
+* ``originals``: no model at all, the evaluation scores the original images;
+* anything else: a folder written by ``ControlNetModel.save_pretrained`` or a hub id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from poseguide.errors import InputError
+from poseguide.models.hub import ModelNotFoundError, resolve_pretrained
+
+UNTRAINED = "unet"
+PREVIOUS = "previous"
+ORIGINALS = "originals"
+STAGE_PREFIX = "stage:"
+
+RefKind = Literal["untrained", "previous", "stage", "originals", "pretrained"]
+
+
+@dataclass(frozen=True)
+class ControlNetRef:
+    """A parsed ControlNet reference: ``kind`` and, for ``stage``/``pretrained``, ``name``."""
+
+    kind: RefKind
+    name: str = ""
+
+    @classmethod
+    def parse(cls, text: str | None) -> ControlNetRef:
+        """``None`` or ``"unet"`` -> untrained; see the module docstring for the rest."""
+        text = (text or UNTRAINED).strip()
+        if text == UNTRAINED:
+            return cls("untrained")
+        if text == PREVIOUS:
+            return cls("previous")
+        if text == ORIGINALS:
+            return cls("originals")
+        if text.startswith(STAGE_PREFIX):
+            stage = text[len(STAGE_PREFIX) :]
+            if not stage:
+                raise InputError(f"{text!r}: name the stage, e.g. 'stage:stage1'")
+            return cls("stage", stage)
+        return cls("pretrained", text)
+
+    def location(self, exports: Any = None) -> str:
+        """Where to load it from: the export folder for ``stage:NAME`` (``exports`` is the run's
+        exports folder), the folder or hub id for a pretrained one, the keyword otherwise."""
+        if self.kind == "stage":
+            if exports is None:
+                raise InputError(f"{STAGE_PREFIX}{self.name} needs a run folder to resolve")
+            return str(exports / self.name)
+        if self.kind == "pretrained":
+            return self.name
+        return {"untrained": UNTRAINED, "previous": PREVIOUS, "originals": ORIGINALS}[self.kind]
+
+
+def build_controlnet(unet: Any, init: str | None = None, revision: str | None = None) -> Any:
+    """A trainable fp32 ControlNet on the UNet's device: copied from the UNet's encoder
+    (``init=None``; the conditioning embedding draws from torch's global RNG) or loaded
+    (:func:`load_controlnet`)."""
+    from diffusers import ControlNetModel
+
+    if init is None:
+        controlnet = ControlNetModel.from_unet(unet)
+    else:
+        controlnet = load_controlnet(init, revision=revision)
+    # Master weights stay fp32 whatever the frozen parts use (fp16 ControlNet training diverges).
+    if controlnet.dtype != torch.float32:
+        controlnet.to(dtype=torch.float32)
+    controlnet.to(unet.device)
+    controlnet.train()
+    controlnet.requires_grad_(True)
+    return controlnet
+
+
+def untrained_controlnet(parts: Any, seed: int) -> Any:
+    """The ``unet`` reference: a trainable fp32 ControlNet copied from the base UNet's encoder,
+    its randomly initialised conditioning embedding seeded with ``seed`` (independent of the
+    global RNG), on the parts' device.
+
+    When the frozen UNet is not fp32 (mixed precision), the encoder is copied from an fp32 load
+    of the same UNet (same folder, revision and variant), which is freed right after.
+    """
+    unet = parts.unet
+    if unet.dtype != torch.float32:
+        from diffusers import UNet2DConditionModel
+
+        kw = {"variant": parts.variant} if parts.variant else {}
+        unet = UNet2DConditionModel.from_pretrained(
+            parts.source, subfolder="unet", torch_dtype=torch.float32, **kw
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = build_controlnet(unet)
+    del unet
+    return controlnet.to(parts.unet.device)
+
+
+def load_controlnet(
+    name: str, dtype: torch.dtype = torch.float32, revision: str | None = None
+) -> Any:
+    """A ``ControlNetModel`` from a ``save_pretrained`` folder or a hub id, in ``dtype``."""
+    from diffusers import ControlNetModel
+
+    folder = resolve_pretrained(name, revision, what="ControlNet")
+    try:
+        return ControlNetModel.from_pretrained(folder, torch_dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"ControlNet {name!r} ({folder}) could not be loaded: {err}. It must be a folder "
+            "written by ControlNetModel.save_pretrained (config.json and weights)."
+        ) from None
