@@ -175,3 +175,101 @@ def test_unquoted_no_in_a_yaml_file_means_the_word(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  mixed_precision: no\n")
     assert load_config(path).train.mixed_precision == "no"
+
+
+def test_fixed_tuples_convert_each_position_to_its_own_type() -> None:
+    @dataclass
+    class Pair:
+        pair: tuple[int, str] = (1, "a")
+
+    assert from_dict(Pair, {"pair": [2, "b"]}).pair == (2, "b")
+    with pytest.raises(ConfigError, match=r"pair\.1: expected str, got 3"):
+        from_dict(Pair, {"pair": [2, 3]})
+    with pytest.raises(ConfigError, match=r"pair: expected tuple\[int, str\], got \[2\]"):
+        from_dict(Pair, {"pair": [2]})
+
+
+def test_floats_are_finite_whatever_their_spelling() -> None:
+    @dataclass
+    class Clip:
+        norm: float | None = 1.0
+
+    for value in (float("nan"), float("inf"), "nan", "-inf", "1e400", 10**400):
+        with pytest.raises(ConfigError, match=r"^norm: expected a finite number, got "):
+            from_dict(Clip, {"norm": value})
+    assert from_dict(Clip, {"norm": None}).norm is None
+    with pytest.raises(ConfigError, match="norm: expected float or null, got 'x'"):
+        from_dict(Clip, {"norm": "x"})
+
+
+def test_duplicate_keys_name_file_key_and_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("run:\n  name: a\n  seed: 1\n  name: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: duplicate key 'run.name' (lines 2 and 4); YAML would keep only the last one: "
+        "remove one"
+    )
+    path.write_text("train:\n  stages:\n    - {name: s1, lr: 1.0e-3, lr: 2.0e-3}\n")
+    with pytest.raises(
+        ConfigError, match=r"duplicate key 'train\.stages\.0\.lr' \(twice on line 3\)"
+    ):
+        load_config(path)
+    path.write_text("run: {seed: 1}\ndata: {resolution: 64}\nrun: {name: x}\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: duplicate key 'run' \(lines 1 and 3\)"):
+        load_config(path)
+    # A key set over a `<<` merge is YAML's way to override it, not a duplicate.
+    path.write_text("x: &d {name: a, seed: 1}\nrun:\n  <<: *d\n  seed: 2\n")
+    assert read_yaml(path)["run"] == {"name": "a", "seed": 2}
+
+
+@pytest.mark.parametrize("base", ["5", "[a.yaml]", "''", "{a: 1}", "true"])
+def test_base_must_be_a_file_name(tmp_path: Path, base: str) -> None:
+    path = tmp_path / "top.yaml"
+    path.write_text(f"base: {base}\nrun: {{name: b}}\n")
+    value = repr(yaml.safe_load(f"v: {base}")["v"])
+    with pytest.raises(ConfigError, match="base: expected the file name of another config") as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: base:") and str(info.value).endswith(value)
+
+
+def test_value_errors_name_the_file_that_set_the_value(tmp_path: Path) -> None:
+    def message(name: str, overrides: tuple[str, ...] = ()) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / name, list(overrides))
+        return str(info.value)
+
+    files = {
+        "base.yaml": "run: {seed: 3}\ntrain: {optim: {beta1: 5}}\n",
+        "top.yaml": "base: base.yaml\nrun: {name: b}\n",  # beta1 still comes from base.yaml
+        "fixed.yaml": "base: base.yaml\ntrain: {optim: {beta1: 0.5}}\nrun: {seed: -1}\n",
+        "ok.yaml": "base: base.yaml\ntrain: {optim: {beta1: 0.5}}\n",
+        "typed.yaml": "data:\n  resolution: 128.7\n",
+        "stages.yaml": "train:\n  stages:\n    - {name: s, init: previous}\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    beta1 = "train.optim.beta1: must be in [0, 1), got 5.0"
+    assert message("base.yaml") == f"{tmp_path / 'base.yaml'}: {beta1}"
+    assert message("top.yaml") == f"{tmp_path / 'base.yaml'}: {beta1}"
+    assert message("fixed.yaml").startswith(f"{tmp_path / 'fixed.yaml'}: run.seed: ")
+    assert message("fixed.yaml").endswith("got -1")
+    assert message("typed.yaml") == (
+        f"{tmp_path / 'typed.yaml'}: data.resolution: expected int, got 128.7"
+    )
+    assert message("stages.yaml").startswith(f"{tmp_path / 'stages.yaml'}: train.stages.0.init: ")
+    # A value an override set is the override's, not the file's: no file is named.
+    assert message("ok.yaml", ("run.seed=-2",)).startswith("run.seed: must be a seed in 0..")
+    first = message("ok.yaml", ("train.stages.stage1.init=previous",))
+    assert first.startswith("train.stages.0.init: the first stage ('stage1')")
+
+
+def test_cli_prints_a_duplicate_key_as_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("run:\n  seed: 1\n  seed: 2\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{bad}: duplicate key 'run.seed' (lines 2 and 3)" in err

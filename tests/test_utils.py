@@ -30,10 +30,29 @@ def test_full_disk_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.M
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as err:
         pio.atomic_write_text(target, "half-written")
+    assert isinstance(err.value, pio.WriteError) and err.value.errno == errno.ENOSPC
+    assert f"could not write {target}" in str(err.value)  # names the file
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_stale_temporaries_are_what_killed_writers_left(tmp_path: Path) -> None:
+    (tmp_path / ".step-00000004.x1y2.tmp" / "sub").mkdir(parents=True)
+    (tmp_path / ".metrics.json.ab12.tmp").write_text("half")
+    (tmp_path / ".stage1.old").mkdir()
+    (tmp_path / "step-00000003").mkdir()  # a real checkpoint stays
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / ".a.png.zz.tmp").write_bytes(b"x")
+    removed = pio.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [".metrics.json.ab12.tmp", ".stage1.old",
+                                               ".step-00000004.x1y2.tmp"]  # fmt: skip
+    assert (tmp_path / "images" / ".a.png.zz.tmp").exists()  # not recursive unless asked
+    assert [p.name for p in pio.remove_stale_temporaries(tmp_path, recursive=True)] == [
+        ".a.png.zz.tmp"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "step-00000003"]
 
 
 def test_atomic_directory_is_all_or_nothing(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ A run folder ``run.output_dir / run.name`` holds::
     config.yaml                the resolved config of the run
     metrics.jsonl              training metrics, one line per logged step
     captions.json              how many training captions were cut to the text encoder's limit
+    skipped_during_training.json  rows that failed to load after the scan (on_bad_row=skip)
     curves.png, curves-<stage>.png
     tensorboard/               with train.tensorboard=true
     checkpoints/step-XXXXXXXX/, checkpoints/latest
@@ -94,6 +95,11 @@ class RunPaths:
     @property
     def captions(self) -> Path:
         return self.root / "captions.json"
+
+    @property
+    def skipped_during_training(self) -> Path:
+        """Rows that passed the scan but failed to load later (data.on_bad_row=skip)."""
+        return self.root / "skipped_during_training.json"
 
     @property
     def tensorboard(self) -> Path:

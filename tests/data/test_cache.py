@@ -141,3 +141,46 @@ def test_interrupted_build_resumes_to_the_same_files(tmp_path: Path, parts, monk
     b = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert a == b
     assert json.loads(b["manifest.json"])["complete"] is True
+
+
+def test_damaged_shards_are_found_and_rebuilt(tmp_path: Path, parts, caplog) -> None:
+    """A truncated shard: opening the cache (what training does) is a one-line error saying
+    to run `cache build`; a shard of the right size with other bytes fails the checksum;
+    `cache build` rebuilds exactly the damaged shards, byte for byte as before."""
+    source = ManifestSource(write_rows(tmp_path, 5))
+    cfg, rows = config(tmp_path), list(range(5))
+    first = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    manifest = json.loads((first.folder / "manifest.json").read_text())
+    assert set(manifest["shards"]) == {p.name for p in first.folder.glob("*.safetensors")}
+    shard = first.folder / "latents-00001.safetensors"
+    original = shard.read_bytes()
+    shard.write_bytes(original[: len(original) // 2])  # truncated
+    with pytest.raises(CacheError) as err:
+        find_cache(source, rows, cfg, parts)
+    assert "latents-00001.safetensors" in str(err.value) and "cache build" in str(err.value)
+    assert "\n" not in str(err.value)
+    caplog.set_level("WARNING")
+    again = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    assert again.built_shards == 1 and "1 damaged shard(s)" in caplog.text
+    assert shard.read_bytes() == original
+    # The same size, other bytes: only the checksum can tell (a build checks it).
+    flipped = bytearray(original)
+    flipped[-10] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    again = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    assert again.built_shards == 1 and shard.read_bytes() == original
+    # A shard damaged after the cache was opened: the read says what to do.
+    cache = find_cache(source, rows, cfg, parts)
+    text_shard = next(first.folder.glob("text-*.safetensors"))
+    text_shard.write_bytes(b"\0" * 16)
+    with pytest.raises(CacheError, match=r"text-00000.safetensors.*cache build"):
+        cache.text(source.load(0).caption)
+
+
+def test_the_cache_key_holds_the_vae_dtype(tmp_path: Path, parts, tiny_sd) -> None:
+    source = ManifestSource(write_rows(tmp_path, 2))
+    cfg, rows = config(tmp_path), [0, 1]
+    fp32 = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    bf16 = load_sd_parts(tiny_sd, dtype=torch.bfloat16)
+    other = build_cache(source, rows, cfg, bf16, "controlnet10", seed=0, progress=False)
+    assert other.folder != fp32.folder and other.built_shards > 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from poseguide.errors import InputError
 from poseguide.pose.render import (
     DEFAULT_RENDER_STYLE,
     RENDER_STYLES,
@@ -387,3 +388,67 @@ def test_bad_inputs_are_named():
         render_openpose18(one_joint(3, np.nan, 4.0), (64, 48))
     with pytest.raises(KeypointError):
         render_skeleton(np.zeros((2, 18, 3)), (64, 48))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds: canvas sizes and coordinates (issue 11, finding 8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pose_file(path, people, **size):
+
+    flat = [{"keypoints": np.asarray(p, dtype=float).ravel().tolist()} for p in people]
+    path.write_text(json.dumps({**size, "people": flat}))
+    return path
+
+
+def test_a_huge_canvas_is_refused_before_anything_is_allocated(tmp_path, capsys) -> None:
+    import tracemalloc
+
+    from poseguide.cli import main
+    from poseguide.pose.render import check_canvas_size
+
+    person = np.array([[(10.0 + j, 10.0 + j, 2.0) for j in range(17)]])
+    json_file = _pose_file(tmp_path / "p.json", person, width=64, height=64)
+    tracemalloc.start()
+    code = main(["pose", "render", str(json_file), "--out", str(tmp_path / "o.png"),
+                 "--size", "40000", "40000"])  # fmt: skip
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 2 and peak < 50 * 2**20  # a 40000x40000 canvas would be 4.8 GB
+    err = capsys.readouterr().err
+    assert "40000x40000 = 1,600,000,000 pixels is over the limit of 16,777,216" in err
+    assert "pose.render.max_canvas_pixels" in err
+    with pytest.raises(InputError, match="two whole numbers"):
+        check_canvas_size((128.7, 64))
+    with pytest.raises(InputError, match="two whole numbers"):
+        check_canvas_size((True, 64))
+    assert check_canvas_size((np.int64(64), 32)) == (64, 32)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e12])
+def test_coordinates_far_off_the_canvas_are_one_clear_error(tmp_path, capsys, value) -> None:
+    from poseguide.cli import main
+    from poseguide.pose.inputs import pose_condition
+
+    person = np.array([[(10.0 + j, 10.0 + j, 2.0) for j in range(17)]])
+    person[0, 9, 0] = value  # the left wrist
+    with pytest.raises(KeypointError, match=r"person 0, joint .*far outside the 64x64 canvas"):
+        render_skeleton(person, (64, 64))
+    json_file = _pose_file(tmp_path / "p.json", person, width=64, height=64)
+    assert main(["pose", "render", str(json_file), "--out", str(tmp_path / "o.png")]) == 2
+    assert "far outside the 64x64 canvas" in capsys.readouterr().err
+    with pytest.raises(KeypointError, match="far outside"):  # generate --pose and the app
+        pose_condition(str(json_file), (64, 64))
+    person[0, 9, 2] = 0  # an absent joint's coordinates are never drawn: fine
+    assert render_skeleton(person, (64, 64)).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("width", [128.7, True, "128"])
+def test_a_pose_file_size_must_be_whole_numbers(tmp_path, width) -> None:
+    from poseguide.pose.io import read_pose
+
+    person = np.array([[(10.0, 10.0, 2.0)] * 17])
+    json_file = _pose_file(tmp_path / "p.json", person, width=width, height=64)
+    with pytest.raises(KeypointError, match="must be two whole numbers"):
+        read_pose(json_file)

@@ -3,16 +3,23 @@
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses. A list of dataclasses
 whose items have a ``name`` field can be addressed by index or by name in overrides
-(``train.stages.stage2.lr=1e-6``).
+(``train.stages.stage2.lr=1e-6``). A ``float`` is always finite (YAML's ``.nan`` and ``.inf`` are
+refused); an ``int`` is never a bool or a float.
 
-Errors are :class:`ConfigError` and always name the dotted key; an unknown key also suggests the
-nearest valid one.
+Errors are :class:`ConfigError` and always name the dotted key (list items by index:
+``train.stages.0.lr``), and the file when the value came from one; an unknown key also suggests
+the nearest valid one. A key given twice in one YAML mapping is an error too.
+
+The root class may define ``check_loaded()``: checks of a whole config as loaded (such as "the
+first stage cannot start from the previous one"), which configs derived from it in code (one
+selected stage of several) need not pass; :func:`load` calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -24,12 +31,35 @@ from poseguide.errors import UserError
 
 T = TypeVar("T")
 
+# Where each key of a config file's data came from: a key path (dict keys only; a list belongs to
+# the key that holds it) -> the file that set it, or None when an override did.
+Sources = dict[tuple[str, ...], str | None]
+
 
 class ConfigError(UserError, ValueError):
-    """A config file, key or value is invalid; the message names the key."""
+    """A config file, key or value is invalid; the message names the key.
+
+    ``key`` is the dotted key at fault (None when the error is not about one key); it is how
+    :func:`load` finds the file that set the value."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
-def _join(prefix: str, key: str | int) -> str:
+class _TypeMismatch(ConfigError):
+    """The value has the wrong type (as opposed to a right type with a wrong value)."""
+
+
+class ConfigData(dict):
+    """Config data read from YAML files, with the :data:`Sources` of its keys."""
+
+    def __init__(self, data: dict, sources: Sources | None = None) -> None:
+        super().__init__(data)
+        self.sources = sources or {}
+
+
+def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
@@ -57,36 +87,74 @@ def _type_name(tp: Any) -> str:
 
 
 def _fail(key: str, value: Any, tp: Any) -> typing.NoReturn:
-    raise ConfigError(f"{key or '<root>'}: expected {_type_name(tp)}, got {value!r}")
+    raise _TypeMismatch(f"{key or '<root>'}: expected {_type_name(tp)}, got {value!r}", key=key)
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        _fail(key, value, float)
+    number: float | None
+    try:
+        # PyYAML reads "5e-7" (no dot) as a string; accept it as the number it means.
+        number = float(value)
+    except ValueError:
+        number = None
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if number is None:
+        _fail(key, value, float)
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}", key=key)
+    return number
 
 
 def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
+    if tp is float:
+        return _coerce_float(value, key)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
+        ok = isinstance(value, bool)
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML reads "5e-7" (no dot) as a string; accept it as the number it means.
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is str:
-        if isinstance(value, str):
-            return value
+        ok = isinstance(value, str)
     elif tp is type(None):
-        if value is None:
-            return None
+        ok = value is None
     else:
         raise TypeError(f"unsupported config type {tp!r} at {key}")
+    if not ok:
+        _fail(key, value, tp)
+    return value
+
+
+def _coerce_union(args: tuple, value: Any, key: str, tp: Any) -> Any:
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    for arg in options:
+        try:
+            return coerce(arg, value, key)
+        except _TypeMismatch:
+            # A single structured option (a section or a list) has the more precise error.
+            if len(options) == 1 and (dataclasses.is_dataclass(arg) or typing.get_origin(arg)):
+                raise
+        # Any other ConfigError (right type, wrong value: a NaN float) is the precise one.
     _fail(key, value, tp)
+
+
+def _coerce_sequence(origin: Any, args: tuple, value: Any, key: str, tp: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        _fail(key, value, tp)
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            _fail(key, value, tp)
+        item_types = list(args)  # tuple[int, str]: one type per position
+    else:
+        item_types = [args[0] if args else Any] * len(value)
+    pairs = enumerate(zip(item_types, value, strict=True))
+    items = [coerce(a, v, _join(key, i)) for i, (a, v) in pairs]
+    return items if origin is list else tuple(items)
 
 
 def coerce(tp: Any, value: Any, key: str = "") -> Any:
@@ -105,28 +173,9 @@ def coerce(tp: Any, value: Any, key: str = "") -> Any:
             return value
         _fail(key, value, tp)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for arg in options:
-            try:
-                return coerce(arg, value, key)
-            except ConfigError:
-                # A single structured option (a section or a list) has the more precise error.
-                if len(options) == 1 and (dataclasses.is_dataclass(arg) or typing.get_origin(arg)):
-                    raise
-        _fail(key, value, tp)
+        return _coerce_union(args, value, key, tp)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            _fail(key, value, tp)
-        item_tp = args[0] if args else Any
-        items = [coerce(item_tp, v, _join(key, i)) for i, v in enumerate(value)]
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                _fail(key, value, tp)
-            pairs = enumerate(zip(args, value, strict=True))
-            items = [coerce(a, v, _join(key, i)) for i, (a, v) in pairs]
-        return items if origin is list else tuple(items)
+        return _coerce_sequence(origin, args, value, key, tp)
     if origin is dict:
         if not isinstance(value, dict):
             _fail(key, value, tp)
@@ -143,19 +192,22 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{key or '<root>'}: expected a mapping, got {data!r}")
+        raise _TypeMismatch(f"{key or '<root>'}: expected a mapping, got {data!r}", key=key)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
     kwargs = {}
     for name, value in data.items():
         if name not in fields:
-            raise ConfigError(f"unknown key '{_join(key, name)}'{_suggest(key, str(name), fields)}")
+            where = _join(key, name)
+            raise ConfigError(f"unknown key '{where}'{_suggest(key, str(name), fields)}", key=where)
         kwargs[name] = coerce(hints[name], value, _join(key, name))
     try:
         return cls(**kwargs)
     except ConfigError as err:
+        # __post_init__ names keys relative to its own section.
         if key and not str(err).startswith(key):
-            raise ConfigError(f"{key}.{err}") from None
+            where = _join(key, err.key) if err.key else key
+            raise ConfigError(f"{key}.{err}", key=where) from None
         raise
 
 
@@ -181,7 +233,7 @@ def _child(node: Any, part: str, path: str) -> tuple[Any, Any]:
             index = int(part)
             if not -len(node) <= index < len(node):
                 raise ConfigError(f"{_join(path, part)}: index out of range (length {len(node)})")
-            return index, node[index]
+            return index % len(node), node[index]
         names = [item.get("name") for item in node if isinstance(item, dict)]
         if part in names:
             index = names.index(part)
@@ -193,18 +245,21 @@ def _child(node: Any, part: str, path: str) -> tuple[Any, Any]:
     raise ConfigError(f"{path}: is a value, not a section; cannot set '{_join(path, part)}'")
 
 
-def apply_override(data: dict, override: str) -> None:
-    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
+def apply_override(data: dict, override: str) -> tuple[str, ...]:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML.
+
+    Returns the key path it set, list items by index (``("train", "stages", "0", "lr")``)."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     dotted, raw = override.split("=", 1)
     parts = [p for p in dotted.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {override!r} has an empty key")
-    node, path = data, ""
+    node, path, resolved = data, "", []
     for part in parts[:-1]:
         key, node = _child(node, part, path)
         path = _join(path, key if isinstance(key, str) else part)
+        resolved.append(str(key))
     key, _ = _child(node, parts[-1], path)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -213,6 +268,7 @@ def apply_override(data: dict, override: str) -> None:
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans; keep the word
     node[key] = value
+    return (*resolved, str(key))
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -224,34 +280,135 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML config; a top-level ``base: other.yaml`` is loaded first and merged under it."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last one). Keys given by a ``<<`` merge may be overridden as usual."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}  # id(node) -> its dotted key, for the message
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        path = self._paths.get(id(node), "")
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error says so below
+                continue
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"twice on line {line}"
+                raise ConfigError(
+                    f"duplicate key '{_join(path, key)}' ({where}); YAML would keep only the "
+                    "last one: remove one",
+                    key=_join(path, key),
+                )
+            lines[key] = line
+            self._paths[id(value_node)] = _join(path, key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list:
+        path = self._paths.get(id(node), "")
+        for index, item in enumerate(node.value):
+            self._paths[id(item)] = _join(path, index)
+        return super().construct_sequence(node, deep=deep)
+
+
+def _key_paths(data: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], bool]:
+    """Every key path of nested mappings -> whether its value is itself a mapping."""
+    out = {}
+    for k, v in data.items():
+        out[(*prefix, str(k))] = isinstance(v, dict)
+        if isinstance(v, dict):
+            out.update(_key_paths(v, (*prefix, str(k))))
+    return out
+
+
+def _merge_sources(base: Sources, top: dict, file: str) -> Sources:
+    """The sources of ``_deep_merge(base data, top)`` where ``top`` came from ``file``."""
+    paths = _key_paths(top)
+    replaced = {p for p, is_mapping in paths.items() if not is_mapping}
+    kept = {p: f for p, f in base.items() if not any(p[:i] in replaced for i in range(len(p)))}
+    return {**kept, **dict.fromkeys(paths, file)}
+
+
+def _parse_yaml(path: Path) -> dict:
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}", key=err.key) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigData:
+    """Read a YAML config; a top-level ``base: other.yaml`` (a path relative to this file) is
+    loaded first and merged under it. The result remembers which file set each key."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: 'base' includes form a cycle")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = _parse_yaml(path)
     base = data.pop("base", None)
-    if base is not None:
-        data = _deep_merge(read_yaml(path.parent / base, (*_seen, path)), data)
-    return data
+    if base is None:
+        return ConfigData(data, dict.fromkeys(_key_paths(data), str(path)))
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(
+            f"{path}: base: expected the file name of another config (a path relative to this "
+            f"file), got {base!r}",
+            key="base",
+        )
+    below = read_yaml(path.parent / base, (*_seen, path))
+    return ConfigData(_deep_merge(below, data), _merge_sources(below.sources, data, str(path)))
+
+
+def _source_of(key: str | None, sources: Sources) -> str | None:
+    """The file that set ``key`` (or the section holding it); None for an override or a default."""
+    parts = tuple(key.split(".")) if key else ()
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in sources:
+            return sources[parts[:n]]
+    return None
+
+
+def _build(cls: type[T], data: dict, sources: Sources, root: bool) -> T:
+    """``from_dict`` (and ``check_loaded`` when ``root``) with the file named in its errors."""
+    try:
+        config = from_dict(cls, data)
+        check = getattr(config, "check_loaded", None) if root else None
+        if check is not None:
+            check()
+    except ConfigError as err:
+        file = _source_of(err.key, sources)
+        if file is None:
+            raise
+        raise ConfigError(f"{file}: {err}", key=err.key) from None
+    return config
 
 
 def load(cls: type[T], data: dict, overrides: typing.Sequence[str] = ()) -> T:
-    """Validate ``data`` into ``cls``, fill defaults, apply overrides, validate again."""
-    config = from_dict(cls, data)
+    """Validate ``data`` into ``cls``, fill defaults, apply overrides, validate again.
+
+    Errors name the file (when ``data`` came from :func:`read_yaml`) and the key."""
+    sources: Sources = dict(getattr(data, "sources", {}))
+    config = _build(cls, data, sources, root=not overrides)
     if not overrides:
         return config
     full = to_dict(config)
     for override in overrides:
-        apply_override(full, override)
-    return from_dict(cls, full)
+        path = apply_override(full, override)
+        # The override replaces what a file set at its key and below.
+        sources = {p: f for p, f in sources.items() if p[: len(path)] != path}
+        sources[path] = None
+    return _build(cls, full, sources, root=True)
 
 
 def dump_yaml(config: Any) -> str:

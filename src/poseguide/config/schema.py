@@ -1,28 +1,113 @@
 """The config schema: one dataclass per section, defaults in one place.
 
 Each field's comment is its documentation; ``poseguide config show FILE`` prints the resolved
-values. Cross-field checks live in ``__post_init__`` and raise :class:`ConfigError` naming the key.
+values. Cross-field checks live in ``__post_init__`` and raise :class:`ConfigError` naming the key;
+checks of the whole config as loaded live in :meth:`Config.check_loaded`. Every float is finite
+(the loader refuses ``.nan`` and ``.inf``).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
+import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from poseguide.config.core import ConfigError
 
 RenderStyle = Literal["controlnet10", "controlnet_aux"]
 
+# The largest seed every consumer takes: numpy's legacy seeding (np.random.seed, which
+# accelerate's set_seed calls) accepts 0..2**32 - 1; torch accepts more.
+MAX_SEED = 2**32 - 1
+
+# The ControlNet references a stage may start from, and those it may not: the vocabulary of
+# poseguide.models.controlnet.ControlNetRef, which cannot be imported here (it imports torch,
+# and poseguide.models imports this module); tests/test_config_values.py keeps the two in step.
+UNTRAINED_INIT, PREVIOUS_INIT = "unet", "previous"
+NOT_STAGE_INITS = ("originals",)
+STAGE_REF_PREFIX = "stage:"
+
+# diffusers schedulers that need arguments make_lr_scheduler does not pass.
+UNSUPPORTED_SCHEDULERS = {"piecewise_constant": "it needs step_rules, which no stage key sets"}
+
+
+def _invalid(key: str, text: str) -> ConfigError:
+    return ConfigError(f"{key}: {text}", key=key)
+
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    ok = value >= 0 if allow_zero else value > 0  # False for NaN
+    if not (ok and math.isfinite(value)):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}: must be {bound}, got {value}")
+        what = bound if math.isfinite(value) else f"a finite number {bound}"
+        raise _invalid(name, f"must be {what}, got {value!r}")
 
 
 def _unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name}: must be in [0, 1], got {value}")
+        raise _invalid(name, f"must be in [0, 1], got {value!r}")
+
+
+def _below_one(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise _invalid(name, f"must be in [0, 1), got {value!r}")
+
+
+def _seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise _invalid(name, f"must be a seed in 0..{MAX_SEED} (2**32 - 1), got {value!r}")
+
+
+def _folder_name(name: str, value: str) -> None:
+    """``value`` names one folder inside a parent (a run, a stage's export, a model's images):
+    it may not be empty, hold a path separator or start with a dot (``..`` would leave it)."""
+    if not value.strip() or value.startswith(".") or any(c in value for c in "/\\\0"):
+        raise _invalid(
+            name,
+            f"{value!r} must be a plain folder name (not empty, no '/' or '\\', not starting "
+            "with '.')",
+        )
+
+
+@functools.cache
+def lr_scheduler_names() -> tuple[str, ...]:
+    """The names diffusers' ``get_scheduler`` takes: ``diffusers.optimization.SchedulerType``.
+
+    Importing diffusers costs seconds (it imports torch) and loading a config should not, so
+    unless diffusers is imported already the enum's values are read from its source file, where
+    they are string constants; importing it is the fallback."""
+    module = sys.modules.get("diffusers.optimization")
+    if module is None:
+        names = _enum_values_in_source("diffusers", "optimization.py", "SchedulerType")
+        if names:
+            return names
+        from diffusers import optimization as module
+    return tuple(member.value for member in module.SchedulerType)
+
+
+def _enum_values_in_source(package: str, file: str, enum: str) -> tuple[str, ...]:
+    """The values of ``class enum(Enum)`` in ``package/file`` when all are string literals."""
+    spec = importlib.util.find_spec(package)  # finds a top-level package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    path = Path(next(iter(spec.submodule_search_locations))) / file
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return ()
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == enum:
+            members = [s.value for s in node.body if isinstance(s, ast.Assign)]
+            if members and all(isinstance(m, ast.Constant) for m in members):
+                values = [m.value for m in members]
+                if all(isinstance(v, str) for v in values):
+                    return tuple(values)
+    return ()
 
 
 @dataclass
@@ -31,6 +116,10 @@ class RunConfig:
     output_dir: str = "runs"  # parent folder of all run folders
     seed: int = 0  # global seed; per-process seeds derive from it
     device: str = "auto"  # "auto" picks cuda, then mps, then cpu; or any torch device string
+
+    def __post_init__(self) -> None:
+        _folder_name("name", self.name)
+        _seed("seed", self.seed)
 
 
 @dataclass
@@ -56,7 +145,7 @@ class EstimatorConfig:
         _positive("heatmap_sigma", self.heatmap_sigma)
         _positive("heatmap_stride", self.heatmap_stride)
         if self.imgsz <= 0 or self.imgsz % 32:
-            raise ConfigError(f"imgsz: must be a positive multiple of 32, got {self.imgsz}")
+            raise _invalid("imgsz", f"must be a positive multiple of 32, got {self.imgsz}")
         _positive("max_det", self.max_det)
 
 
@@ -64,9 +153,12 @@ class EstimatorConfig:
 class RenderConfig:
     style: RenderStyle = "controlnet10"  # ControlNet 1.0 annotator or controlnet_aux drawing
     min_score: float = 0.3  # estimated joints below this confidence are not drawn
+    # Larger skeleton canvases are refused (40000 x 40000 would be a 4.8 GB image).
+    max_canvas_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
         _unit_interval("min_score", self.min_score)
+        _positive("max_canvas_pixels", self.max_canvas_pixels)
 
 
 @dataclass
@@ -84,9 +176,10 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         _positive("n", self.n)
+        _seed("seed", self.seed)
         _unit_interval("two_people", self.two_people)
         if min(self.size) < 32:
-            raise ConfigError(f"size: must be at least 32x32, got {self.size}")
+            raise _invalid("size", f"must be at least 32x32, got {list(self.size)}")
 
 
 @dataclass
@@ -104,9 +197,9 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError(f"path: required for a {self.kind} source")
+            raise _invalid("path", f"required for a {self.kind} source")
         if self.kind == "coco" and not self.images_dir:
-            raise ConfigError("images_dir: required for a coco source")
+            raise _invalid("images_dir", "required for a coco source")
         if self.limit is not None:
             _positive("limit", self.limit)
 
@@ -143,9 +236,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.resolution <= 0 or self.resolution % 8:
-            raise ConfigError(
-                f"resolution: must be a positive multiple of 8, got {self.resolution}"
-            )
+            raise _invalid("resolution", f"must be a positive multiple of 8, got {self.resolution}")
         _unit_interval("hflip", self.hflip)
         _unit_interval("caption_dropout", self.caption_dropout)
         _positive("max_image_pixels", self.max_image_pixels)
@@ -207,13 +298,38 @@ class StageConfig:
     init: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            raise ConfigError(f"name: {self.name!r} must be a plain non-empty folder name")
+        _folder_name("name", self.name)  # its export folder
         _positive("epochs", self.epochs)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)
         _positive("lr", self.lr)
         _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        self._check_scheduler()
+        self._check_init()
+
+    def _check_scheduler(self) -> None:
+        names = [n for n in lr_scheduler_names() if n not in UNSUPPORTED_SCHEDULERS]
+        if self.lr_scheduler in UNSUPPORTED_SCHEDULERS:
+            why = UNSUPPORTED_SCHEDULERS[self.lr_scheduler]
+            raise _invalid("lr_scheduler", f"{self.lr_scheduler!r} cannot be used: {why}. Use "
+                           f"one of {', '.join(names)}")  # fmt: skip
+        if self.lr_scheduler not in names:
+            raise _invalid("lr_scheduler", f"expected one of diffusers' schedulers "
+                           f"{', '.join(names)}; got {self.lr_scheduler!r}")  # fmt: skip
+        if self.lr_scheduler == "constant" and self.warmup_steps:
+            raise _invalid("warmup_steps", f"{self.warmup_steps} warmup steps, but lr_scheduler "
+                           "'constant' has no warmup; use lr_scheduler: constant_with_warmup, "
+                           "or warmup_steps: 0")  # fmt: skip
+
+    def _check_init(self) -> None:
+        if self.init is None:
+            return
+        text = self.init.strip()
+        if text in NOT_STAGE_INITS or text.startswith(STAGE_REF_PREFIX) or not text:
+            raise _invalid("init", f"{self.init!r} cannot start a stage: use "
+                           f"'{UNTRAINED_INIT}', '{PREVIOUS_INIT}' (the previous stage's "
+                           "export), a ControlNet folder (another run's exports/NAME) or a hub "
+                           "id, or null for the default")  # fmt: skip
 
 
 @dataclass
@@ -225,12 +341,25 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0  # gradient clipping; null = off
 
+    def __post_init__(self) -> None:
+        _below_one("beta1", self.beta1)
+        _below_one("beta2", self.beta2)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("eps", self.eps)
+        if self.max_grad_norm is not None:
+            _positive("max_grad_norm", self.max_grad_norm)  # a negative one flips the gradient
+
 
 @dataclass
 class ValidationConfig:
     every: int = 500  # optimizer steps between validation grids; 0 = only at the end of stages
     num_samples: int = 4  # fixed poses and prompts taken from the first rows of the eval split
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("every", self.every, allow_zero=True)
+        _positive("num_samples", self.num_samples, allow_zero=True)
+        _seed("seed", self.seed)
 
 
 def _default_stages() -> list[StageConfig]:
@@ -257,10 +386,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.stages:
-            raise ConfigError("stages: at least one stage is needed")
+            raise _invalid("stages", "at least one stage is needed")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
-            raise ConfigError(f"stages: names must be unique, got {names}")
+            raise _invalid("stages", f"names must be unique, got {names}")
         _positive("batch_size", self.batch_size)
         _positive("grad_accum", self.grad_accum)
         _positive("checkpoint_every", self.checkpoint_every)
@@ -291,6 +420,14 @@ class EvalModelConfig:
     # for an untrained ControlNet copied from the base UNet; "originals" to score the original
     # images themselves (the metrics' reference values: LPIPS 0, OKS of real photos).
     controlnet: str = "lllyasviel/sd-controlnet-openpose"
+
+    def __post_init__(self) -> None:
+        _folder_name("name", self.name)  # its images folder
+        text = self.controlnet.strip()
+        if not text or text == STAGE_REF_PREFIX:
+            raise _invalid("controlnet", f"{self.controlnet!r} names no model: use a ControlNet "
+                           f"folder or hub id, '{STAGE_REF_PREFIX}NAME', '{UNTRAINED_INIT}' or "
+                           "'originals'")  # fmt: skip
 
 
 def _default_eval_models() -> list[EvalModelConfig]:
@@ -324,13 +461,14 @@ class EvalConfig:
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
-            raise ConfigError(f"models: names must be unique, got {names}")
+            raise _invalid("models", f"names must be unique, got {names}")
         if self.limit is not None:
             _positive("limit", self.limit)
+        _seed("seed", self.seed)
         _unit_interval("min_oks", self.min_oks)
         _positive("bootstrap", self.bootstrap, allow_zero=True)
         if not 0 < self.confidence < 1:
-            raise ConfigError(f"confidence: must be in (0, 1), got {self.confidence}")
+            raise _invalid("confidence", f"must be in (0, 1), got {self.confidence!r}")
 
 
 @dataclass
@@ -344,3 +482,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def check_loaded(self) -> None:
+        """Checks of the config as loaded (``load`` calls this), which configs derived from it in
+        code need not pass: training only ``--stage stage2`` builds a config whose first stage
+        starts from the previous one, which exists on disk by then."""
+        first = self.train.stages[0]
+        if first.init is not None and first.init.strip() == PREVIOUS_INIT:
+            raise _invalid("train.stages.0.init", f"the first stage ({first.name!r}) has no "
+                           f"previous stage to start from; use '{UNTRAINED_INIT}', a ControlNet "
+                           "folder or a hub id")  # fmt: skip

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from poseguide.config.schema import DataConfig
@@ -39,7 +40,7 @@ from poseguide.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: shards recorded (size, checksum) in the manifest; VAE dtype in the key
 MANIFEST = "manifest.json"
 
 
@@ -51,11 +52,14 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_key(cfg: DataConfig, models: dict, dataset: str, rows: list[int]) -> dict:
-    """Everything the cached tensors depend on; any change means another cache."""
+def cache_key(cfg: DataConfig, models: dict, dataset: str, rows: list[int],
+              vae_dtype: str = "torch.float32") -> dict:  # fmt: skip
+    """Everything the cached tensors depend on; any change means another cache (the VAE's
+    compute dtype too: a bf16 encoder gives other latent distributions than an fp32 one)."""
     return {
         "format": CACHE_FORMAT,
         "models": models,
+        "vae_dtype": vae_dtype,
         "resolution": cfg.resolution,
         "resize_mode": cfg.resize_mode,
         "flips": cfg.hflip > 0,
@@ -132,6 +136,9 @@ class LatentCache:
                 f"the cache at {folder} does not match this run ({reasons}). Rebuild it with "
                 "`poseguide cache build CONFIG` or set data.cache.enabled=false"
             )
+        damaged = damaged_shards(folder, manifest, full=False)
+        if damaged:
+            raise _damaged_error(folder, damaged)
         return cls(folder, manifest)
 
     @property
@@ -141,18 +148,28 @@ class LatentCache:
 
     def _handle(self, name: str) -> Any:
         if name not in self._handles:
-            self._handles[name] = safe_open(str(self.folder / name), framework="pt")
+            try:
+                self._handles[name] = safe_open(str(self.folder / name), framework="pt")
+            except Exception as err:  # a shard damaged after the cache was opened
+                raise _damaged_error(self.folder, {name: str(err)}) from None
         return self._handles[name]
+
+    def _slice(self, name: str, tensor: str, offset: int) -> torch.Tensor:
+        try:
+            return self._handle(name).get_slice(tensor)[offset : offset + 1][0]
+        except CacheError:
+            raise
+        except Exception as err:
+            raise _damaged_error(self.folder, {name: str(err)}) from None
 
     def latents(self, index: int, flipped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) float32 for source row ``index``, each (4, R/8, R/8)."""
         if index not in self._where:
             raise CacheError(f"row {index} is not in the cache at {self.folder}")
         shard, offset = self._where[index]
-        handle = self._handle(f"latents-{shard:05d}.safetensors")
-        suffix = "_flip" if flipped else ""
-        mean = handle.get_slice("mean" + suffix)[offset : offset + 1][0]
-        std = handle.get_slice("std" + suffix)[offset : offset + 1][0]
+        name, suffix = f"latents-{shard:05d}.safetensors", "_flip" if flipped else ""
+        mean = self._slice(name, "mean" + suffix, offset)
+        std = self._slice(name, "std" + suffix, offset)
         return mean.float(), std.float()
 
     def text(self, caption: str) -> torch.Tensor | None:
@@ -163,15 +180,55 @@ class LatentCache:
             raise CacheError(f"caption {caption[:60]!r} is not in the cache at {self.folder}")
         pos = self._captions[caption]
         shard, offset = divmod(pos, self.manifest["shard_size"])
-        handle = self._handle(f"text-{shard:05d}.safetensors")
-        return handle.get_slice("emb")[offset : offset + 1][0].float()
+        return self._slice(f"text-{shard:05d}.safetensors", "emb", offset).float()
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     data = safetensors_bytes(
         {k: v.contiguous() for k, v in tensors.items()}, metadata={"poseguide": json.dumps(meta)}
     )
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise CacheError(
+            f"could not write the cache shard {path} ({err}); the shards written before it are "
+            "kept: free space and run `poseguide cache build CONFIG` again to finish the cache"
+        ) from err
+
+
+def shard_record(path: Path) -> dict:
+    """What the manifest records of a shard: its size and the SHA-256 of its bytes."""
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def damaged_shards(folder: Path, manifest: dict, full: bool = True) -> dict[str, str]:
+    """Shards of a complete cache that are missing or damaged -> why. Always: present, the size
+    the manifest recorded, a readable header; ``full``: the recorded checksum too."""
+    out = {}
+    for name, record in manifest.get("shards", {}).items():
+        path = folder / name
+        if not path.is_file():
+            out[name] = "missing"
+        elif path.stat().st_size != record["bytes"]:
+            out[name] = f"{path.stat().st_size} bytes, {record['bytes']} when it was written"
+        elif full and shard_record(path)["sha256"] != record["sha256"]:
+            out[name] = "its checksum differs from the one recorded when it was written"
+        else:
+            try:
+                _shard_meta(path)
+            except Exception as err:  # any failure to parse untrusted bytes
+                out[name] = f"unreadable ({err})"
+    return out
+
+
+def _damaged_error(folder: Path, damaged: dict[str, str]) -> CacheError:
+    listed = "; ".join(f"{name}: {why}" for name, why in sorted(damaged.items()))
+    return CacheError(
+        f"the cache at {folder} is damaged ({listed}); `poseguide cache build CONFIG` rebuilds "
+        "the damaged shards"
+    )
 
 
 def _shard_meta(path: Path) -> dict:
@@ -207,7 +264,20 @@ def _cache_folder(root: Path, key: dict) -> Path:
     return root / _digest(key)
 
 
-def _build_text(folder: Path, captions: list[str], cfg: DataConfig, parts: Any) -> int:
+def _reusable(path: Path, rebuild: set[str], **expected: Any) -> bool:
+    """A shard already on disk that holds what ``expected`` says and is not known damaged."""
+    if path.name in rebuild or not path.is_file():
+        return False
+    try:
+        meta = _shard_meta(path)
+        load_file(str(path))  # the whole shard reads (an interrupted write may be cut short)
+    except Exception:  # any failure to parse a damaged file: build the shard again
+        return False
+    return all(meta.get(k) == v for k, v in expected.items())
+
+
+def _build_text(folder: Path, captions: list[str], cfg: DataConfig, parts: Any,
+                rebuild: set[str]) -> int:  # fmt: skip
     """Write the text shards for ``captions`` (already unique and ordered); returns shards built."""
     from poseguide.models import encode_prompts
 
@@ -215,7 +285,7 @@ def _build_text(folder: Path, captions: list[str], cfg: DataConfig, parts: Any) 
     for s in range(math.ceil(len(captions) / size)):
         path = folder / f"text-{s:05d}.safetensors"
         chunk = captions[s * size : (s + 1) * size]
-        if path.is_file() and _shard_meta(path).get("captions") == chunk:
+        if _reusable(path, rebuild, captions=chunk):
             continue
         embs = [encode_prompts(parts, chunk[i : i + cfg.cache.batch_size]).cpu()
                 for i in range(0, len(chunk), cfg.cache.batch_size)]  # fmt: skip
@@ -242,37 +312,51 @@ def build_cache(
 
     from poseguide.models import model_identity
 
-    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows)
+    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
+                    str(parts.vae.dtype))  # fmt: skip
     folder = _cache_folder(Path(cfg.cache.dir), key)
-    if (folder / MANIFEST).is_file():
-        cache = LatentCache.open(folder, key)
-        return _info(folder, cache.manifest, 0)
+    rebuild = _damaged_to_rebuild(folder, key)
+    if rebuild is None:  # complete and intact
+        return _info(folder, json.loads((folder / MANIFEST).read_text()), 0)
     folder.mkdir(parents=True, exist_ok=True)
     size, built, captions = cfg.cache.shard_size, 0, []
     with tqdm(total=len(rows), desc="caching latents", unit="img", disable=not progress) as bar:
         for s in range(math.ceil(len(rows) / size)):
             path, chunk = folder / f"latents-{s:05d}.safetensors", rows[s * size : (s + 1) * size]
-            meta = _shard_meta(path) if path.is_file() else None
-            if meta is None or meta.get("rows") != chunk or meta.get("key") != _digest(key):
+            if not _reusable(path, rebuild, rows=chunk, key=_digest(key)):
                 tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed)
-                meta = {"rows": chunk, "captions": caps, "key": _digest(key)}
-                _save_shard(path, tensors, meta)
+                _save_shard(path, tensors, {"rows": chunk, "captions": caps, "key": _digest(key)})
                 built += 1
-            captions += meta["captions"]
+            captions += _shard_meta(path)["captions"]
             bar.update(len(chunk))
     unique = sorted(set(captions) | {""}) if cfg.cache.text else []
-    built += _build_text(folder, unique, cfg, parts) if unique else 0
-    manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique, "complete": True}
+    built += _build_text(folder, unique, cfg, parts, rebuild) if unique else 0
+    shards = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+    manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique,
+                "shards": {name: shard_record(folder / name) for name in shards},
+                "complete": True}  # fmt: skip
     atomic_write_json(folder / MANIFEST, manifest, indent=None)
     info = _info(folder, manifest, built)
-    log.info(
-        "cache %s: %d rows, %d captions, %.1f MiB",
-        folder,
-        info.rows,
-        info.captions,
-        info.bytes / 2**20,
-    )
+    log.info("cache %s: %d rows, %d captions, %.1f MiB (%d shard(s) built now)", folder,
+             info.rows, info.captions, info.bytes / 2**20, built)  # fmt: skip
     return info
+
+
+def _damaged_to_rebuild(folder: Path, key: dict) -> set[str] | None:
+    """None when ``folder`` holds a complete cache whose shards all match their recorded sizes
+    and checksums; else the names of the damaged shards (empty: a build to start or finish)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return set()
+    manifest = json.loads(path.read_text())
+    if not manifest.get("complete") or manifest.get("key") != key:
+        return set()
+    damaged = damaged_shards(folder, manifest, full=True)
+    if not damaged:
+        return None
+    log.warning("cache %s: %d damaged shard(s) (%s); rebuilding them", folder, len(damaged),
+                "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())))  # fmt: skip
+    return set(damaged)
 
 
 def _info(folder: Path, manifest: dict, built: int) -> CacheInfo:
@@ -284,7 +368,8 @@ def find_cache(source: Source, rows: list[int], cfg: DataConfig, parts: Any) -> 
     """Open the complete cache matching this run, or raise :class:`CacheError` saying why not."""
     from poseguide.models import model_identity
 
-    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows)
+    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
+                    str(parts.vae.dtype))  # fmt: skip
     root = Path(cfg.cache.dir)
     if (root / MANIFEST).is_file():  # data.cache.dir points at one cache folder: check it
         return LatentCache.open(root, key)

@@ -25,6 +25,7 @@ a resumed run continues at the exact next sample.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -35,11 +36,13 @@ from torch.utils.data import Dataset, Sampler
 
 from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
-from poseguide.data.record import Source
+from poseguide.data.record import RowError, Source
 from poseguide.errors import InputError
 
 # The epoch's data order draws from its own stream of (run.seed, epoch key): a number no other
 # per-row stream uses, so the order is independent of the rows' noise and flips.
+log = logging.getLogger(__name__)
+
 ORDER_STREAM = 7919
 
 
@@ -78,8 +81,7 @@ class PoseDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        index = self.rows[i]
-        sample = self.source.load(index)
+        index, sample, replaced = self._load(i)
         item = prepare(sample, index, self.cfg, self.style, self.seed, self.epoch)
         out: dict[str, Any] = {
             "index": index,
@@ -88,6 +90,7 @@ class PoseDataset(Dataset):
             "conditioning": image_to_tensor(item.pose, low=0.0),
             "keypoints": item.keypoints,
             "flipped": item.flipped,
+            "replaced": replaced,
         }
         if self.cache is None:
             out["pixel_values"] = image_to_tensor(item.image, low=-1.0)
@@ -98,6 +101,23 @@ class PoseDataset(Dataset):
                 out["text_emb"] = text
         return out
 
+    def _load(self, i: int) -> tuple[int, Any, list[dict]]:
+        """Row ``rows[i]``; under ``data.on_bad_row=skip`` a row that fails now (its file changed
+        after the scan) is replaced by the next row that loads, and reported (``replaced``)."""
+        replaced: list[dict] = []
+        for k in range(len(self.rows)):
+            index = self.rows[(i + k) % len(self.rows)]
+            try:
+                return index, self.source.load(index), replaced
+            except RowError as err:
+                if self.cfg.on_bad_row != "skip":
+                    raise
+                log.warning("%s; skipped (data.on_bad_row=skip), the next row takes its place", err)
+                replaced.append({"row": err.row, "problem": err.problem, "detail": err.detail})
+        raise RowError(
+            str(self.rows[i]), "unreadable_image", "no row of the dataset loads any more"
+        )
+
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of dataset items into the batch layout of the module docstring."""
@@ -107,6 +127,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "captions": [it["caption"] for it in items],
         "keypoints": [it["keypoints"] for it in items],
         "flipped": torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
+        "replaced": [r for it in items for r in it.get("replaced", [])],
     }
     for key in ("conditioning", "pixel_values", "latent_mean", "latent_std", "text_emb"):
         if key in items[0]:

@@ -32,12 +32,19 @@ class SourceError(UserError, ValueError):
 
 
 class RowError(UserError, ValueError):
-    """A dataset row cannot be used; names the row and the problem."""
+    """A dataset row cannot be used; names the row and the problem.
 
-    def __init__(self, row: str, problem: str, detail: str) -> None:
+    ``RowError(message)`` with one argument (what a DataLoader worker's error is rebuilt from
+    in the main process) keeps the message as it is."""
+
+    def __init__(self, row: str, problem: str | None = None, detail: str | None = None) -> None:
+        if problem is None:  # rebuilt from its message
+            self.row, self.problem, self.detail = "", "unreadable_image", row
+            super().__init__(row)
+            return
         if problem not in ROW_PROBLEMS:
             raise ValueError(f"unknown row problem {problem!r}")
-        self.row, self.problem, self.detail = row, problem, detail
+        self.row, self.problem, self.detail = row, problem, detail or ""
         super().__init__(f"row {row}: {problem}: {detail}")
 
 

@@ -16,9 +16,11 @@ Several processes (``accelerate launch``) share the rows: process r takes rows r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import numpy as np
 
 from poseguide.config import Config
 from poseguide.errors import UserError
+from poseguide.evaluate.aggregate import _plain, aggregate
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
@@ -265,7 +268,7 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
         keep = [k for k, reason in enumerate(reasons) if reason is None]
         scored = _score(config, scorers, [batch[k] for k in keep], [generated[k] for k in keep],
                         paths)  # fmt: skip
-        with out.open("a", encoding="utf-8") as handle:
+        with _appending(out) as handle:
             for k, row in enumerate(batch):
                 if reasons[k] is None:
                     record = _record(model, row, generated[k].size, *scored[keep.index(k)])
@@ -274,6 +277,19 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
                 handle.write(json.dumps(record) + "\n")
                 done[(model, row.id)] = record
     return len(todo)
+
+
+@contextlib.contextmanager
+def _appending(path: Path) -> Iterator[Any]:
+    """``path`` opened for appending rows; a failed write names the file (the rows already
+    written stay, and a torn last line is ignored when the rows are read again)."""
+    from poseguide.utils.io import write_error
+
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            yield handle
+    except OSError as err:
+        raise write_error(path, err) from err
 
 
 def _score(config: Config, scorers: Scorers, rows: list[Row], generated: list,
@@ -315,76 +331,6 @@ def _record(model: str, row: Row, size: tuple, clip: float, lpips: float, oks: d
         "gt": oks["gts"].reshape(-1, 3 * NUM_COCO17).tolist(),
         "areas": None if row.areas is None else [float(a) for a in row.areas],
     }  # fmt: skip
-
-
-def _oks_inputs(record: dict, min_oks: float) -> dict:
-    """Re-match one stored row (for set-level OKS, per-joint accuracy and COCO AP)."""
-    from poseguide.evaluate.metrics import sample_oks
-    from poseguide.pose.estimator import Detections
-
-    preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
-    scores = np.asarray(record["scores"], dtype=np.float64)
-    found = Detections(preds, scores, np.zeros((len(scores), 4)), tuple(record["size"]))
-    gt = np.asarray(record["gt"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
-    return sample_oks(found, gt, record["areas"], min_oks)
-
-
-def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str) -> dict:
-    """One model's aggregates from its per-sample rows (see docs/evaluation-format.md)."""
-    from poseguide.evaluate.metrics import aggregate_oks, summarize
-    from poseguide.pose.skeleton import COCO17_NAMES
-
-    e = config.evaluate
-    stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
-    invalid = {r["id"]: r["invalid"] for r in records if r.get("invalid")}
-    records = [r for r in records if not r.get("invalid")]  # NaN, Inf, black: not in the means
-    people = [v for r in records for v in r["per_gt_oks"] if v is not None]
-    sets = aggregate_oks([_oks_inputs(r, e.min_oks) for r in records])
-    per_sample = [r["oks"] for r in records if r["oks"] is not None]
-    counts, edges = np.histogram(per_sample, bins=20, range=(0.0, 1.0))
-    joints = sets["oks"]["per_joint_accuracy"]
-    out = {
-        "n": len(records),
-        "invalid": {"count": len(invalid), "ids": sorted(invalid), "reasons": invalid},
-        "clip": summarize([r["clip"] for r in records], **stats),
-        "lpips": summarize([r["lpips"] for r in records], **stats),
-        "oks": summarize(people, **stats),
-        "coco": _plain(sets["coco"]),
-        "per_joint_accuracy": [None if np.isnan(v) else float(v) for v in joints],
-        "joint_names": list(COCO17_NAMES),
-        "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-        "fid": None,
-        "kid": None,
-    }
-    if e.fid:
-        out.update(_fid(records, paths, model))
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
-    from poseguide.evaluate.metrics import fid_kid
-    from poseguide.utils.images import read_image
-
-    real = [read_image(paths.original(r["id"]), what="original image") for r in records]
-    fake = [read_image(paths.image(model, r["id"]), what="generated image") for r in records]
-    result = fid_kid(real, fake, kid_subset_size=min(1000, len(records)))
-    return {
-        "fid": result.get("fid"),
-        "kid": {k: v for k, v in result.items() if k.startswith("kid")},
-    }
 
 
 def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from poseguide.config.schema import EstimatorConfig, PoseConfig
+from poseguide.config.schema import EstimatorConfig, PoseConfig, RenderConfig
 from poseguide.errors import InputError, NotFoundError
 from poseguide.pose.estimator import Detections, PoseEstimator, build_pose_estimator
 from poseguide.pose.io import read_pose, write_pose
@@ -88,7 +88,7 @@ def estimate_file(
 def render_file(
     keypoints_json: str | Path,
     out_png: str | Path,
-    style: str = "controlnet10",
+    style: str = RenderConfig.style,
     size: tuple[int, int] | None = None,
 ) -> Path:
     """Draw a keypoint JSON file as a skeleton PNG; canvas size from the file or ``size``."""

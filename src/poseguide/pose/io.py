@@ -69,10 +69,13 @@ def _size(data: object, where: str) -> tuple[int, int] | None:
         raw = next((data[k] for k in SIZE_KEYS if k in data), None)
         if raw is None:
             return None
-    try:
-        width, height = (int(v) for v in raw)
-    except (TypeError, ValueError):
-        raise KeypointError(f"{where}: size {raw!r} must be two integers (width, height)") from None
+    values = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    whole = [isinstance(v, int) and not isinstance(v, bool) for v in values]
+    if len(values) != 2 or not all(whole):
+        raise KeypointError(
+            f"{where}: size {raw!r} must be two whole numbers (width, height), e.g. 512 and 384"
+        )
+    width, height = values
     if width <= 0 or height <= 0:
         raise KeypointError(f"{where}: size must be positive, got {width}x{height}")
     return width, height

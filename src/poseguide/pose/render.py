@@ -21,10 +21,12 @@ and angle with ``int()`` as the references do. Images are RGB uint8 on a black c
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import cv2
 import numpy as np
 
+from poseguide.config.schema import RenderConfig
 from poseguide.errors import InputError
 from poseguide.pose.skeleton import (
     NUM_OPENPOSE18,
@@ -37,7 +39,11 @@ from poseguide.pose.skeleton import (
 )
 
 RENDER_STYLES: tuple[str, ...] = ("controlnet10", "controlnet_aux")
-DEFAULT_RENDER_STYLE = "controlnet10"
+DEFAULT_RENDER_STYLE = RenderConfig.style
+MAX_CANVAS_PIXELS = RenderConfig.max_canvas_pixels
+# A drawn joint may lie at most this many canvas sides outside the canvas (farther coordinates,
+# e.g. 1e300, are a units mistake and overflow OpenCV's integer drawing).
+OFF_CANVAS_LIMIT = 10
 
 # Absolute sizes in pixels, whatever the canvas size (the annotators' `stickwidth` and radius).
 LIMB_HALF_WIDTH = 4
@@ -79,11 +85,27 @@ def aux_limb_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(float(c) * AUX_LIMB_COLOR_FACTOR) for c in color)
 
 
-def _new_canvas(size: tuple[int, int], canvas: np.ndarray | None) -> np.ndarray:
-    """A (H, W, 3) uint8 canvas to draw on: a copy of ``canvas``, or black."""
-    width, height = int(size[0]), int(size[1])
+def check_canvas_size(size: Any, max_pixels: int = MAX_CANVAS_PIXELS) -> tuple[int, int]:
+    """``size`` as ``(width, height)`` whole positive numbers, at most ``max_pixels`` pixels
+    (``pose.render.max_canvas_pixels``); an :class:`InputError` naming the value otherwise."""
+    values = list(size) if isinstance(size, (tuple, list)) else [size]
+    whole = [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values]
+    if len(values) != 2 or not all(whole):
+        raise InputError(f"canvas size must be two whole numbers (width, height), got {size!r}")
+    width, height = int(values[0]), int(values[1])
     if width <= 0 or height <= 0:
-        raise InputError(f"canvas size must be positive (width, height), got {tuple(size)}")
+        raise InputError(f"canvas size must be positive (width, height), got {width}x{height}")
+    if width * height > max_pixels:
+        raise InputError(
+            f"canvas {width}x{height} = {width * height:,} pixels is over the limit of "
+            f"{max_pixels:,} (pose.render.max_canvas_pixels); use a smaller size"
+        )
+    return width, height
+
+
+def _new_canvas(size: tuple[int, int], canvas: np.ndarray | None, max_pixels: int) -> np.ndarray:
+    """A (H, W, 3) uint8 canvas to draw on: a copy of ``canvas``, or black."""
+    width, height = check_canvas_size(size, max_pixels)
     if canvas is None:
         return np.zeros((height, width, 3), dtype=np.uint8)
     canvas = np.asarray(canvas)
@@ -95,15 +117,28 @@ def _new_canvas(size: tuple[int, int], canvas: np.ndarray | None) -> np.ndarray:
     return canvas.copy()
 
 
-def _present(people18: np.ndarray) -> np.ndarray:
-    """(P, 18) bool: which joints are drawn; present joints must have finite coordinates."""
+def _present(people18: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(P, 18) bool: which joints are drawn; present joints must have finite coordinates within
+    :data:`OFF_CANVAS_LIMIT` canvas sides of the canvas (farther ones cannot be drawn)."""
     present = people18[..., 2] > 0
-    bad = present & ~np.isfinite(people18[..., :2]).all(axis=-1)
+    xy = people18[..., :2]
+    bad = present & ~np.isfinite(xy).all(axis=-1)
     if bad.any():
         p, j = np.argwhere(bad)[0]
         raise KeypointError(
             f"person {p}, joint {j}: coordinates {people18[p, j, :2].tolist()} are not finite; "
             "mark the joint absent (third value 0) or give finite pixel coordinates"
+        )
+    side = max(size)
+    far = present & (np.abs(np.where(present[..., None], xy, 0.0)) > OFF_CANVAS_LIMIT * side).any(
+        -1
+    )
+    if far.any():
+        p, j = np.argwhere(far)[0]
+        raise KeypointError(
+            f"person {p}, joint {j}: coordinates {people18[p, j, :2].tolist()} are far outside "
+            f"the {size[0]}x{size[1]} canvas (at most {OFF_CANVAS_LIMIT} canvas sides away); "
+            "check the keypoints' units (pixels) or mark the joint absent"
         )
     return present
 
@@ -129,7 +164,7 @@ def _blend_limb(canvas: np.ndarray, polygon: np.ndarray, color: tuple[int, int, 
 
 def _draw_controlnet10(canvas: np.ndarray, people18: np.ndarray) -> None:
     """ControlNet 1.0 order: every circle (joint-major), then every limb (limb-major), blended."""
-    present = _present(people18)
+    present = _present(people18, (canvas.shape[1], canvas.shape[0]))
     for joint in range(NUM_OPENPOSE18):
         for person, ok in zip(people18, present[:, joint], strict=True):
             if ok:
@@ -144,7 +179,7 @@ def _draw_controlnet10(canvas: np.ndarray, people18: np.ndarray) -> None:
 
 def _draw_controlnet_aux(canvas: np.ndarray, people18: np.ndarray) -> None:
     """controlnet_aux order: person by person, dimmed limbs (overwriting), then full circles."""
-    present = _present(people18)
+    present = _present(people18, (canvas.shape[1], canvas.shape[0]))
     height, width = canvas.shape[:2]
     scale = np.array([float(width), float(height)])
     # controlnet_aux keeps x / W and y / H and multiplies back: reproduce the float round trip.
@@ -166,6 +201,7 @@ def render_openpose18(
     size: tuple[int, int],
     style: str = DEFAULT_RENDER_STYLE,
     canvas: np.ndarray | None = None,
+    max_pixels: int = MAX_CANVAS_PIXELS,
 ) -> np.ndarray:
     """Draw OpenPose-18 people as a ControlNet skeleton image.
 
@@ -175,13 +211,14 @@ def render_openpose18(
         size: ``(width, height)`` of the image in pixels.
         style: one of :data:`RENDER_STYLES` (see the module docstring).
         canvas: optional (H, W, 3) uint8 RGB image to draw on (not modified); black if None.
+        max_pixels: the largest canvas accepted (:func:`check_canvas_size`).
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
     check_style(style)
     people18 = as_people(people18, NUM_OPENPOSE18)
-    out = _new_canvas(size, canvas)
+    out = _new_canvas(size, canvas, max_pixels)
     if style == "controlnet10":
         _draw_controlnet10(out, people18)
     else:
@@ -194,6 +231,7 @@ def render_skeleton(
     size: tuple[int, int],
     style: str = DEFAULT_RENDER_STYLE,
     min_score: float = 0.0,
+    max_pixels: int = MAX_CANVAS_PIXELS,
 ) -> np.ndarray:
     """Draw COCO-17 people as a ControlNet OpenPose skeleton image.
 
@@ -204,9 +242,11 @@ def render_skeleton(
         size: ``(width, height)`` of the image in pixels.
         style: one of :data:`RENDER_STYLES`; default ControlNet 1.0.
         min_score: visibility or confidence threshold (0 keeps every labelled joint).
+        max_pixels: the largest canvas accepted (``pose.render.max_canvas_pixels``).
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
     check_style(style)
-    return render_openpose18(coco17_to_openpose18(people, min_score), size, style)
+    people18 = coco17_to_openpose18(people, min_score)
+    return render_openpose18(people18, size, style, max_pixels=max_pixels)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from poseguide.errors import UserError
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 PREFIX = "step-"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "controlnet.safetensors"
+# What every checkpoint holds (besides optimizer.pt or DeepSpeed's deepspeed/ folder); checked
+# for checkpoints written before state.json recorded its files and their sizes.
+REQUIRED_FILES = (WEIGHTS_FILE, "config.json", "lr_scheduler.pt")
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -124,7 +130,7 @@ def save_checkpoint(
     target = root / checkpoint_name(state.position.global_step)
     with atomic_directory(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
-                  str(tmp / "controlnet.safetensors"))  # fmt: skip
+                  str(tmp / WEIGHTS_FILE))  # fmt: skip
         controlnet.save_config(tmp)
         if deepspeed_dir is not None:  # ZeRO partitions the optimizer: DeepSpeed's own files
             shutil.move(str(deepspeed_dir), tmp / "deepspeed")
@@ -135,8 +141,9 @@ def save_checkpoint(
             torch.save(state.scaler.state_dict(), tmp / "scaler.pt")
         for rank, rng in enumerate(rngs):
             torch.save(rng, tmp / f"rng-{rank}.pt")
-        meta = {"position": asdict(state.position), "world_size": world_size, "config": config}
-        atomic_write_json(tmp / "state.json", meta)
+        meta = {"position": asdict(state.position), "world_size": world_size, "config": config,
+                "files": _file_sizes(tmp)}  # fmt: skip
+        atomic_write_json(tmp / STATE_FILE, meta)  # written last: its presence means complete
     atomic_write_text(root / LATEST, target.name + "\n")
     rotate(root, keep)
     return target
@@ -154,18 +161,81 @@ def rotate(root: Path, keep: int) -> list[Path]:
     return removed
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Every file below ``folder`` (relative path -> bytes): what a later check compares."""
+    return {str(p.relative_to(folder)): p.stat().st_size
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it is intact:
+    ``state.json`` parses; every file it lists exists with the size recorded at save time (older
+    checkpoints: the required files exist); the weights' safetensors header reads."""
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        return f"{state_file} is missing (the checkpoint was not finished)"
+    try:
+        state = json.loads(state_file.read_text())
+        Position(**state["position"])
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{state_file} is damaged ({type(err).__name__}: {err})"
+    for name, size in state.get("files", dict.fromkeys(REQUIRED_FILES, None)).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if size is not None and file.stat().st_size != size:
+            return f"{file} is {file.stat().st_size} bytes, {size} when it was saved (truncated?)"
+    try:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
+            if not list(handle.keys()):
+                return f"{path / WEIGHTS_FILE} holds no tensors"
+    except Exception as err:  # any failure to parse untrusted bytes
+        return f"{path / WEIGHTS_FILE} is damaged ({err})"
+    return None
+
+
+def _step_folders(root: Path) -> list[Path]:
+    """Checkpoint folders, newest step first (temporary and hidden ones excluded)."""
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def has_checkpoints(root: Path) -> bool:
+    return (root / LATEST).is_file() or bool(_step_folders(root))
+
+
 def resolve_checkpoint(root: Path, which: str) -> Path:
-    """``latest`` (the pointer in ``root``) or a checkpoint folder path."""
-    if which == LATEST:
-        pointer = root / LATEST
-        if not pointer.is_file():
-            raise CheckpointError(f"no checkpoint to resume from in {root} (no 'latest' pointer)")
-        path = root / pointer.read_text().strip()
-    else:
-        path = Path(which)
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"{path} is not a complete poseguide checkpoint (no state.json)")
-    return path
+    """``latest`` or a checkpoint folder path, verified (:func:`checkpoint_problem`).
+
+    ``latest`` is the folder ``root/latest`` names when it is intact, else the newest intact
+    one (each damaged one skipped is logged with the reason); no intact one is a
+    :class:`CheckpointError` listing why, with how to start over.
+    """
+    if which != LATEST:
+        problem = checkpoint_problem(Path(which))
+        if problem is not None:
+            raise CheckpointError(f"cannot resume from {which}: {problem}")
+        return Path(which)
+    pointer = root / LATEST
+    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    candidates = ([named] if named is not None else []) + [
+        p for p in _step_folders(root) if p != named
+    ]
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for name, why in skipped:
+                log.warning("skipping checkpoint %s: %s; resuming from %s", name, why, path.name)
+            return path
+        skipped.append((path.name, problem))
+    if not skipped:
+        raise CheckpointError(f"no checkpoint to resume from in {root} (no 'latest' pointer)")
+    reasons = "; ".join(f"{name}: {why}" for name, why in skipped)
+    raise CheckpointError(
+        f"no intact checkpoint in {root} ({reasons}); start over with another run.name, or "
+        f"remove {root} to train this run from the beginning"
+    )
 
 
 @dataclass
@@ -189,22 +259,36 @@ class Loaded:
         states into ``state``."""
         path = self.path
         if (path / "optimizer.pt").is_file():  # else DeepSpeed loads its own (deepspeed/)
-            state.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        state.scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+            state.optimizer.load_state_dict(_load(path / "optimizer.pt"))
+        state.scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
         if state.scaler is not None and (path / "scaler.pt").is_file():
-            state.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+            state.scaler.load_state_dict(_load(path / "scaler.pt"))
         state.position = self.position
         rng_file = self.path / f"rng-{rank}.pt"
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
+            set_rng_state(_load(rng_file))
+
+
+def _load(path: Path) -> Any:
+    """A checkpoint's state dict, tensors on the CPU (the optimizer moves them to its
+    parameters' device), never unpickling anything but tensors and plain data."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # a file damaged after the check (or one that lies about its size)
+        raise CheckpointError(f"{path} cannot be read ({err}); resume from an earlier "
+                              "checkpoint with --resume PATH") from None  # fmt: skip
 
 
 def load_checkpoint(path: Path) -> Loaded:
-    state = json.loads((path / "state.json").read_text())
-    return Loaded(
-        path,
-        Position(**state["position"]),
-        state["world_size"],
-        state["config"],
-        load_file(str(path / "controlnet.safetensors")),
-    )
+    """Read a checkpoint verified by :func:`checkpoint_problem` (a damaged one is a
+    :class:`CheckpointError` naming the file)."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"cannot resume from {path}: {problem}")
+    state = json.loads((path / STATE_FILE).read_text())
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+    except Exception as err:  # a header that parses but data that does not
+        raise CheckpointError(f"cannot resume from {path}: {path / WEIGHTS_FILE}: {err}") from None
+    return Loaded(path, Position(**state["position"]), state["world_size"], state["config"],
+                  weights)  # fmt: skip

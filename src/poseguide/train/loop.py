@@ -3,17 +3,20 @@ except through the loss it asks for (:func:`poseguide.train.step.loss_terms`).""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from poseguide.config import to_dict
 from poseguide.config.schema import StageConfig
-from poseguide.errors import Interrupted
+from poseguide.errors import Interrupted, is_out_of_memory
 from poseguide.paths import RunPaths
 from poseguide.train.checkpoint import LATEST, Loaded, Position, TrainState, rng_state
 from poseguide.train.checkpoint import save_checkpoint as write_checkpoint
@@ -33,11 +36,18 @@ from poseguide.train.step import (
     epoch_key,
     optimizer_step,
 )
-from poseguide.utils.io import atomic_directory
+from poseguide.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-NO_STEP_LIMIT = 10**12  # stage.max_steps unset: the epochs decide
+# What a failing write raises: the OS (ENOSPC, EACCES, ...), torch.save's serializer
+# ("[enforce fail at inline_container.cc] ... unexpected pos") and safetensors (SafetensorError).
+WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)
+NO_STEP_LIMIT = 10**12
+FP32_BYTES, ADAM_MOMENTS = (
+    4,
+    2,
+)  # for the checkpoint size estimate  # stage.max_steps unset: the epochs decide
 RATE_SMOOTHING = 0.9  # samples/s shown: exponential moving average with this weight
 
 
@@ -52,6 +62,7 @@ class Run(Trainer):
     cache: Any = None
     metrics: MetricsLog | None = None
     validator: Any = None
+    replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (this rank)
 
 
 def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
@@ -104,17 +115,28 @@ def save(run: Run, state: TrainState, done: bool = False) -> Path | None:
                 config=to_dict(run.config), keep=run.config.train.keep_checkpoints,
                 world_size=acc.num_processes, deepspeed_dir=ds_dir,
             )  # fmt: skip
-        except OSError as err:
-            latest = run.paths.checkpoints / LATEST
-            kept = latest.read_text().strip() if latest.is_file() else "none yet"
+        except WRITE_FAILURES as err:
+            if is_out_of_memory(err):
+                raise
             pos = state.position
             raise TrainingError(
-                f"could not write the checkpoint of {pos.stage_name} step {pos.stage_step} "
-                f"({err}); the previous checkpoint ({kept}) is intact"
+                f"could not write the checkpoint of {pos.stage_name} step {pos.stage_step} to "
+                f"{run.paths.checkpoints} ({_first_line(err)}); {_intact(run)}"
             ) from err
         log.info("checkpoint %s", path)
     acc.wait_for_everyone()
     return path
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _intact(run: Run) -> str:
+    latest = run.paths.checkpoints / LATEST
+    if not latest.is_file():
+        return "no earlier checkpoint was written"
+    return f"the previous checkpoint ({latest.read_text().strip()}) is intact"
 
 
 def is_deepspeed(acc: Any) -> bool:
@@ -128,7 +150,7 @@ def _deepspeed_save(run: Run, state: TrainState) -> Path | None:
     acc = run.accelerator
     if not is_deepspeed(acc):
         return None
-    folder = run.paths.checkpoints / f".step-{state.position.global_step:08d}.deepspeed"
+    folder = run.paths.checkpoints / f".step-{state.position.global_step:08d}.deepspeed.tmp"
     state.model.save_checkpoint(str(folder), tag="state")  # the DeepSpeedEngine; all processes
     acc.wait_for_everyone()
     return folder
@@ -138,8 +160,17 @@ def export(run: Run, state: TrainState, stage: str) -> Path:
     """The stage's ControlNet as a diffusers folder (``save_pretrained``, safetensors)."""
     acc, target = run.accelerator, run.paths.export(stage)
     if acc.is_main_process:
-        with atomic_directory(target) as tmp:
-            acc.unwrap_model(state.model).save_pretrained(tmp, safe_serialization=True)
+        try:
+            with atomic_directory(target) as tmp:
+                acc.unwrap_model(state.model).save_pretrained(tmp, safe_serialization=True)
+        except WRITE_FAILURES as err:
+            if is_out_of_memory(err):
+                raise
+            raise TrainingError(
+                f"could not write the export of {stage} to {target} ({_first_line(err)}); its "
+                f"final checkpoint is written: free space and run `poseguide train CONFIG "
+                "--resume latest` to export it without training again"
+            ) from err
         log.info("exported %s", target)
     acc.wait_for_everyone()
     return target
@@ -164,46 +195,93 @@ def train_stage(
     per_epoch = steps_per_epoch(data[1], cfg)
     total = min(stage.epochs * per_epoch, stage.max_steps or NO_STEP_LIMIT)
     state = start_stage(run, index, init, previous, loaded, global_step, total)
+    _check_disk(run, state)
     _run_epochs(run, stage, state, data, per_epoch, total)
     save(run, state, done=True)
     if run.validator is not None:
         run.validator(acc.unwrap_model(state.model), stage.name, state.position.global_step)
     folder, step = export(run, state, stage.name), state.position.global_step
     end_stage(run, state)
+    _report_replaced(run, stage.name)
     return folder, step
+
+
+def _check_disk(run: Run, state: TrainState) -> None:
+    """Warn before the first step when the checkpoints folder cannot hold what the stage will
+    write: a new checkpoint beside the newest kept one, and the export (an estimate: fp32
+    weights plus AdamW's two moments per trainable parameter)."""
+    if not run.accelerator.is_main_process:
+        return
+    params = sum(p.numel() for p in run.accelerator.unwrap_model(state.model).parameters())
+    checkpoint = params * FP32_BYTES * (1 + ADAM_MOMENTS)
+    need = 2 * checkpoint + params * FP32_BYTES
+    folder = run.paths.checkpoints
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        log.warning("%s has %.1f GB free; %s's checkpoints need about %.1f GB (checkpoint %.1f "
+                    "GB, export %.1f GB): free space or a full disk will stop the run at a "
+                    "checkpoint", folder, free / 1e9, state.position.stage_name, need / 1e9,
+                    checkpoint / 1e9, params * FP32_BYTES / 1e9)  # fmt: skip
+
+
+def _report_replaced(run: Run, stage: str) -> None:
+    """Rows that failed to load during the stage (data.on_bad_row=skip replaced them): counted,
+    logged once, listed in ``<run>/skipped_during_training.json``."""
+    from accelerate.utils import gather_object
+
+    every = [r for part in gather_object([run.replaced]) for r in part]
+    run.replaced = []
+    if not every or not run.accelerator.is_main_process:
+        return
+    path = run.paths.skipped_during_training
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for r in every:
+        known.setdefault(r["row"], {"problem": r["problem"], "detail": r["detail"], "stage": stage})
+    atomic_write_json(path, known)
+    log.warning("%s: %d row(s) failed to load and were skipped (%s); the list is in %s", stage,
+                len({r["row"] for r in every}), ", ".join(sorted({r["row"] for r in every})[:5]),
+                path)  # fmt: skip
 
 
 def _run_epochs(run: Run, stage: StageConfig, state: TrainState, data: tuple, per_epoch: int,
                 total: int) -> None:  # fmt: skip
+    acc = run.accelerator
+    bar = tqdm(total=total, initial=state.position.stage_step, desc=stage.name, unit="step",
+               disable=not acc.is_main_process, dynamic_ncols=True)  # fmt: skip
+    with bar:  # closed on any exception too, so an error message starts on its own line
+        while state.position.stage_step < total:
+            _run_epoch(run, stage, state, data, per_epoch, total, bar)
+            if state.position.epoch_step >= per_epoch:
+                state.next_epoch()
+
+
+def _run_epoch(run: Run, stage: StageConfig, state: TrainState, data: tuple, per_epoch: int,
+               total: int, bar: Any) -> None:  # fmt: skip
+    """The rest of the current epoch (all of it, or from where a resumed run stopped)."""
     cfg, acc = run.config, run.accelerator
     dataset, sampler, loader = data
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
-    bar = tqdm(total=total, initial=state.position.stage_step, desc=stage.name, unit="step",
-               disable=not acc.is_main_process, dynamic_ncols=True)  # fmt: skip
-    rate, tick = 0.0, time.perf_counter()
-    while state.position.stage_step < total:
-        pos = state.position
-        key = epoch_key(pos.stage_index, pos.epoch)
-        dataset.set_epoch(key)
-        sampler.set_epoch(key, start=pos.epoch_step * cfg.train.grad_accum * cfg.train.batch_size)
-        batches = iter(loader)
-        while state.position.epoch_step < per_epoch and state.position.stage_step < total:
-            result = _step(run, stage, state, batches, key)
-            state.count_step()
-            now = time.perf_counter()
-            instant = global_batch / max(now - tick, 1e-9)
-            rate = instant if rate == 0 else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * instant
-            tick = now
-            lr = state.scheduler.get_last_lr()[0]
-            bar.update(1)
-            bar.set_postfix(loss=f"{result.terms['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
-            if state.position.stage_step % cfg.train.log_every == 0 or \
-                    state.position.stage_step == total:  # fmt: skip
-                run.metrics.write(_record(stage, state.position, result.terms, lr, rate))
-            _periodic(run, stage, state, total, result.stop)
-        if state.position.epoch_step >= per_epoch:
-            state.next_epoch()
-    bar.close()
+    pos = state.position
+    key = epoch_key(pos.stage_index, pos.epoch)
+    dataset.set_epoch(key)
+    sampler.set_epoch(key, start=pos.epoch_step * cfg.train.grad_accum * cfg.train.batch_size)
+    batches, rate, tick = iter(loader), 0.0, time.perf_counter()
+    while state.position.epoch_step < per_epoch and state.position.stage_step < total:
+        result = _step(run, stage, state, batches, key)
+        run.replaced += result.replaced
+        state.count_step()
+        now = time.perf_counter()
+        instant = global_batch / max(now - tick, 1e-9)
+        rate = instant if rate == 0 else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * instant
+        tick = now
+        lr = state.scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.terms['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
+        step = state.position.stage_step
+        if step % cfg.train.log_every == 0 or step == total:
+            run.metrics.write(_record(stage, state.position, result.terms, lr, rate))
+        _periodic(run, stage, state, total, result.stop)
 
 
 def _step(run: Run, stage: StageConfig, state: TrainState, batches: Any, key: int) -> StepResult:

@@ -34,12 +34,14 @@ class MetricsLog:
             self.writer = SummaryWriter(str(paths.tensorboard))
 
     def truncate_after(self, global_step: int) -> None:
-        """Drop lines logged after ``global_step`` (they will be recomputed on resume)."""
+        """Drop lines logged after ``global_step`` (they will be recomputed on resume); the file
+        is left untouched when there is nothing to drop."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["global_step"] <= global_step]  # fmt: skip
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["global_step"] <= global_step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -13,15 +13,24 @@ import json
 import logging
 from typing import Any
 
+import torch
+
 from poseguide.config import Config, save_config, to_dict
 from poseguide.data.api import checked_source
 from poseguide.paths import RunPaths
 from poseguide.text import count_cuts
-from poseguide.train.checkpoint import LATEST, Loaded, load_checkpoint, resolve_checkpoint
+from poseguide.train.checkpoint import (
+    LATEST,
+    CheckpointError,
+    Loaded,
+    has_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from poseguide.train.loop import Run, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.setup import TrainingError, load_frozen, make_accelerator
-from poseguide.utils.io import atomic_write_json
+from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +96,24 @@ def _open_cache(config: Config, acc: Any, source: Any, rows: list[int], parts: A
     return find_cache(source, rows, config.data, parts)
 
 
-def _make_run(config: Config, resume: str | None) -> tuple[Run, Loaded | None]:
+def _make_run(config: Config, resume: str | None, selected: list[int],
+              explicit: bool) -> tuple[Run, Loaded | None]:  # fmt: skip
     from accelerate.utils import set_seed
 
     acc = make_accelerator(config)
     set_seed(config.run.seed + acc.process_index)
     paths = RunPaths.of(config)
+    if acc.is_main_process:  # what killed writes left behind (a whole checkpoint each)
+        for folder in (paths.checkpoints, paths.exports):
+            remove_stale_temporaries(folder)
+    acc.wait_for_everyone()
     loaded = None
     if resume is not None:
         loaded = load_checkpoint(resolve_checkpoint(paths.checkpoints, resume))
         check_resumable(loaded, config, acc.num_processes)
-    elif (paths.checkpoints / LATEST).is_file() and not _latest_done(paths):
-        raise TrainingError(f"{paths.root} has an unfinished run; continue it with --resume "
-                            "latest or choose another run.name")  # fmt: skip
+    elif not explicit:
+        _refuse_a_second_start(config, paths, selected)
+    _check_up_front(config, selected)
     if acc.is_main_process:
         save_config(config, paths.config)
         source, report = checked_source(config, out_dir=paths.root)
@@ -120,6 +134,35 @@ def _make_run(config: Config, resume: str | None) -> tuple[Run, Loaded | None]:
     return run, loaded
 
 
+def _refuse_a_second_start(config: Config, paths: RunPaths, selected: list[int]) -> None:
+    """A folder that has checkpoints is continued with --resume, never trained from step 0
+    again (stages already finished are no reason: they are skipped)."""
+    names = [config.train.stages[i].name for i in selected]
+    pending = [n for n in names if not (paths.export(n) / STAGE_MARKER).is_file()]
+    if not pending or not has_checkpoints(paths.checkpoints):
+        return
+    what = "an unfinished run" if not _latest_done(paths) else "checkpoints"
+    raise TrainingError(
+        f"{paths.root} has {what}; continue it with --resume latest (finished stages are "
+        "skipped; a stage whose export is missing is exported from its final checkpoint) or "
+        "choose another run.name"
+    )
+
+
+def _check_up_front(config: Config, selected: list[int]) -> None:
+    """Everything every selected stage needs (models, data, pose weights), before any step."""
+    from dataclasses import replace
+
+    from poseguide.preflight import run_checks, training_checks
+
+    stages = [config.train.stages[i] for i in selected]
+    subset = replace(config, train=replace(config.train, stages=stages))
+    problems = [r for r in run_checks(training_checks(subset)) if not r.ok]
+    if problems:
+        listed = "; ".join(f"{r.check.what} ({r.check.target}): {r.error}" for r in problems)
+        raise TrainingError(f"cannot train: {listed}")
+
+
 def _report_captions(run: Run) -> None:
     """Log once how many training captions the text encoder's limit cuts; keep it for the
     report (``<run>/captions.json``)."""
@@ -131,7 +174,7 @@ def _report_captions(run: Run) -> None:
 def _latest_done(paths: RunPaths) -> bool:
     try:
         state = load_checkpoint(resolve_checkpoint(paths.checkpoints, LATEST))
-    except Exception:
+    except CheckpointError:
         return False
     return state.position.stage_done
 
@@ -157,38 +200,33 @@ def run_training(
 
     Returns ``{"run_dir", "exports": {stage: folder}, "global_step"}``.
     """
-    run, loaded = _make_run(config, resume)
     selected = _stage_indices(config, stages)
+    run, loaded = _make_run(config, resume, selected, explicit=bool(stages))
     all_stages = config.train.stages
     exports: dict[str, str] = {}
     global_step = 0
     run.stop.install()
     try:
-        for index in range(len(all_stages)):
-            name = all_stages[index].name
-            done = _finished(run, name)
+        for index, stage in enumerate(all_stages):
+            done = _finished(run, stage.name)
+            if loaded is not None and loaded.position.stage_index == index \
+                    and loaded.position.stage_done:  # fmt: skip
+                done = done or _export_from_checkpoint(run, loaded)
+                loaded = None  # the stages after it start fresh
             resuming = loaded is not None and loaded.position.stage_index == index
             skip = index not in selected or (done is not None and not stages and not resuming)
             if loaded is not None and loaded.position.stage_index > index:
                 skip = True
             if skip:
                 if done is not None:
-                    global_step, exports[name] = done["global_step"], str(run.paths.export(name))
+                    global_step = done["global_step"]
+                    exports[stage.name] = str(run.paths.export(stage.name))
                     if index in selected:
                         log.info("%s already finished (%s); --stage %s trains it again",
-                                 name, run.paths.export(name), name)  # fmt: skip
+                                 stage.name, run.paths.export(stage.name), stage.name)  # fmt: skip
                 continue
-            init = all_stages[index].init or ("unet" if index == 0 else "previous")
-            previous = run.paths.export(all_stages[index - 1].name) if index else None
-            export, global_step = train_stage(
-                run, index, init, previous, loaded if resuming else None, global_step
-            )
-            metrics = read_metrics(run.paths.metrics)
-            _mark_finished(run, name, global_step)
-            exports[name] = str(export)
-            if run.accelerator.is_main_process:
-                plot_curves(metrics, run.paths.curves(name), stage=name)
-                plot_curves(metrics, run.paths.curves())
+            exports[stage.name], global_step = _train(run, index, loaded if resuming else None,
+                                                      global_step)  # fmt: skip
         if run.cache is None or not run.cache.captions:  # counted as the steps encoded them
             _report_captions(run)
     finally:
@@ -197,8 +235,40 @@ def run_training(
     return {"run_dir": str(run.paths.root), "exports": exports, "global_step": global_step}
 
 
+def _train(run: Run, index: int, loaded: Loaded | None, global_step: int) -> tuple[str, int]:
+    """Train one stage to its end (from ``loaded`` when resuming inside it), mark it finished,
+    plot its curves; returns its export folder and the global step at its end."""
+    stages = run.config.train.stages
+    init = stages[index].init or ("unet" if index == 0 else "previous")
+    previous = run.paths.export(stages[index - 1].name) if index else None
+    if loaded is None:  # a fresh start of this stage: no metrics rows from an earlier attempt
+        run.metrics.truncate_after(global_step)
+    export, global_step = train_stage(run, index, init, previous, loaded, global_step)
+    _mark_finished(run, stages[index].name, global_step)
+    if run.accelerator.is_main_process:
+        metrics = read_metrics(run.paths.metrics)
+        plot_curves(metrics, run.paths.curves(stages[index].name), stage=stages[index].name)
+        plot_curves(metrics, run.paths.curves())
+    return str(export), global_step
+
+
+def _export_from_checkpoint(run: Run, loaded: Loaded) -> dict:
+    """A stage whose final checkpoint was written but not its export (the run was killed in
+    between): export the checkpoint's weights, mark the stage finished; nothing is retrained."""
+    pos = loaded.position
+    acc = run.accelerator
+    if acc.is_main_process:
+        log.info("%s: exporting its final checkpoint %s (the export was missing)",
+                 pos.stage_name, loaded.path.name)  # fmt: skip
+        controlnet = loaded.build_controlnet(torch.device("cpu"))
+        with atomic_directory(run.paths.export(pos.stage_name)) as tmp:
+            controlnet.save_pretrained(tmp, safe_serialization=True)
+    acc.wait_for_everyone()
+    _mark_finished(run, pos.stage_name, pos.global_step)
+    return {"stage": pos.stage_name, "global_step": pos.global_step}
+
+
 def train_or_resume(config: Config) -> dict[str, Any]:
     """Train every unfinished stage, continuing an interrupted run from its latest checkpoint."""
     paths = RunPaths.of(config)
-    unfinished = (paths.checkpoints / LATEST).is_file() and not _latest_done(paths)
-    return run_training(config, resume=LATEST if unfinished else None)
+    return run_training(config, resume=LATEST if has_checkpoints(paths.checkpoints) else None)

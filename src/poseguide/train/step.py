@@ -199,6 +199,7 @@ class StepResult:
 
     terms: dict[str, float]
     stop: bool
+    replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (skip policy)
 
 
 def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
@@ -236,9 +237,11 @@ def optimizer_step(trainer: Trainer, stage: StageConfig, state: Any, batches: It
     acc, accum = trainer.accelerator, trainer.config.train.grad_accum
     model = state.model
     logged: list[dict[str, torch.Tensor]] = []
+    replaced: list[dict] = []
     total = torch.zeros((), device=acc.device)
     for micro in range(accum):
         batch = next(batches)
+        replaced += batch.get("replaced", [])
         ctx = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(model)
         with ctx:
             terms = loss_terms(trainer, model, batch, stage, key)
@@ -258,4 +261,4 @@ def optimizer_step(trainer: Trainer, stage: StageConfig, state: Any, batches: It
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_terms(logged, acc), stop)
+    return StepResult(step_terms(logged, acc), stop, replaced)

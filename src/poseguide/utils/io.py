@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from poseguide.errors import InputError
+from poseguide.errors import InputError, UserError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -36,9 +36,36 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(UserError, OSError):
+    """An output could not be written (full disk, no permission, read-only folder): names the
+    file; whatever was there before is unchanged."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno n] ...: 'file'" layout
+        return str(self.args[0]) if self.args else ""
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
+    """``err`` (raised while writing ``path``) as a :class:`WriteError` naming the file."""
+    what = err.strerror or str(err)
+    hint = "free space or fix the folder's permissions, then run again"
+    out = WriteError(f"could not write {path}: {what}; what was there before is unchanged ({hint})")
+    out.errno, out.filename = err.errno, str(path)
+    return out
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; the previous file survives any failure."""
+    """Write ``data`` to ``path`` atomically; the previous file survives any failure (an
+    ``OSError`` becomes a :class:`WriteError` naming the file)."""
     path = Path(path)
+    try:
+        return _atomic_write_bytes(path, data)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(path, err) from err
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -83,6 +110,39 @@ def atomic_save_image(path: str | os.PathLike, image: Any, **save_kwargs: Any) -
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+# What the writers above leave when the process dies mid-write: ".<name>.<random>.tmp" files and
+# folders, and ".<name>.old" (a replaced folder not yet removed).
+STALE_PATTERNS = (".*.tmp", ".*.old")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove what killed atomic writes left in ``folder`` (see :data:`STALE_PATTERNS`); returns
+    what was removed. Call it only where no other process is writing at the same time."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    glob = folder.rglob if recursive else folder.glob
+    found = sorted({p for pattern in STALE_PATTERNS for p in glob(pattern)}, key=str)
+    removed = []
+    for path in found:
+        if any(parent in found for parent in path.parents):
+            continue  # inside a stale folder removed as a whole
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _follow_umask(folder: Path) -> None:
+    """Files and folders below ``folder`` get the usual modes (0666 / 0777 less the umask):
+    some writers (safetensors) create 0600 files."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``path`` only when complete.
@@ -96,6 +156,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp
+        _follow_umask(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
