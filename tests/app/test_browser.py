@@ -1,6 +1,6 @@
 """The app in a real headless chromium (Debian's, driven by Playwright): load, upload a photo,
-see its pose, drag a joint and hide one, generate, and have oversized uploads refused with a
-message.
+see its pose, drag a joint and hide one, generate, and have oversized uploads and a pixel bomb
+refused with the app's own message.
 
 Set POSEGUIDE_APP_SCREENSHOT=path.png to save a screenshot of the page after generation
 (docs/images/app.png is made that way).
@@ -68,15 +68,25 @@ def _status_has(page, text: str) -> None:
     )  # fmt: skip
 
 
-def _images(tmp_path: Path) -> tuple[Path, Path]:
-    """Over the pixel limit (small file), and over the byte limit (noise compresses badly)."""
+def _upload(page, path: Path) -> None:
+    """Click the upload button and choose ``path``, as a person does."""
+    with page.expect_file_chooser(timeout=TIMEOUT_MS) as chooser:
+        page.click("#pg-upload")
+    chooser.value.set_files(path)
+
+
+def _images(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Over the pixel limit (small file), a pixel bomb (100 MB decoded, ~100 KB on disk) and
+    over the byte limit (noise compresses badly)."""
     wide = tmp_path / "wide.png"
     Image.new("RGB", (1000, 800), (90, 120, 160)).save(wide)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (10_000, 10_000), 128).save(bomb, optimize=True)
     heavy = tmp_path / "heavy.png"
     noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
     Image.fromarray(noise).save(heavy)
-    assert heavy.stat().st_size > LIMITS.max_upload_bytes
-    return wide, heavy
+    assert LIMITS.max_upload_bytes < heavy.stat().st_size < LIMITS.transport_bytes
+    return wide, bomb, heavy
 
 
 def _save_screenshot(page, path: Path) -> None:
@@ -94,7 +104,7 @@ def test_app_in_a_browser(browser, url: str, astronaut: Path, tmp_path: Path) ->
     default_src = pose.get_attribute("src")
 
     # A photo: its pose is estimated, drawn in the editor and rendered for ControlNet.
-    page.locator("#pg-upload input[type=file]").set_input_files(astronaut)
+    _upload(page, astronaut)
     _status_has(page, "astronaut.png: pose estimated")
     page.wait_for_function(
         "s => document.querySelector('#pg-pose img').src !== s", arg=default_src,
@@ -135,11 +145,17 @@ def test_app_in_a_browser(browser, url: str, astronaut: Path, tmp_path: Path) ->
     if shot := os.environ.get("POSEGUIDE_APP_SCREENSHOT"):
         _save_screenshot(page, Path(shot))
 
-    # Over the byte limit: Gradio refuses the upload; over the pixel limit: the app does.
-    wide, heavy = _images(tmp_path)
-    page.locator("#pg-upload input[type=file]").set_input_files(heavy)
-    page.get_by_text("exceed the maximum allowed size").wait_for(timeout=TIMEOUT_MS)
-    page.locator("#pg-upload input[type=file]").set_input_files(wide)
+    # The upload button keeps its file: choosing another kind reads it again.
+    page.get_by_label("skeleton").check()
+    _status_has(page, "astronaut.png: used as a skeleton image (512x512)")
+
+    # Refused uploads: the app's own message in the status line, from the file's size or header.
+    wide, bomb, heavy = _images(tmp_path)
+    _upload(page, heavy)
+    _status_has(page, "heavy.png is 2.3 MB, over the upload limit of 2.0 MB")
+    _upload(page, wide)
     _status_has(page, "wide.png is 1000x800 = 800,000 pixels, over the limit of 600,000")
+    _upload(page, bomb)
+    _status_has(page, "bomb.png is 10000x10000 = 100,000,000 pixels, over the limit of 600,000")
     assert page.locator("#pg-gallery img").count() >= 1  # the page is still there
     page.close()

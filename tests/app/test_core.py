@@ -16,6 +16,7 @@ from poseguide.app import AppBackend, AppError, AppLimits
 from poseguide.app.core import (
     DEFAULT_CANVAS,
     UNTRAINED,
+    UNTRAINED_LABEL,
     default_controlnet,
     default_person,
     error_message,
@@ -150,6 +151,13 @@ def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> N
     junk.write_bytes(b"not an image at all")
     with pytest.raises(AppError, match="junk.png is not a readable image"):
         backend.pose_from_upload(junk)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError, match=r"^empty.png is empty \(0 bytes\); upload a photo") as err:
+        backend.pose_from_upload(empty)
+    assert str(tmp_path) not in str(err.value)  # the file's name, not the server's temp path
+    with pytest.raises(AppError, match="gone.png is no longer on the server; upload it again"):
+        backend.pose_from_upload(tmp_path / "gone.png")
 
 
 def test_generate_returns_images(backend: AppBackend) -> None:
@@ -202,6 +210,15 @@ def test_generate_refuses_bad_settings(backend: AppBackend, kwargs: dict, match:
         backend.generate(**args)
 
 
+def _export(folder: Path, weights: bool = True) -> Path:
+    """A folder as ControlNetModel.save_pretrained writes it (contents faked)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    if weights:
+        (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    return folder
+
+
 def test_default_model_is_the_newest_export(app_config, tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -209,11 +226,37 @@ def test_default_model_is_the_newest_export(app_config, tmp_path: Path) -> None:
     assert default_controlnet(config) == UNTRAINED
     exports = tmp_path / config.run.name / "exports"
     for stage in ("stage1", "stage2"):
-        (exports / stage).mkdir(parents=True)
-        (exports / stage / "config.json").write_text("{}")
+        _export(exports / stage)
         assert default_controlnet(config) == str(exports / stage)
     values = [value for _, value in model_choices(config, "some/hub-id")]
     assert values == ["some/hub-id", str(exports / "stage1"), str(exports / "stage2"), UNTRAINED]
+
+
+def test_model_menu_lists_complete_exports_only(app_config, tmp_path: Path) -> None:
+    """Training writes an export as .stage2.<random>.tmp, then renames it (the old one goes to
+    .stage2.old first): the menu lists neither those nor a folder without its weights."""
+    from dataclasses import replace
+
+    config = replace(app_config, run=replace(app_config.run, output_dir=str(tmp_path)))
+    exports = tmp_path / config.run.name / "exports"
+    _export(exports / ".stage2.abc.tmp")  # complete inside, but not yet renamed
+    _export(exports / ".stage2.old")
+    _export(exports / "copy.tmp")
+    _export(exports / "stage2", weights=False)  # half-written: config.json, no weights
+    (exports / "notes").mkdir()
+    assert model_choices(config) == [(UNTRAINED_LABEL, UNTRAINED)]
+    assert default_controlnet(config) == UNTRAINED
+    other = _export(tmp_path / "other-run" / "exports" / "stage1")
+    assert [value for _, value in model_choices(config)] == [str(other), UNTRAINED]
+
+
+def test_close_removes_the_temp_folder(app_config) -> None:
+    backend = AppBackend(app_config)
+    download = backend.default_pose().json_path
+    assert download.is_file() and download.is_relative_to(backend.tmp)
+    backend.close()
+    backend.close()  # idempotent
+    assert not backend.tmp.exists()
 
 
 def test_error_message_is_markdown_safe() -> None:
@@ -249,3 +292,20 @@ def test_cli_app_command(monkeypatch: pytest.MonkeyPatch) -> None:
     )  # fmt: skip
     assert kwargs["limits"] == AppLimits.from_options(None, 1000) and kwargs["controlnet"] is None
     assert main(["app"]) == 0 and calls[1][0][1] == "127.0.0.1"  # loopback by default
+
+
+def test_stop_on_signals_then_restore_the_handlers() -> None:
+    """The first signal stops the server (KeyboardInterrupt, as Ctrl-C); a second one during the
+    clean-up is noted, not raised; the handlers from before are back afterwards."""
+    import signal
+
+    pytest.importorskip("gradio", reason="the app extra is missing: pip install -e '.[app]'")
+    from poseguide.app.ui import _stop_on
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with _stop_on((signal.SIGTERM, signal.SIGINT)) as received:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)  # during the clean-up: ignored
+    assert received == [signal.SIGTERM, signal.SIGINT]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

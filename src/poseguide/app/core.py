@@ -33,7 +33,7 @@ from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
 from poseguide.models.controlnet import UNTRAINED, ControlNetRef
 from poseguide.paths import RunPaths
-from poseguide.pose.io import parse_pose, pose_to_json, read_pose
+from poseguide.pose.io import parse_pose, pose_to_json
 from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.images import ImageReadError, read_image
 from poseguide.utils.io import atomic_write_json
@@ -52,6 +52,9 @@ DEFAULT_CANVAS = (512, 512)  # (width, height) of the default pose and of JSON f
 UNTRAINED_LABEL = "untrained ControlNet (copied from the base UNet)"
 UPLOAD_KINDS = ("auto", "photo", "skeleton")
 EDITOR_BACKGROUND_SIDE = 384  # px: the photo under the editor's joints, sent as a data URL
+# What ControlNetModel.save_pretrained(safe_serialization=True) writes: an export is complete
+# only when both are there (training writes it under a temporary name, then renames it).
+EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 # A standing person as fractions of the canvas, COCO-17 order (x, y).
 _DEFAULT_PERSON = (
@@ -75,6 +78,13 @@ class AppLimits:
     def __post_init__(self) -> None:
         if self.max_upload_bytes <= 0 or self.max_pixels <= 0:
             raise InputError(f"app limits must be positive, got {self}")
+
+    @property
+    def transport_bytes(self) -> int:
+        """What Gradio itself accepts on the wire (``max_file_size``): twice the app's limit, so
+        a file somewhat over the limit still reaches the app and gets its message naming the
+        limit, while a far larger one is cut off by Gradio while it streams in (bounded disk)."""
+        return 2 * self.max_upload_bytes
 
     @classmethod
     def from_options(
@@ -119,12 +129,13 @@ def read_upload(path: str | Path, limits: AppLimits) -> Image.Image:
         return read_image(path, limits.max_pixels, "uploaded image", exif=True,
                           max_bytes=limits.max_upload_bytes, limit_name="--max-pixels")  # fmt: skip
     except ImageReadError as err:
-        raise AppError(_upload_problem(path.name, err)) from None
+        raise AppError(_upload_problem(path, err)) from None
 
 
-def _upload_problem(name: str, err: ImageReadError) -> str:
-    """What the page says about an upload the reader refused."""
-    facts = err.facts
+def _upload_problem(path: Path, err: ImageReadError) -> str:
+    """What the page says about an upload the reader refused: the file's name, never the
+    server's temp path, and the limit or the problem."""
+    name, facts = path.name, err.facts
     if "bytes" in facts:
         return (f"{name} is {facts['bytes'] / 2**20:.1f} MB, over the upload limit of "
                 f"{facts['limit'] / 2**20:.1f} MB; use a smaller file")  # fmt: skip
@@ -133,9 +144,12 @@ def _upload_problem(name: str, err: ImageReadError) -> str:
                 f"over the limit of {facts['limit']:,} pixels; use a smaller image")  # fmt: skip
     if facts.get("pil_limit"):
         return f"{name} has more pixels than Pillow allows; use a smaller image"
+    if err.problem == "missing_file":
+        return f"{name} is no longer on the server; upload it again"
     if err.problem == "unreadable_image" and "reason" in facts:
-        return f"{name} is not a readable image ({facts['reason']})"
-    return err.detail.split(" ", 2)[-1] if err.detail.startswith("uploaded image ") else err.detail
+        return f"{name} is not a readable image ({facts['reason']}); upload a PNG, JPEG or WebP"
+    detail = err.detail.replace(f"uploaded image {path}", name).replace(str(path), name)
+    return f"{detail}; upload a photo or a skeleton image" if err.problem == "zero_size" else detail
 
 
 def data_url(image: Image.Image, side: int = EDITOR_BACKGROUND_SIDE) -> str:
@@ -164,22 +178,32 @@ def _summary(people: np.ndarray, canvas: tuple[int, int]) -> str:
     return f"{who}, {shown}, on a {canvas[0]}x{canvas[1]} canvas"
 
 
+def is_export(folder: Path) -> bool:
+    """A complete ControlNet export: a visible folder (not one of the ``.NAME.*.tmp`` / ``.old``
+    folders an atomic write leaves while it runs or when it is killed) holding ``config.json`` and
+    the weights."""
+    name = folder.name
+    if name.startswith(".") or name.endswith(".tmp"):
+        return False
+    return all((folder / file).is_file() for file in EXPORT_FILES)
+
+
 def default_controlnet(config: Config) -> str:
     """The run's newest export (``exports/stage2``, then ``stage1``), else :data:`UNTRAINED`."""
     paths = RunPaths.of(config)
     for stage in ("stage2", "stage1"):
-        if (paths.export(stage) / "config.json").is_file():
+        if is_export(paths.export(stage)):
             return str(paths.export(stage))
     return UNTRAINED
 
 
 def model_choices(config: Config, extra: str | None = None) -> list[tuple[str, str]]:
-    """(label, value) pairs for the model menu: ``extra``, every export under
-    ``run.output_dir/*/exports/``, and the untrained ControlNet. Other ids can be typed in."""
+    """(label, value) pairs for the model menu: ``extra``, every complete export (:func:`is_export`)
+    under ``run.output_dir/*/exports/``, and the untrained ControlNet. Other ids can be typed in."""
     choices = [(extra, extra)] if extra else []
-    for folder in sorted(Path(config.run.output_dir).glob("*/exports/*/config.json")):
-        value = str(folder.parent)
-        if value != extra:
+    for folder in sorted(Path(config.run.output_dir).glob("*/exports/*")):
+        value = str(folder)
+        if value != extra and is_export(folder):
             choices.append((value, value))
     return [*choices, (UNTRAINED_LABEL, UNTRAINED)]
 
@@ -218,8 +242,13 @@ class AppBackend:
         self._estimator = estimator
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))  # keypoint downloads
-        weakref.finalize(self, shutil.rmtree, self.tmp, True)
+        # Keypoint downloads, and Gradio's upload cache when the page is built (ui.build_app).
+        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
+        self._remove_tmp = weakref.finalize(self, shutil.rmtree, self.tmp, True)
+
+    def close(self) -> None:
+        """Remove :attr:`tmp` and everything in it (also done at normal exit); idempotent."""
+        self._remove_tmp()
 
     # -- poses ---------------------------------------------------------------------------------
 
@@ -308,18 +337,29 @@ class AppBackend:
         return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), what)
 
     def pose_from_json_file(self, path: str | Path | None) -> PoseResult:
-        """An uploaded keypoint JSON file (see :mod:`poseguide.pose.io`)."""
+        """An uploaded keypoint JSON file (see :mod:`poseguide.pose.io`); errors name the file,
+        never the server's temp path."""
         if not path:
             raise AppError("no keypoint file uploaded")
         path = Path(path)
-        if path.stat().st_size > MAX_KEYPOINT_JSON_BYTES:
-            raise AppError(f"{path.name} is over the keypoint file limit of 1 MB")
+        name = path.name
         try:
-            pose = read_pose(path)
-        except UnicodeDecodeError:
-            raise AppError(f"{path.name} is not a UTF-8 keypoint JSON file") from None
-        canvas = pose.size or _canvas_for(pose.people)
-        return self.pose_from_people(pose.people, canvas, path.name)
+            size = path.stat().st_size
+            if size > MAX_KEYPOINT_JSON_BYTES:
+                raise AppError(f"{name} is {size / 2**20:.1f} MB, over the keypoint file limit "
+                               f"of {MAX_KEYPOINT_JSON_BYTES / 2**20:.0f} MB")  # fmt: skip
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise AppError(f"{name} is no longer on the server; upload it again") from None
+        if not data.strip():
+            raise AppError(f"{name} is empty; upload a keypoint JSON file (as downloaded below)")
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
+            raise AppError(f"{name} is not a keypoint JSON file ({reason})") from None
+        pose = parse_pose(value, name)
+        return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), name)
 
     # -- generation ----------------------------------------------------------------------------
 

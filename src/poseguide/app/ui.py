@@ -4,13 +4,22 @@ Layout: the prompt and generation settings on the left, the pose inputs (upload,
 the drag editor, the JSON download) on the right; below them the pose ControlNet sees and the
 generated images side by side, and a status line that shows what happened, errors included.
 Every callback is guarded: an exception becomes a message in the status line, never a crash.
+
+Uploads arrive as files (``gr.UploadButton``), never decoded by Gradio: the app checks the byte
+size and the pixel count from the header (:func:`~poseguide.app.core.read_upload`) before
+anything decodes the image, and every refusal is the app's own one-line message. Gradio's upload
+cache lives in the backend's temp folder, which the app removes at exit and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; set before import
@@ -33,6 +42,11 @@ from poseguide.errors import classify
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Gradio's upload cache: read by every component when it is built, by the server when it starts
+# and on every request (uploads must be inside it), so it is set for the process.
+GRADIO_CACHE_ENV = "GRADIO_TEMP_DIR"
+DELETE_CACHE = (3600, 86400)  # (every, older than) seconds: a long-running server's old uploads
 DEFAULT_PROMPT = "a person standing in a park, photograph"
 # Small generated images are scaled up in the page: keep their pixels sharp.
 PAGE_CSS = """
@@ -101,15 +115,18 @@ def _settings(config: Config, controlnet: str | None, backend: AppBackend) -> tu
 def _pose_inputs(start: PoseResult) -> tuple:
     """The right column: the upload, the keypoint JSON upload, the editor and the download."""
     with gr.Tab("Photo or skeleton image"):
-        upload = gr.Image(
-            type="filepath", sources=["upload"], height=220, elem_id="pg-upload",
-            label="A photo (its pose is estimated) or an OpenPose skeleton image",
+        # A file, not gr.Image: gr.Image decodes (and re-encodes) every upload before the app's
+        # limits can look at it. A button, not gr.File: it takes the next file without a click
+        # on "clear" first. No file_types: Gradio's refusal would not be the app's message.
+        upload = gr.UploadButton(
+            "Upload a photo (its pose is estimated) or an OpenPose skeleton image",
+            type="filepath", elem_id="pg-upload",
         )  # fmt: skip
         kind = gr.Radio(["auto", "photo", "skeleton"], value="auto", label="The upload is")
     with gr.Tab("Keypoint JSON"):
-        json_in = gr.File(
-            file_types=[".json"], type="filepath", elem_id="pg-json-in",
-            label="Keypoints in COCO-17 layout (as downloaded below)",
+        json_in = gr.UploadButton(
+            "Upload keypoints in COCO-17 layout (a .json file, as downloaded below)",
+            type="filepath", elem_id="pg-json-in",
         )  # fmt: skip
     editor = gr.HTML(
         start.keypoints, html_template=EDITOR_TEMPLATE, css_template=EDITOR_CSS,
@@ -132,11 +149,14 @@ def build_app(
 ) -> gr.Blocks:
     """The app's page for ``config``; ``controlnet`` is the default model (see
     :func:`~poseguide.app.core.default_controlnet`). Serve it with :func:`launch`, which adds
-    the upload limit, the offline theme and the page's CSS (Gradio 6 takes them at launch)."""
+    the upload limit, the offline theme and the page's CSS (Gradio 6 takes them at launch).
+    Points Gradio's upload cache (``GRADIO_TEMP_DIR``, for the process) into the backend's
+    temp folder, so the uploads go with it."""
     backend = backend or AppBackend(config, limits, controlnet)
+    _cache_in(backend.tmp / "gradio")  # before any component is built
     start = backend.default_pose()
     w, h = backend.size
-    with gr.Blocks(title="poseguide") as demo:
+    with gr.Blocks(title="poseguide", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -164,13 +184,13 @@ def build_app(
             value = (event._data or {}).get("value")
             return _guarded(lambda: _pose_outputs(backend.pose_from_keypoints(value), False), 4)()
 
+        def from_json(path: str | None) -> tuple:
+            return _pose_outputs(backend.pose_from_json_file(path))
+
         pose_outs = [editor, pose, pose_image, download, status]
-        upload.upload(_guarded(from_upload, 5), [upload, kind], pose_outs)
-        kind.input(_guarded(from_upload, 5), [upload, kind], pose_outs)
-        json_in.upload(
-            _guarded(lambda path: _pose_outputs(backend.pose_from_json_file(path)), 5),
-            [json_in], pose_outs,
-        )  # fmt: skip
+        upload.upload(_guarded(from_upload, 5), [upload, kind], pose_outs, api_name="upload")
+        kind.input(_guarded(from_upload, 5), [upload, kind], pose_outs, api_name="upload_kind")
+        json_in.upload(_guarded(from_json, 5), [json_in], pose_outs, api_name="upload_json")
         reset.click(_guarded(lambda: _pose_outputs(backend.default_pose()), 5), None, pose_outs)
         editor.edit(on_edit, None, pose_outs[1:])
         prompt, model, seed, steps, guidance, count = settings
@@ -179,6 +199,14 @@ def build_app(
             [prompt, pose, model, seed, steps, guidance, count], [gallery, status],
         )  # fmt: skip
     return demo
+
+
+def _cache_in(folder: Path) -> None:
+    """Put Gradio's upload cache in ``folder`` (the backend's temp folder, which the app
+    removes) for this process; a cache the user chose is replaced while the app runs (choose
+    where the temp folder goes with TMPDIR)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[GRADIO_CACHE_ENV] = str(folder)
 
 
 def launch(
@@ -190,34 +218,96 @@ def launch(
     limits: AppLimits | None = None,
     block: bool = True,
     backend: AppBackend | None = None,
-) -> gr.Blocks:
+) -> gr.Blocks | None:
     """Serve the app on ``host:port`` (default: this machine only).
 
-    Uploads over ``limits.max_upload_bytes`` are refused by Gradio before they reach Python;
-    images over ``limits.max_pixels`` by the app. ``block=False`` returns once the server runs
-    (tests; stop it with ``demo.close()``). ``share`` asks Gradio for a public link (needs the
-    network).
+    Uploads over ``limits.max_upload_bytes`` are refused by the app with its own message
+    (Gradio cuts off only uploads over :attr:`~poseguide.app.core.AppLimits.transport_bytes`),
+    images over ``limits.max_pixels`` too, from their header. ``block=True`` serves until SIGINT
+    (Ctrl-C) or SIGTERM, then removes the app's temp folder (uploads included) and restores the
+    previous signal handlers; after SIGTERM the signal is raised again, so the process ends as
+    killed by it. ``block=False`` returns once the server runs and leaves signals to the caller
+    (tests; stop it with ``demo.close()``; the temp folder goes with the backend or at exit).
+    ``share`` asks Gradio for a public link (needs the network). Returns the page (None when a
+    signal stopped the app before the page was built).
     """
-    limits = limits or AppLimits()
     if host not in LOOPBACK:
         log.warning(
             "serving on %s: other machines can reach the app, and it has no login; use "
             "--host 127.0.0.1 to keep it on this machine",
             host,
         )
-    demo = build_app(config, controlnet, limits, backend)
+    backend = backend or AppBackend(config, limits, controlnet)
+    options = dict(
+        server_name=host, server_port=port, share=share,
+        max_file_size=backend.limits.transport_bytes, prevent_thread_lock=True, show_error=True,
+        ssr_mode=False, mcp_server=False, quiet=not block, theme=_theme(), css=PAGE_CSS,
+    )  # fmt: skip
+    if not block:
+        demo = _page(config, controlnet, backend)
+        demo.launch(**options)
+        return demo
+    return _serve_until_stopped(config, controlnet, backend, options)
+
+
+def _page(config: Config, controlnet: str | None, backend: AppBackend) -> gr.Blocks:
+    demo = build_app(config, controlnet, backend.limits, backend)
     demo.queue(default_concurrency_limit=1, max_size=32)  # one generation at a time
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        max_file_size=limits.max_upload_bytes,
-        prevent_thread_lock=not block,
-        show_error=True,
-        ssr_mode=False,
-        mcp_server=False,
-        quiet=not block,
-        theme=_theme(),
-        css=PAGE_CSS,
-    )
     return demo
+
+
+def _serve_until_stopped(
+    config: Config, controlnet: str | None, backend: AppBackend, options: dict
+) -> gr.Blocks | None:
+    """Build, launch and serve until SIGINT or SIGTERM (handlers only in the main thread: Python
+    allows no others); then stop the server and remove the backend's temp folder, whatever
+    stopped it. After SIGTERM the signal is raised again under the restored handler."""
+    previous_cache = os.environ.get(GRADIO_CACHE_ENV)
+    main = threading.current_thread() is threading.main_thread()
+    demo = None
+    with _stop_on(STOP_SIGNALS if main else ()) as received:
+        try:
+            demo = _page(config, controlnet, backend)
+            demo.launch(**options)
+            demo.block_thread()  # returns on KeyboardInterrupt: what Ctrl-C and the handlers raise
+        except KeyboardInterrupt:  # only before block_thread, which swallows it
+            if signal.SIGTERM not in received:
+                raise  # Ctrl-C during start-up: as before, the CLI says "interrupted"
+        finally:
+            if demo is not None:
+                demo.close(verbose=False)
+            backend.close()
+            _restore_env(GRADIO_CACHE_ENV, previous_cache)
+    if signal.SIGTERM in received:
+        signal.raise_signal(signal.SIGTERM)  # by default the process ends, as killed by it
+    return demo
+
+
+@contextlib.contextmanager
+def _stop_on(signals: tuple[signal.Signals, ...]) -> Iterator[list[int]]:
+    """While inside: the first of ``signals`` raises KeyboardInterrupt in the main thread (what
+    Ctrl-C does by default), so the server stops and the clean-up runs; later ones are noted
+    and ignored, so they cannot cut the clean-up short. Yields the signals received; restores
+    the previous handlers on the way out."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("app: %s received, stopping", signal.Signals(signum).name)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            # None: a handler installed outside Python; the default is the nearest we can restore.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
