@@ -134,7 +134,7 @@ def test_seeds_at_the_ends_of_the_range_are_accepted(key: str) -> None:
 def test_lr_scheduler_names_come_from_diffusers() -> None:
     from diffusers.optimization import SchedulerType
 
-    from poseguide.config.schema import _enum_values_in_source
+    from poseguide.config.checks import _enum_values_in_source
 
     names = tuple(s.value for s in SchedulerType)
     assert lr_scheduler_names() == names

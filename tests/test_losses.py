@@ -401,3 +401,35 @@ def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> Non
     ]  # fmt: skip
     logged = step_terms(micro, TwoProcesses())
     assert logged == {"loss": (3.0 + 10.0) / 2, "he_min": -9.0, "he_max": 7.0}
+
+
+def test_the_posterior_sample_is_diffusers_own(vae) -> None:
+    """The stage-2 mask's posterior sample draws on the CPU generators and reaches the device
+    without blocking; the numbers are those of DiagonalGaussianDistribution.sample."""
+    from poseguide.losses import _posterior_sample
+
+    posterior = vae.encode(_randn(2, 3, 64, 64, seed=7).clamp(-1, 1)).latent_dist
+    for gens in ([_gen(1), _gen(2)], _gen(3)):
+        ours = _posterior_sample(posterior, gens)
+        theirs = posterior.sample(
+            generator=[_gen(1), _gen(2)] if isinstance(gens, list) else _gen(3)
+        )
+        assert torch.equal(ours, theirs)
+
+
+def test_tensor_heatmaps_equal_the_numpy_path() -> None:
+    """The estimator's heatmaps of a float tensor (the stage-2 loss) are built on the tensor's
+    device from the detections' tensors; they equal the maps of the same keypoints as numpy."""
+    from skimage import data as skdata
+
+    from poseguide.pose.estimator import YoloPoseEstimator
+    from poseguide.pose.heatmaps import batch_heatmaps
+
+    est = YoloPoseEstimator(device="cpu", imgsz=320)
+    image = torch.from_numpy(skdata.astronaut().copy()).permute(2, 0, 1).float()[None] / 255
+    maps = est.heatmaps(image)
+    (found,) = est.detect(image)
+    numpy_maps = batch_heatmaps([found.to_numpy().keypoints], [(512, 512)], (128, 128),
+                                est.heatmap_sigma, scale_by_score=True)  # fmt: skip
+    assert maps.shape == (1, 17, 128, 128) and maps.max() > 0.5
+    assert torch.equal(maps, numpy_maps)

@@ -263,8 +263,24 @@ def predicted_error_mask(
     h_m = mask.expand(-1, vae.config.in_channels, -1, -1)
     with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=fast):
         posterior = vae.encode(h_m.to(vae.dtype)).latent_dist
-        h_e = (posterior.sample(generator=generator) * scale).float()
+        h_e = (_posterior_sample(posterior, generator) * scale).float()
     return {"h_e": h_e, "decoded": decoded, "heatmaps": heatmaps, "h_m": h_m}
+
+
+def _posterior_sample(posterior: Any, generator: Any) -> torch.Tensor:
+    """``posterior.sample(generator)`` with the same numbers (diffusers' ``randn_tensor``: one
+    CPU draw per row from its generator, in the posterior's dtype), moved to the device without
+    blocking the host."""
+    if generator is None:
+        return posterior.sample()
+    from poseguide.utils.device import to_device
+
+    mean = posterior.mean
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    shape = (1, *mean.shape[1:]) if len(gens) > 1 else tuple(mean.shape)
+    noise = torch.cat([torch.randn(shape, generator=g, dtype=posterior.parameters.dtype,
+                                   device=g.device) for g in gens])  # fmt: skip
+    return mean + posterior.std * to_device(noise, mean.device)
 
 
 def ground_truth_mask(

@@ -252,3 +252,28 @@ def test_a_row_damaged_after_the_scan(tmp_path, monkeypatch, capsys, policy) -> 
         list(listed) == ["synth-00003"] and listed["synth-00003"]["problem"] == "unreadable_image"
     )
     assert (tmp_path / "runs/t/exports/stage1/config.json").is_file()
+
+
+def test_a_nan_is_noticed_at_the_next_read_and_never_saved(tmp_path, monkeypatch) -> None:
+    """train.check_finite=log (the default): no host read between log steps; a NaN loss at step
+    3 is noticed at the next read (step 4, a checkpoint step) and step 4 is not saved."""
+    import poseguide.losses as losses
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, train={"checkpoint_every": 2, "log_every": 4})
+    real, calls = losses.stage_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        return {**terms, "loss": terms["loss"] * float("nan")} if calls["n"] == 3 else terms
+
+    monkeypatch.setattr(losses, "stage_loss", poisoned)
+    with pytest.raises(runner.TrainingError) as err:
+        runner.run_training(load_config("config.yaml"))
+    message = str(err.value)
+    assert "NaN or Inf at global step 3 (noticed at step 4" in message
+    assert "step-00000002) is intact" in message
+    folder = tmp_path / "runs/t/checkpoints"
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-00000002"]
+    assert rows(tmp_path) == []  # the first log step (4) was never written

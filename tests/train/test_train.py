@@ -125,7 +125,7 @@ def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.Mo
     import poseguide.losses as losses
 
     monkeypatch.chdir(tmp_path)
-    write_config(tmp_path)
+    write_config(tmp_path, train={"check_finite": "every_step"})
     real, calls = losses.stage_loss, {"n": 0}
 
     def poisoned(*args, **kwargs):

@@ -35,7 +35,7 @@ from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import Source
 from poseguide.errors import UserError
-from poseguide.utils.device import DTYPES
+from poseguide.utils.device import DTYPES, to_device
 from poseguide.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def sample_latents(
 ) -> torch.Tensor:
     """``(mean + std * noise) * scaling_factor`` with one CPU generator per row (B, 4, h, w)."""
     noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
-    return (mean + std * noise.to(mean.device, mean.dtype)) * scaling_factor
+    return (mean + std * to_device(noise, mean.device, mean.dtype)) * scaling_factor
 
 
 @dataclass

@@ -6,6 +6,7 @@ Batches are dicts with fixed keys (B = batch size, R = ``data.resolution``, D = 
 key                shape / type                   meaning
 =================  =============================  ===============================================
 ``index``          (B,) int64                     row index in the source (seeds per-row noise)
+``rows``           list[int]                      the same indices as Python ints (no tensor reads)
 ``ids``            list[str]                      row ids
 ``captions``       list[str]                      captions ("" when dropped)
 ``conditioning``   (B, 3, R, R) float32 in [0,1]  the skeleton image (ControlNet input)
@@ -123,6 +124,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of dataset items into the batch layout of the module docstring."""
     batch: dict[str, Any] = {
         "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+        "rows": [int(it["index"]) for it in items],
         "ids": [it["id"] for it in items],
         "captions": [it["caption"] for it in items],
         "keypoints": [it["keypoints"] for it in items],

@@ -371,24 +371,36 @@ class YoloPoseEstimator:
         Returns:
             float32 (B, 17, h, w) in [0, 1], on the input tensor's device (CPU for PIL/numpy).
         """
+        if isinstance(images, torch.Tensor) and images.dtype != torch.uint8:
+            return self._tensor_heatmaps(images, heatmap_size)
         detections = self.estimate_people(images)
         sizes = [d.image_size for d in detections]
-        if heatmap_size is None:
-            if len(set(sizes)) > 1:
-                raise ValueError(
-                    f"images have different sizes {sorted(set(sizes))}; pass heatmap_size=(w, h)"
-                )
-            w, h = sizes[0] if sizes else (0, 0)
-            heatmap_size = (max(w // self.heatmap_stride, 1), max(h // self.heatmap_stride, 1))
-        device = images.device if isinstance(images, torch.Tensor) else None
-        return batch_heatmaps(
-            [d.keypoints for d in detections],
-            sizes,
-            heatmap_size,
-            self.heatmap_sigma,
-            scale_by_score=True,
-            device=device,
-        )
+        heatmap_size = self._heatmap_size(sizes, heatmap_size)
+        return batch_heatmaps([d.keypoints for d in detections], sizes, heatmap_size,
+                              self.heatmap_sigma, scale_by_score=True)  # fmt: skip
+
+    def _heatmap_size(self, sizes: list[tuple[int, int]], size: tuple[int, int] | None) -> tuple:
+        if size is not None:
+            return size
+        if len(set(sizes)) > 1:
+            raise ValueError(
+                f"images have different sizes {sorted(set(sizes))}; pass heatmap_size=(w, h)"
+            )
+        w, h = sizes[0] if sizes else (0, 0)
+        return max(w // self.heatmap_stride, 1), max(h // self.heatmap_stride, 1)
+
+    def _tensor_heatmaps(self, images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+        """The torch path end to end on the images' device (the stage-2 loss): no copy of the
+        images or of the keypoints to the host."""
+        batch = (images[None] if images.ndim == 3 else images).to(self.device)
+        found = []
+        for start in range(0, len(batch), self.batch_size):
+            found += self.detect(batch[start : start + self.batch_size])
+        sizes = [d.image_size for d in found]
+        size = self._heatmap_size(sizes, size)
+        people = [d.keypoints.detach() for d in found]
+        return batch_heatmaps(people, sizes, size, self.heatmap_sigma, scale_by_score=True,
+                              device=images.device)  # fmt: skip
 
     def _predict_uint8(self, arrays: list[np.ndarray]) -> list[Detections]:
         """Ultralytics' own predict on (H, W, 3) uint8 RGB arrays of one size."""

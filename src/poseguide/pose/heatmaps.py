@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from poseguide.pose.skeleton import COCO17_LIMBS, NUM_COCO17, as_people
+from poseguide.pose.skeleton import COCO17_LIMBS, NUM_COCO17, KeypointError, as_people
 
 # "not_detected" is what HumanSD's code computes, `where(H > threshold, 0, 1)`: 1 where a joint is
 # NOT detected. "detected" is the stated intent (1 on pose regions). See METHOD 3.4.
@@ -53,6 +53,26 @@ def _people_array(people: np.ndarray | torch.Tensor | list, num_joints: int) -> 
     if isinstance(people, torch.Tensor):
         people = people.detach().cpu().numpy()
     return as_people(people, num_joints)
+
+
+def _people_tensor(
+    people: np.ndarray | torch.Tensor | list, num_joints: int, device: torch.device | str | None
+) -> torch.Tensor:
+    """(P, J, 3) keypoints as a tensor on ``device``, in float64 where the device has it (the
+    precision of the numpy path, so both give the same maps). A tensor stays on its device:
+    no copy to the host (the stage-2 loss' keypoints come from the estimator on the GPU)."""
+    if not isinstance(people, torch.Tensor):
+        people = torch.as_tensor(as_people(people, num_joints))
+    target = torch.device(device) if device is not None else people.device
+    dtype = torch.float32 if target.type == "mps" else torch.float64  # MPS has no float64
+    people = people.detach().to(device=target, dtype=dtype)
+    if people.ndim == 2:
+        people = people[None]
+    if people.ndim != 3 or tuple(people.shape[1:]) != (num_joints, 3):
+        raise KeypointError(
+            f"keypoints have shape {tuple(people.shape)}; expected (P, {num_joints}, 3)"
+        )
+    return people
 
 
 def _to_grid(people: np.ndarray, image_size: Size, grid_size: Size) -> np.ndarray:
@@ -94,11 +114,13 @@ def gaussian_heatmaps(
     w, h = _check_size(heatmap_size, "heatmap_size")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (heatmap pixels), got {sigma!r}")
-    arr = _people_array(people, num_joints)
-    if arr.shape[0] == 0:
+    people = _people_tensor(people, num_joints, device)
+    device = people.device
+    if people.shape[0] == 0:
         return torch.zeros(num_joints, h, w, device=device)
-    centre = torch.as_tensor(_to_grid(arr, image_size, (w, h)), dtype=torch.float32, device=device)
-    score = torch.as_tensor(arr[..., 2], dtype=torch.float32, device=device)
+    scale = torch.tensor([w / image_size[0], h / image_size[1]], dtype=people.dtype, device=device)
+    centre = (people[..., :2] * scale).float()  # grid coordinates, as the numpy path rounds them
+    score = people[..., 2].float()
     peak = (score if scale_by_score else torch.ones_like(score)) * (score > min_score)
     xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
     ys = torch.arange(h, dtype=torch.float32, device=device) + 0.5

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
@@ -32,6 +33,7 @@ from poseguide.train.setup import (
 from poseguide.train.step import (
     DivergedError,
     StepResult,
+    StepWindow,
     Trainer,
     epoch_key,
     optimizer_step,
@@ -48,7 +50,6 @@ FP32_BYTES, ADAM_MOMENTS = (
     4,
     2,
 )  # for the checkpoint size estimate  # stage.max_steps unset: the epochs decide
-RATE_SMOOTHING = 0.9  # samples/s shown: exponential moving average with this weight
 
 
 @dataclass
@@ -77,9 +78,13 @@ def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
         model = controlnet_for_stage(trainer.frozen, stage, init, previous, cfg.run.seed + index)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train.optim, stage.lr)
     scheduler = make_lr_scheduler(optimizer, stage, total)
+    if cfg.train.compile:
+        model = torch.compile(model)
     model, optimizer = acc.prepare(model, optimizer)
     position = Position(index, stage.name, global_step=global_step)
     state = TrainState(model, optimizer, scheduler, position, getattr(acc, "scaler", None))
@@ -108,10 +113,11 @@ def save(run: Run, state: TrainState, done: bool = False) -> Path | None:
         state.position = replace(state.position, stage_done=True)
     rngs = gather_object([rng_state()])
     path, ds_dir = None, _deepspeed_save(run, state)
+    controlnet = plain_controlnet(run, state)  # collective under DeepSpeed: every process
     if acc.is_main_process:
         try:
             path = write_checkpoint(
-                run.paths.checkpoints, state, acc.unwrap_model(state.model), rngs=rngs,
+                run.paths.checkpoints, state, controlnet, rngs=rngs,
                 config=to_dict(run.config), keep=run.config.train.keep_checkpoints,
                 world_size=acc.num_processes, deepspeed_dir=ds_dir,
             )  # fmt: skip
@@ -145,6 +151,24 @@ def is_deepspeed(acc: Any) -> bool:
     return acc.distributed_type == DistributedType.DEEPSPEED
 
 
+def plain_controlnet(trainer: Trainer, state: TrainState) -> Any:
+    """The stage's ``ControlNetModel`` with its fp32 master weights, for checkpoints, exports
+    and validation: unwrapped from DDP, torch.compile and DeepSpeed; under DeepSpeed with bf16
+    the module itself holds bf16 copies, so an fp32 copy is built from the masters."""
+    acc = trainer.accelerator
+    model = acc.unwrap_model(state.model, keep_torch_compile=False)
+    if not is_deepspeed(acc) or next(model.parameters()).dtype == torch.float32:
+        return model
+    from deepspeed.utils import safe_get_full_fp32_param
+    from diffusers import ControlNetModel
+
+    masters = {name: safe_get_full_fp32_param(p).detach().cpu()
+               for name, p in model.named_parameters()}  # fmt: skip
+    copy = ControlNetModel.from_config(model.config)
+    copy.load_state_dict({**{k: v.float().cpu() for k, v in model.state_dict().items()}, **masters})
+    return copy
+
+
 def _deepspeed_save(run: Run, state: TrainState) -> Path | None:
     """Under DeepSpeed every process writes its optimizer partition (collective); else None."""
     acc = run.accelerator
@@ -159,10 +183,11 @@ def _deepspeed_save(run: Run, state: TrainState) -> Path | None:
 def export(run: Run, state: TrainState, stage: str) -> Path:
     """The stage's ControlNet as a diffusers folder (``save_pretrained``, safetensors)."""
     acc, target = run.accelerator, run.paths.export(stage)
+    controlnet = plain_controlnet(run, state)  # collective under DeepSpeed: every process
     if acc.is_main_process:
         try:
             with atomic_directory(target) as tmp:
-                acc.unwrap_model(state.model).save_pretrained(tmp, safe_serialization=True)
+                controlnet.save_pretrained(tmp, safe_serialization=True)
         except WRITE_FAILURES as err:
             if is_out_of_memory(err):
                 raise
@@ -199,7 +224,7 @@ def train_stage(
     _run_epochs(run, stage, state, data, per_epoch, total)
     save(run, state, done=True)
     if run.validator is not None:
-        run.validator(acc.unwrap_model(state.model), stage.name, state.position.global_step)
+        run.validator(plain_controlnet(run, state), stage.name, state.position.global_step)
     folder, step = export(run, state, stage.name), state.position.global_step
     end_stage(run, state)
     _report_replaced(run, stage.name)
@@ -212,7 +237,8 @@ def _check_disk(run: Run, state: TrainState) -> None:
     weights plus AdamW's two moments per trainable parameter)."""
     if not run.accelerator.is_main_process:
         return
-    params = sum(p.numel() for p in run.accelerator.unwrap_model(state.model).parameters())
+    model = run.accelerator.unwrap_model(state.model, keep_torch_compile=False)
+    params = sum(p.numel() for p in model.parameters())
     checkpoint = params * FP32_BYTES * (1 + ADAM_MOMENTS)
     need = 2 * checkpoint + params * FP32_BYTES
     folder = run.paths.checkpoints
@@ -249,39 +275,71 @@ def _run_epochs(run: Run, stage: StageConfig, state: TrainState, data: tuple, pe
     acc = run.accelerator
     bar = tqdm(total=total, initial=state.position.stage_step, desc=stage.name, unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)  # fmt: skip
+    window = StepWindow()
     with bar:  # closed on any exception too, so an error message starts on its own line
         while state.position.stage_step < total:
-            _run_epoch(run, stage, state, data, per_epoch, total, bar)
+            _run_epoch(run, stage, state, data, (per_epoch, total), window, bar)
             if state.position.epoch_step >= per_epoch:
                 state.next_epoch()
 
 
-def _run_epoch(run: Run, stage: StageConfig, state: TrainState, data: tuple, per_epoch: int,
-               total: int, bar: Any) -> None:  # fmt: skip
-    """The rest of the current epoch (all of it, or from where a resumed run stopped)."""
+def _run_epoch(run: Run, stage: StageConfig, state: TrainState, data: tuple,
+               limits: tuple[int, int], window: StepWindow, bar: Any) -> None:  # fmt: skip
+    """The rest of the current epoch (all of it, or from where a resumed run stopped). Steps
+    stay on the device; the window of steps is read once at log, checkpoint and validation
+    steps (:func:`_read_now`)."""
     cfg, acc = run.config, run.accelerator
-    dataset, sampler, loader = data
+    (dataset, sampler, loader), (per_epoch, total) = data, limits
     global_batch = cfg.train.batch_size * cfg.train.grad_accum * acc.num_processes
     pos = state.position
     key = epoch_key(pos.stage_index, pos.epoch)
     dataset.set_epoch(key)
     sampler.set_epoch(key, start=pos.epoch_step * cfg.train.grad_accum * cfg.train.batch_size)
-    batches, rate, tick = iter(loader), 0.0, time.perf_counter()
+    batches, tick, steps = iter(loader), time.perf_counter(), 0
     while state.position.epoch_step < per_epoch and state.position.stage_step < total:
         result = _step(run, stage, state, batches, key)
         run.replaced += result.replaced
+        window.add(result, state.position.global_step + 1)
         state.count_step()
-        now = time.perf_counter()
-        instant = global_batch / max(now - tick, 1e-9)
-        rate = instant if rate == 0 else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * instant
-        tick = now
-        lr = state.scheduler.get_last_lr()[0]
         bar.update(1)
-        bar.set_postfix(loss=f"{result.terms['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
+        steps += 1
+        if not _read_now(run, state, total):
+            continue
+        seen = window.read(run)  # the one host sync of the window
+        _stop_if_diverged(run, stage, state, seen)
+        now = time.perf_counter()
+        rate, tick, steps = global_batch * steps / max(now - tick, 1e-9), now, 0
+        lr = state.scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{seen.terms['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{rate:.2f}")
         step = state.position.stage_step
         if step % cfg.train.log_every == 0 or step == total:
-            run.metrics.write(_record(stage, state.position, result.terms, lr, rate))
-        _periodic(run, stage, state, total, result.stop)
+            run.metrics.write(_record(stage, state.position, seen.terms, lr, rate))
+        _periodic(run, stage, state, total, seen.stop)
+
+
+def _read_now(run: Run, state: TrainState, total: int) -> bool:
+    """Whether this step ends a window: a log step, a checkpoint or validation step (nothing is
+    saved or shown before the window is known to be finite), the stage's last step, or every
+    step under ``train.check_finite=every_step``."""
+    cfg, pos = run.config.train, state.position
+    every = cfg.validation.every
+    return (pos.stage_step % cfg.log_every == 0 or pos.stage_step == total
+            or pos.global_step % cfg.checkpoint_every == 0
+            or bool(every and pos.global_step % every == 0)
+            or cfg.check_finite == "every_step")  # fmt: skip
+
+
+def _stop_if_diverged(run: Run, stage: StageConfig, state: TrainState, seen: Any) -> None:
+    if seen.first_bad is None:
+        return
+    raise TrainingError(
+        f"stage {stage.name!r}: the loss was NaN or Inf at global step {seen.first_bad} (noticed "
+        f"at step {state.position.global_step}: train.check_finite=log reads it at log and "
+        f"checkpoint steps); the weights were updated with it, so nothing after it is saved. "
+        f"{_intact(run).capitalize()}: resume with --resume latest (maybe with a lower learning "
+        "rate or train.mixed_precision=bf16); train.check_finite=every_step stops before the bad "
+        "update"
+    )
 
 
 def _step(run: Run, stage: StageConfig, state: TrainState, batches: Any, key: int) -> StepResult:
@@ -308,4 +366,4 @@ def _periodic(run: Run, stage: StageConfig, state: TrainState, total: int, stop:
         save(run, state)
     every = cfg.validation.every
     if run.validator is not None and every and pos.global_step % every == 0 and not last:
-        run.validator(run.accelerator.unwrap_model(state.model), stage.name, pos.global_step)
+        run.validator(plain_controlnet(run, state), stage.name, pos.global_step)

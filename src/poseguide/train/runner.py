@@ -40,7 +40,8 @@ STAGE_MARKER = "poseguide_stage.json"
 RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "data.cache.dir",
                "data.cache.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
                "train.log_every", "train.tensorboard", "train.validation", "generate",
-               "pose.render.min_score"}  # fmt: skip
+               "pose.render.min_score", "train.check_finite", "train.process_timeout_s",
+               "train.compile", "pose.render.max_canvas_pixels"}  # fmt: skip
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -131,6 +132,9 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     if cache is not None and cache.captions:  # every training caption was tokenised once
         run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
         _report_captions(run)
+        # Every step's text embedding comes from the cache: the text encoder is not needed on
+        # the device (validation moves it there and back).
+        frozen.offload_text_encoder()
     return run, loaded
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +32,53 @@ class TrainingError(UserError, RuntimeError):
     """The run cannot go on (bad set-up, diverged loss); the message says which stage and step."""
 
 
+def deepspeed_requested() -> bool:
+    """``accelerate launch`` was given a DeepSpeed config (it sets ACCELERATE_USE_DEEPSPEED)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def make_accelerator(config: Config) -> Any:
-    """An accelerate Accelerator: one device, several GPUs or nodes, from `accelerate launch`."""
+    """An accelerate Accelerator: one device, several GPUs or nodes, from `accelerate launch`.
+
+    The process group gets ``train.process_timeout_s`` as its collective time-out (torch's
+    default, 10 minutes, is shorter than a first cache build). DeepSpeed on a machine without
+    CUDA runs on the CPU with gloo (accelerate's ``cpu=True`` would silently drop DeepSpeed).
+    """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     from poseguide.utils.device import wants_cpu
 
-    cpu = wants_cpu(config.run.device)
+    deepspeed = deepspeed_requested()
+    cpu = wants_cpu(config.run.device) and not deepspeed
+    group = {"timeout": timedelta(seconds=config.train.process_timeout_s)}
+    if deepspeed and not torch.cuda.is_available():
+        group["backend"] = "gloo"
     try:
-        acc = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu)
+        acc = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu,
+                          kwargs_handlers=[InitProcessGroupKwargs(**group)])  # fmt: skip
     except (ValueError, RuntimeError) as err:
         raise TrainingError(
             f"train.mixed_precision={config.train.mixed_precision!r} is not available here: {err}"
         ) from None
-    from accelerate.utils import DistributedType
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed(acc, config)
+    return acc
 
-    if acc.distributed_type == DistributedType.DEEPSPEED and config.train.grad_accum != 1:
+
+def _configure_deepspeed(acc: Any, config: Config) -> None:
+    """Values accelerate cannot infer without a DataLoader in ``prepare`` (poseguide prepares a
+    model and an optimizer per stage): the micro-batch size; gradient accumulation stays in
+    poseguide's config (it must be 1: DeepSpeed steps inside ``backward``)."""
+    if config.train.grad_accum != 1:
         raise TrainingError(
             "under DeepSpeed set gradient accumulation in the DeepSpeed config "
             "(gradient_accumulation_steps) and keep train.grad_accum=1"
         )
-    return acc
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = config.train.batch_size
+    if ds.get("gradient_accumulation_steps") in (None, "auto"):
+        ds["gradient_accumulation_steps"] = 1
 
 
 @dataclass
@@ -60,6 +88,13 @@ class Frozen:
     parts: SDParts
     weight_dtype: torch.dtype
     device: torch.device
+    text_encoder_offloaded: bool = False  # on the CPU: every step's text comes from the cache
+
+    def offload_text_encoder(self) -> None:
+        """Move the text encoder off the training device (validation brings it back for its
+        prompts and moves it away again)."""
+        self.parts.text_encoder.to("cpu")
+        self.text_encoder_offloaded = True
 
 
 def load_frozen(config: Config, device: torch.device) -> Frozen:
@@ -69,9 +104,15 @@ def load_frozen(config: Config, device: torch.device) -> Frozen:
     parts = load_sd_parts(m.base, m.revision, m.variant, dtype=dtype, device=device)
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()  # gradients flow through the frozen UNet
-    if config.train.tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if config.train.channels_last:
+        parts.unet.to(memory_format=torch.channels_last)
+    if config.train.compile:  # the training step's copy; validation builds its pipeline from it
+        parts.unet = torch.compile(parts.unet)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+        if config.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
     return Frozen(parts, dtype, device)
 
 

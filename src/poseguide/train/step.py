@@ -31,6 +31,7 @@ from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import sample_torch_generator
 from poseguide.errors import UserError
 from poseguide.text import CaptionCuts
+from poseguide.utils.device import to_device
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ def epoch_key(stage_index: int, epoch: int) -> int:
 
 
 def row_generators(
-    seed: int, key: int, indices: torch.Tensor, stream: int = 1
+    seed: int, key: int, indices: torch.Tensor | list[int], stream: int = 1
 ) -> list[torch.Generator]:
-    return [sample_torch_generator(seed, key, int(i), stream) for i in indices]
+    """One CPU generator per row (``indices``: the batch's row indices, a list of ints or a CPU
+    tensor)."""
+    rows = indices.tolist() if isinstance(indices, torch.Tensor) else indices
+    return [sample_torch_generator(seed, key, int(i), stream) for i in rows]
 
 
 @dataclass
@@ -66,23 +70,26 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
     """Latents (from the cache or the VAE), per-row noise and timesteps, text embeddings
     (from the cache, or the one caption path; ``cuts`` counts the captions it cuts)."""
     if "latent_mean" in batch:
-        mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+        mean, std = to_device(batch["latent_mean"], device), to_device(batch["latent_std"], device)
     else:
-        mean, std = encode_latent_dist(parts.vae, batch["pixel_values"].to(device))
+        mean, std = encode_latent_dist(parts.vae, to_device(batch["pixel_values"], device))
     latents = sample_latents(mean, std, generators, parts.vae.config.scaling_factor)
     shape = latents.shape[1:]
-    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+    # The per-row draws stay on the CPU generators (so they are the same on every device and
+    # after a resume); they reach the device without blocking the host.
+    noise = to_device(torch.stack([torch.randn(shape, generator=g) for g in generators]), device)
     steps = parts.scheduler.config.num_train_timesteps
-    t = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(device)
+    t = to_device(torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]),
+                  device)  # fmt: skip
     if "text_emb" in batch:
-        text = batch["text_emb"].to(device)
+        text = to_device(batch["text_emb"], device)
     else:
         from poseguide.models import encode_prompts
 
         text = encode_prompts(parts, batch["captions"], cuts)
     noisy = parts.scheduler.add_noise(latents, noise, t)
-    return StepInputs(noisy.to(dtype), t, text.to(dtype), batch["conditioning"].to(device, dtype),
-                      latents, noise)  # fmt: skip
+    cond = to_device(batch["conditioning"], device, dtype)
+    return StepInputs(noisy.to(dtype), t, text.to(dtype), cond, latents, noise)
 
 
 def predict(controlnet: Any, unet: Any, x: StepInputs) -> torch.Tensor:
@@ -148,6 +155,12 @@ class Trainer:
     captions: CaptionCuts = field(default_factory=CaptionCuts)  # captions cut to the limit
     estimators: dict = field(default_factory=dict)
 
+    @property
+    def deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
     def estimator(self, stage: StageConfig) -> Any:
         """The pose estimator the stage's loss needs, on the training device; None if none."""
         from poseguide.losses import stage_estimator_config
@@ -175,7 +188,8 @@ def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfi
     from poseguide.losses import denoising_target, stage_loss
 
     parts, seed = trainer.frozen.parts, trainer.config.run.seed
-    gens = row_generators(seed, key, batch["index"])
+    rows = batch.get("rows", batch["index"])  # python ints: no tensor read per row
+    gens = row_generators(seed, key, rows)
     inputs = make_inputs(parts, batch, gens, trainer.frozen.device, trainer.frozen.weight_dtype,
                          trainer.captions)  # fmt: skip
     if timestep is not None:
@@ -188,33 +202,92 @@ def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfi
     return stage_loss(
         stage.loss, pred, target, vae=parts.vae, estimator=trainer.estimator(stage),
         keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
-        generator=row_generators(seed, key, batch["index"], STREAM_MASK), return_debug=debug,
+        generator=row_generators(seed, key, rows, STREAM_MASK), return_debug=debug,
     )  # fmt: skip
 
 
 @dataclass
 class StepResult:
-    """One optimizer step: its logged terms (reduced over batch, micro-batches and processes)
-    and whether any process was asked to stop."""
+    """One optimizer step, on the device (no host sync): its loss terms reduced over the batch
+    and the micro-batches, and whether its loss was finite."""
 
-    terms: dict[str, float]
-    stop: bool
+    terms: dict[str, torch.Tensor]  # 0-dim tensors
+    finite: torch.Tensor  # 0-dim bool
     replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (skip policy)
 
 
-def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
-    """The logged terms of one optimizer step: each reduced over its batch, the micro-batches
-    and the processes as its loss declares (mean, min or max), in one collective."""
+@dataclass
+class WindowRead:
+    """What one host read of a window of steps tells: the last step's terms (reduced over the
+    processes), the first step whose loss was not finite (None: all were), a stop request."""
+
+    terms: dict[str, float]
+    first_bad: int | None
+    stop: bool
+
+
+def local_terms(micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One step's terms on this process: each reduced over its batch and the micro-batches as
+    its loss declares (mean, min or max); 0-dim tensors, still on the device."""
     from poseguide.losses import reduce_terms
 
     keys = [k for k, v in micro[0].items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
     per_micro = [reduce_terms({k: terms[k] for k in keys}) for terms in micro]
-    step = reduce_terms({k: torch.stack([m[k] for m in per_micro]) for k in keys})
-    local = torch.stack([step[k] for k in keys]).to(acc.device)
-    every = acc.gather(local[None]).reshape(-1, len(keys))  # (processes, terms)
-    merged = reduce_terms({k: every[:, j] for j, k in enumerate(keys)})
-    values = torch.stack([merged[k] for k in keys]).tolist()
-    return dict(zip(keys, values, strict=True))
+    return reduce_terms({k: torch.stack([m[k] for m in per_micro]) for k in keys})
+
+
+def _merge(keys: list[str], local: torch.Tensor, acc: Any) -> list[float]:
+    """``local`` (one value per key) gathered from every process, each key reduced as declared
+    (``_first_bad``: the minimum, ``_stop``: the maximum), read to the host: one collective and
+    one host sync."""
+    from poseguide.losses import reduce_terms
+
+    every = acc.gather(local.to(acc.device)[None]).reshape(-1, len(keys))  # (processes, keys)
+    columns = {k: every[:, j] for j, k in enumerate(keys)}
+    merged = reduce_terms({k: v for k, v in columns.items() if not k.startswith("_")})
+    merged["_first_bad"] = columns["_first_bad"].amin() if "_first_bad" in columns else None
+    merged["_stop"] = columns["_stop"].amax() if "_stop" in columns else None
+    return torch.stack([merged[k] for k in keys]).tolist()
+
+
+def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
+    """The logged terms of one optimizer step, reduced over its batch, the micro-batches and
+    the processes as its loss declares, in one collective."""
+    terms = local_terms(micro)
+    keys = list(terms)
+    return dict(zip(keys, _merge(keys, torch.stack([terms[k] for k in keys]), acc), strict=True))
+
+
+class StepWindow:
+    """The steps since the last host read: kept on the device, read once (:meth:`read`) at log,
+    checkpoint and validation steps, so the steady state has no host sync in between."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, torch.Tensor] = {}
+        self.finite: list[torch.Tensor] = []
+        self.first_step = 0  # global step of the window's first step
+
+    def add(self, result: StepResult, global_step: int) -> None:
+        if not self.finite:
+            self.first_step = global_step
+        self.last, self.finite = result.terms, [*self.finite, result.finite]
+
+    def read(self, trainer: Trainer) -> WindowRead:
+        """One collective and one host read for the whole window (every process calls it)."""
+        keys = [*self.last, "_first_bad", "_stop"]
+        device = trainer.accelerator.device
+        finite = torch.stack(self.finite).to(device)
+        steps = torch.arange(len(self.finite), device=device, dtype=torch.float32)
+        first_bad = torch.where(finite, float(len(self.finite)), steps).amin()
+        stop = torch.tensor(float(trainer.stop.requested), device=device)
+        local = torch.stack([*(self.last[k].to(device) for k in self.last), first_bad, stop])
+        values = dict(zip(keys, _merge(keys, local, trainer.accelerator), strict=True))
+        bad = int(values.pop("_first_bad"))
+        stop_any = values.pop("_stop") > 0
+        read = WindowRead(values, self.first_step + bad if bad < len(self.finite) else None,
+                          stop_any)  # fmt: skip
+        self.finite = []
+        return read
 
 
 def _flags(trainer: Trainer, loss: torch.Tensor) -> tuple[bool, bool]:
@@ -222,17 +295,30 @@ def _flags(trainer: Trainer, loss: torch.Tensor) -> tuple[bool, bool]:
     acc = trainer.accelerator
     stop = torch.tensor(float(trainer.stop.requested), device=loss.device)
     flags = torch.stack([(~torch.isfinite(loss)).float(), stop])
-    flags = acc.reduce(flags.to(acc.device), reduction="sum")
-    return bool(flags[0] > 0), bool(flags[1] > 0)
+    bad, stop = (acc.reduce(flags.to(acc.device), reduction="sum") > 0).tolist()  # one read
+    return bad, stop
+
+
+def _stop_before_the_update(trainer: Trainer, stage: StageConfig, state: Any,
+                            loss: torch.Tensor) -> None:  # fmt: skip
+    """Raise :class:`DivergedError` when any process's loss is NaN or Inf (one host read)."""
+    bad, _ = _flags(trainer, loss)
+    if bad:
+        pos = state.position
+        raise DivergedError(
+            f"stage {stage.name!r}, step {pos.stage_step + 1} (global {pos.global_step + 1}): "
+            f"the loss is {float(loss)}; stopped before updating the weights"
+        )
 
 
 def optimizer_step(trainer: Trainer, stage: StageConfig, state: Any, batches: Iterator[dict],
                    key: int) -> StepResult:  # fmt: skip
-    """Accumulate ``train.grad_accum`` micro-batches, check the loss, clip, and step once.
+    """Accumulate ``train.grad_accum`` micro-batches, clip, and step once; no host sync unless
+    ``train.check_finite=every_step``, where a NaN or Inf loss on any process raises
+    :class:`DivergedError` before the update.
 
     ``state`` is :class:`poseguide.train.checkpoint.TrainState` (model, optimizer, LR scheduler,
-    position). Raises :class:`DivergedError` before the update when any process's loss is NaN
-    or Inf.
+    position).
     """
     acc, accum = trainer.accelerator, trainer.config.train.grad_accum
     model = state.model
@@ -246,19 +332,16 @@ def optimizer_step(trainer: Trainer, stage: StageConfig, state: Any, batches: It
         with ctx:
             terms = loss_terms(trainer, model, batch, stage, key)
             loss = terms["loss"].mean() / accum
+            if trainer.deepspeed:  # DeepSpeed updates the weights inside backward: check first
+                _stop_before_the_update(trainer, stage, state, loss)
             acc.backward(loss)
         total += loss.detach()
         logged.append({k: v.detach() for k, v in terms.items() if isinstance(v, torch.Tensor)})
-    bad, stop = _flags(trainer, total)
-    if bad:
-        pos = state.position
-        raise DivergedError(
-            f"stage {stage.name!r}, step {pos.stage_step + 1} (global {pos.global_step + 1}): the "
-            f"loss is {float(total)}; stopped before updating the weights"
-        )
+    if trainer.config.train.check_finite == "every_step" and not trainer.deepspeed:
+        _stop_before_the_update(trainer, stage, state, total)
     if trainer.config.train.optim.max_grad_norm is not None:
         acc.clip_grad_norm_(model.parameters(), trainer.config.train.optim.max_grad_norm)
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_terms(logged, acc), stop, replaced)
+    return StepResult(local_terms(logged), torch.isfinite(total), replaced)

@@ -50,10 +50,14 @@ def make_validator(config: Config, acc: Any, frozen: Any, paths: RunPaths, sourc
             from poseguide.generate import generate, pipeline_from_parts
 
             size = (config.data.resolution,) * 2
+            text_encoder = frozen.parts.text_encoder
+            home = text_encoder.device  # the CPU when the text cache made it unneeded
+            text_encoder.to(frozen.device)
             pipe = pipeline_from_parts(frozen.parts, controlnet, config.generate)
             poses, captions = [p for p, _ in samples], [c for _, c in samples]
             seeds = [seed + i for i in range(len(samples))]
             images = generate(pipe, captions, poses, seeds, config.generate, size=size)
+            text_encoder.to(home)
             grid = image_grid(
                 [[p, im] for p, im in zip(poses, images, strict=True)],
                 [f"seed {s}: {c}" for s, c in zip(seeds, captions, strict=True)],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from poseguide.errors import InputError
@@ -59,3 +61,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def to_device(x: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """``x`` on ``device`` without blocking the host: a CPU tensor goes through pinned memory
+    with ``non_blocking=True`` on CUDA (a plain copy from pageable memory waits for the copy to
+    finish); elsewhere, or already there, a plain ``.to``."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        if not x.is_pinned():
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    return x if dtype is None else x.to(dtype)

@@ -1,0 +1,69 @@
+"""Settings for runs at scale, checked on the CPU: torch.compile and channels-last plumbing, the
+process-group time-out, the text encoder off the device when the text cache covers it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from helpers import write_config
+
+from poseguide.config import load_config
+from poseguide.train import runner, setup
+
+ONE_STAGE = {"stages": [{"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 1,
+                         "lr": 1e-3}]}  # fmt: skip
+
+
+def test_compile_and_channels_last_train_and_export(tmp_path: Path, monkeypatch) -> None:
+    """train.compile wraps the ControlNet and the UNet in torch.compile (here its "eager"
+    backend, the same wrapping without a compiler run); checkpoints, exports and validation see
+    the plain ControlNet."""
+    monkeypatch.chdir(tmp_path)
+    real = torch.compile
+    compiled = []
+
+    def eager(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager)
+    train = {**ONE_STAGE, "compile": True, "channels_last": True,
+             "validation": {"every": 0, "num_samples": 2}}  # fmt: skip
+    write_config(tmp_path, train=train)
+    result = runner.run_training(load_config("config.yaml"))
+    assert sorted(compiled) == ["ControlNetModel", "UNet2DConditionModel"]
+    from diffusers import ControlNetModel
+
+    export = ControlNetModel.from_pretrained(result["exports"]["stage1"])
+    assert not any(k.startswith("_orig_mod") for k in export.state_dict())
+    assert (tmp_path / "runs/t/validation/stage1-step-00000004.png").is_file()
+
+
+def test_the_process_group_gets_the_configured_time_out(tmp_path: Path, monkeypatch) -> None:
+    seen = {}
+    import accelerate
+
+    real = accelerate.Accelerator.__init__
+
+    def spy(self, *args, kwargs_handlers=None, **kwargs):
+        seen["handlers"] = kwargs_handlers
+        return real(self, *args, kwargs_handlers=kwargs_handlers, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", spy)
+    setup.make_accelerator(load_config("tiny", ["train.process_timeout_s=5400"]))
+    (group,) = seen["handlers"]
+    assert group.timeout.total_seconds() == 5400
+
+
+def test_the_text_encoder_leaves_the_device_when_the_cache_covers_the_captions(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, train=ONE_STAGE)
+    run, _ = runner._make_run(load_config("config.yaml"), None, [0], explicit=False)
+    assert run.cache.captions and run.frozen.text_encoder_offloaded
+    assert run.frozen.parts.text_encoder.device == torch.device("cpu")
+    no_text = load_config("config.yaml", ["data.cache.text=false", "run.name=u"])
+    run, _ = runner._make_run(no_text, None, [0], explicit=False)
+    assert not run.frozen.text_encoder_offloaded  # each step encodes its captions
