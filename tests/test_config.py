@@ -158,10 +158,13 @@ def test_accelerate_configs_parse(path: Path) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(path))
-    assert config.mixed_precision == "bf16"
-    assert path.read_text().startswith("#")
+    # Precision comes from poseguide's train.mixed_precision (a launcher value would be ignored).
+    assert config.mixed_precision in (None, "no")
+    text = path.read_text()
+    assert text.startswith("#") and f"--config_file configs/accelerate/{path.name}" in text
     if "deepspeed" in path.name:
-        assert config.deepspeed_config["zero_stage"] == 2
+        assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])  # deepspeed_zeroN
+        assert "gradient_clipping" not in config.deepspeed_config  # train.optim.max_grad_norm
 
 
 def test_yaml_words_that_look_boolean_stay_words() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -433,3 +435,25 @@ def test_tensor_heatmaps_equal_the_numpy_path() -> None:
                                 est.heatmap_sigma, scale_by_score=True)  # fmt: skip
     assert maps.shape == (1, 17, 128, 128) and maps.max() > 0.5
     assert torch.equal(maps, numpy_maps)
+
+
+def test_an_fp16_vae_never_runs_the_mask_in_fp16(tiny_sd) -> None:
+    """train.mixed_precision=fp16: the mask's encode of the unnormalised 0..17 image overflows
+    fp16 (here provoked with a scaled first convolution); the mask path runs under bf16 autocast
+    and gives what the fp32 VAE gives, to bf16 precision."""
+    from diffusers import AutoencoderKL
+
+    vae32 = AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae")
+    with torch.no_grad():
+        vae32.encoder.conv_in.weight.mul_(3e4)
+    vae16 = copy.deepcopy(vae32).half()
+    cfg = _heatmap_cfg(reduction="sum")  # H_M up to 17 on undetected pixels
+    diff = _randn(1, 4, 8, 8, seed=109)
+    ref = predicted_error_mask(diff, vae32, StubEstimator(), cfg, generator=_gen())
+    with torch.no_grad():  # what running the fp16 VAE as it is would give
+        raw = vae16.encoder.conv_in(ref["h_m"].half().contiguous())
+    assert not torch.isfinite(raw).all()
+    out = predicted_error_mask(diff, vae16, StubEstimator(), cfg, generator=_gen())
+    assert torch.isfinite(out["h_e"]).all() and out["h_e"].dtype == torch.float32
+    rel = (out["h_e"] - ref["h_e"]).norm() / ref["h_e"].norm()
+    assert rel < 0.05, rel

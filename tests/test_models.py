@@ -105,3 +105,30 @@ def test_a_file_or_a_broken_folder_is_refused(tmp_path: Path) -> None:
         resolve_pretrained(str(tmp_path / "weights.bin"))
     with pytest.raises(ModelNotFoundError, match="must be a diffusers pipeline folder"):
         load_sd_parts(str(tmp_path))
+
+
+def test_the_fp32_unet_for_an_untrained_controlnet_honours_the_variant(
+    tiny_sd: str, tmp_path: Path
+) -> None:
+    """Mixed precision: the untrained ControlNet is copied from an fp32 load of the same UNet,
+    from the variant the run loads (here the only weights there are), not the default file."""
+    import shutil
+
+    from poseguide.models import untrained_controlnet
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_sd, folder)
+    for weights in folder.glob("*/diffusion_pytorch_model.safetensors"):
+        weights.rename(weights.with_name("diffusion_pytorch_model.ema.safetensors"))
+    for weights in folder.glob("text_encoder/model.safetensors"):
+        weights.rename(weights.with_name("model.ema.safetensors"))
+    with torch.no_grad():  # the variant holds other weights than the default
+        unet = load_sd_parts(tiny_sd).unet
+        for p in unet.parameters():
+            p.add_(0.5)
+        unet.save_pretrained(folder / "unet", variant="ema")
+    parts = load_sd_parts(str(folder), variant="ema", dtype=torch.bfloat16)
+    controlnet = untrained_controlnet(parts, seed=0)
+    assert controlnet.dtype == torch.float32
+    expected = unet.state_dict()["conv_in.weight"]  # fp32, not rounded through bf16
+    assert torch.equal(controlnet.state_dict()["conv_in.weight"], expected)

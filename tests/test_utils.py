@@ -114,3 +114,37 @@ def test_wants_cpu_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None
     assert wants_cpu("cpu") and wants_cpu("auto") and not wants_cpu("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert wants_cpu("cpu") and not wants_cpu("auto")
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["gpu-present", "no-gpu"])
+def test_auto_says_loudly_when_cuda_is_there_but_unusable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, present: bool
+) -> None:
+    """torch 2.14's CUDA build on a machine with an old driver: is_available() is False and
+    "auto" would silently train on the CPU; it warns once, with torch's reason."""
+    import torch
+
+    from poseguide.utils import device
+
+    def init() -> None:
+        raise RuntimeError("The NVIDIA driver on your system is too old (found version 11040).\nx")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "init", init)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(device, "_gpu_present", lambda: present)
+    device.warn_if_cuda_unusable.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="poseguide.utils.device"):
+            assert device.resolve_device("auto").type == "cpu"
+            assert device.wants_cpu("auto")
+            assert not device.wants_cpu("cuda")
+    finally:
+        device.warn_if_cuda_unusable.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records]
+    if not present:  # a CUDA build on a machine without a GPU: nothing to say
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings  # once per process
+    assert "runs on the CPU" in warnings[0] and "CUDA 13.0" in warnings[0]
+    assert "driver on your system is too old (found version 11040)." in warnings[0]

@@ -371,7 +371,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:
         return _fail(err, args.verbose)
+    _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """After a command launched in several processes (accelerate launch, torchrun): destroy the
+    process group before the interpreter exits (else gloo/NCCL may abort at exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _fail(err: Exception, verbose: bool) -> int:

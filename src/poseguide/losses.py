@@ -21,6 +21,9 @@ that is then exactly 1.0 (see :func:`heatmap_weighted_loss`).
 
 from __future__ import annotations
 
+import copy
+import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,8 @@ import torch.nn.functional as F
 from poseguide.config.schema import Config, EstimatorConfig, LossConfig, StageConfig
 from poseguide.pose.heatmaps import binary_mask, keypoint_mask, skeleton_mask
 from poseguide.pose.skeleton import NUM_COCO17
+
+log = logging.getLogger(__name__)
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 LOSS_KINDS: tuple[str, ...] = ("denoising", "heatmap")
@@ -250,21 +255,43 @@ def predicted_error_mask(
         ``heatmaps`` H (B, 17, h', w'); ``h_m`` (B, 3, H, W) (a channel-expanded view).
     """
     scale = vae.config.scaling_factor
-    z = (diff.detach().float() / scale).to(device=vae.device, dtype=vae.dtype)
-    # mask_precision "bf16": the VAE's decode and encode under bf16 autocast even when the run
-    # is in fp32 (about 2x faster; the mask is thresholded and only scales loss weights).
-    fast = cfg.mask_precision == "bf16" and vae.dtype == torch.float32
-    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=fast):
+    vae, autocast = _mask_vae(vae, cfg)
+    # Under autocast the inputs stay float32 (autocast casts them per op); else the VAE's dtype.
+    in_dtype = torch.float32 if autocast else vae.dtype
+    z = (diff.detach().float() / scale).to(device=vae.device, dtype=in_dtype)
+    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=autocast):
         decoded = ((vae.decode(z).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
     heatmaps = estimator.heatmaps(decoded, heatmap_size).to(decoded.device, torch.float32)
     mask = binary_mask(heatmaps, cfg.threshold, cfg.polarity, cfg.reduction)
     # Resizing one channel and then expanding equals resizing the three identical channels.
     mask = _resize(mask, tuple(decoded.shape[-2:]), cfg.mask_resize)
     h_m = mask.expand(-1, vae.config.in_channels, -1, -1)
-    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=fast):
-        posterior = vae.encode(h_m.to(vae.dtype)).latent_dist
+    with torch.autocast(vae.device.type, dtype=torch.bfloat16, enabled=autocast):
+        posterior = vae.encode(h_m.to(in_dtype)).latent_dist
         h_e = (_posterior_sample(posterior, generator) * scale).float()
     return {"h_e": h_e, "decoded": decoded, "heatmaps": heatmaps, "h_m": h_m}
+
+
+_MASK_VAES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mask_vae(vae: Any, cfg: LossConfig) -> tuple[Any, bool]:
+    """The VAE for the mask and whether it runs under bf16 autocast.
+
+    ``mask_precision`` "bf16" on an fp32 VAE: bf16 autocast (faster, not exact). An fp16 VAE
+    never runs the mask in fp16, whatever ``mask_precision`` says: the decode of
+    ``diff / scaling_factor`` and the encode of the unnormalised 0..17 mask overflow fp16's
+    range. A bf16 copy runs it (fp32's range; +50 % of the VAE's fp16 memory, made once per
+    VAE), or an fp32 copy where the device has no bf16."""
+    if vae.dtype != torch.float16:
+        return vae, cfg.mask_precision == "bf16" and vae.dtype == torch.float32
+    if vae not in _MASK_VAES:
+        device = vae.device
+        bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        log.info("the stage-2 mask runs a %s copy of the fp16 VAE (fp16 overflows there)", dtype)
+        _MASK_VAES[vae] = copy.deepcopy(vae).to(dtype)
+    return _MASK_VAES[vae], False
 
 
 def _posterior_sample(posterior: Any, generator: Any) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, start_cli, write_config
+from helpers import cli_env, free_port, start_cli, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -112,12 +111,6 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(
     assert main(["train", "config.yaml", "--resume", "latest"]) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_doubled_batch(tmp_path: Path) -> None:
     single, double = tmp_path / "single", tmp_path / "double"
@@ -129,7 +122,7 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path: Path) -> None:
     assert one.returncode == 0, one.stdout + one.stderr
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "poseguide", "train", "config.yaml"],
+         "--master_port", str(free_port()), "-m", "poseguide", "train", "config.yaml"],
         cwd=double, env=cli_env(), capture_output=True, text=True,
     )  # fmt: skip
     assert two.returncode == 0, two.stdout + two.stderr

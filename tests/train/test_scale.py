@@ -3,10 +3,13 @@ process-group time-out, the text encoder off the device when the text cache cove
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
-from helpers import write_config
+from helpers import cli_env, free_port, write_config
 
 from poseguide.config import load_config
 from poseguide.train import runner, setup
@@ -67,3 +70,44 @@ def test_the_text_encoder_leaves_the_device_when_the_cache_covers_the_captions(
     no_text = load_config("config.yaml", ["data.cache.text=false", "run.name=u"])
     run, _ = runner._make_run(no_text, None, [0], explicit=False)
     assert not run.frozen.text_encoder_offloaded  # each step encodes its captions
+
+
+SHARED_CHECK = """
+import os, sys
+from pathlib import Path
+from accelerate import Accelerator
+from poseguide.train.setup import TrainingError, check_shared
+
+acc = Accelerator(cpu=True)
+# Two "nodes" without a shared filesystem: each process works in its own folder, so the same
+# relative path names different folders.
+os.chdir(sys.argv[1] if acc.is_main_process or sys.argv[2] == "shared" else sys.argv[1] + "-b")
+try:
+    check_shared(acc, Path("runs/t"), Path("cache"))
+    print(f"rank {acc.process_index}: shared")
+except TrainingError as err:
+    print(f"rank {acc.process_index}: {err}")
+acc.wait_for_everyone()
+acc.end_training()
+"""
+
+
+@pytest.mark.parametrize("layout", ["shared", "separate"])
+def test_processes_without_a_shared_run_folder_stop_together(tmp_path: Path, layout: str) -> None:
+    script = tmp_path / "check.py"
+    script.write_text(SHARED_CHECK)
+    for folder in (tmp_path / "node", tmp_path / "node-b"):
+        folder.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), str(script), str(tmp_path / "node"), layout],
+        env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = sorted(x for x in proc.stdout.splitlines() if x.startswith("rank "))
+    if layout == "shared":
+        assert lines == ["rank 0: shared", "rank 1: shared"]
+    else:  # both raise (rank 0 too), naming the process and both folders
+        assert len(lines) == 2 and all("process 1 does not see" in x for x in lines), lines
+        assert "runs/t, cache" in lines[0] and "shared filesystem" in lines[0]
+    assert not list((tmp_path / "node").rglob(".shared-check-*"))  # the tokens are removed

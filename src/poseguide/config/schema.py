@@ -188,6 +188,8 @@ class LossConfig:
     mask_resize: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # H_M to image size
     # predicted_error: "model" runs the mask's VAE decode/encode in the frozen VAE's dtype;
     # "bf16" runs them under bf16 autocast even in an fp32 run (about 2x faster, not exact).
+    # An fp16 VAE (train.mixed_precision=fp16) never runs the mask in fp16 (it overflows): bf16
+    # autocast where the device has bf16, else an fp32 copy of the VAE.
     mask_precision: Literal["model", "bf16"] = "model"
     # The estimator for predicted_error; null = pose.estimator.
     estimator: EstimatorConfig | None = None

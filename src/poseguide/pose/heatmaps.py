@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from poseguide.pose.skeleton import COCO17_LIMBS, NUM_COCO17, KeypointError, as_people
+from poseguide.utils.device import to_device
 
 # "not_detected" is what HumanSD's code computes, `where(H > threshold, 0, 1)`: 1 where a joint is
 # NOT detected. "detected" is the stated intent (1 on pose regions). See METHOD 3.4.
@@ -118,8 +119,10 @@ def gaussian_heatmaps(
     device = people.device
     if people.shape[0] == 0:
         return torch.zeros(num_joints, h, w, device=device)
-    scale = torch.tensor([w / image_size[0], h / image_size[1]], dtype=people.dtype, device=device)
-    centre = (people[..., :2] * scale).float()  # grid coordinates, as the numpy path rounds them
+    # Grid coordinates, rounded as the numpy path rounds them; Python scales (no host-to-device
+    # copy, so no sync).
+    centre = torch.stack([people[..., 0] * (w / image_size[0]),
+                          people[..., 1] * (h / image_size[1])], dim=-1).float()  # fmt: skip
     score = people[..., 2].float()
     peak = (score if scale_by_score else torch.ones_like(score)) * (score > min_score)
     xs = torch.arange(w, dtype=torch.float32, device=device) + 0.5
@@ -264,17 +267,21 @@ def skeleton_mask(
     ys = torch.arange(h, dtype=torch.float32, device=device) + 0.5
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2), x first
     mask = torch.zeros(h, w, dtype=torch.bool, device=device)
-    limbs = torch.tensor(COCO17_LIMBS, device=device)
+    limbs = np.asarray(COCO17_LIMBS)
+    device = grid.device
     for person in arr:  # P is small; pixels and limbs are vectorised
-        xy = torch.as_tensor(_to_grid(person, image_size, (w, h)), dtype=torch.float32)
-        xy = xy.to(device)
-        present = torch.as_tensor(person[:, 2] > min_score, device=device)
-        if present.any():
-            d_joint = (grid[None] - xy[present][:, None, None]).norm(dim=-1)
-            mask |= (d_joint <= joint_radius).any(dim=0)
+        # What is present and which limbs are drawn is decided on the host (the keypoints are
+        # host data): no device-side boolean indexing, so no sync; copies do not block.
+        present = person[:, 2] > min_score
+        if not present.any():
+            continue
+        xy = _to_grid(person, image_size, (w, h)).astype(np.float32)
+        joints = to_device(torch.from_numpy(xy[present]), device)
+        mask |= ((grid[None] - joints[:, None, None]).norm(dim=-1) <= joint_radius).any(dim=0)
         drawn = limbs[present[limbs[:, 0]] & present[limbs[:, 1]]]
         if len(drawn):
-            d_limb = _segment_distance(grid, xy[drawn[:, 0]], xy[drawn[:, 1]])
+            ends = to_device(torch.from_numpy(np.stack([xy[drawn[:, 0]], xy[drawn[:, 1]]])), device)
+            d_limb = _segment_distance(grid, ends[0], ends[1])
             mask |= (d_limb <= limb_width / 2.0).any(dim=0)
     return mask[None].float()
 

@@ -191,6 +191,30 @@ def checkpoint_problem(path: Path) -> str | None:
                 return f"{path / WEIGHTS_FILE} holds no tensors"
     except Exception as err:  # any failure to parse untrusted bytes
         return f"{path / WEIGHTS_FILE} is damaged ({err})"
+    return _deepspeed_problem(path / "deepspeed")
+
+
+# The only classes DeepSpeed's ZeRO-1/2 files pickle besides tensors and plain data; DeepSpeed
+# reads its files with torch.load(weights_only=False), so anything else is refused first.
+DEEPSPEED_GLOBALS = {
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+}
+
+
+def _deepspeed_problem(folder: Path) -> str | None:
+    """Why DeepSpeed's own files in ``folder`` must not be unpickled, or None."""
+    for file in sorted(folder.rglob("*.pt")) if folder.is_dir() else []:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+        except Exception as err:  # any failure to parse untrusted bytes
+            return f"{file} is damaged ({err})"
+        others = sorted(set(found) - DEEPSPEED_GLOBALS)
+        if others:
+            return (f"{file} pickles {', '.join(others[:3])}, not only DeepSpeed's own "
+                    "optimizer state: refusing to unpickle it")  # fmt: skip
     return None
 
 
@@ -245,6 +269,11 @@ class Loaded:
     world_size: int
     config: dict
     controlnet_state: dict[str, torch.Tensor]
+
+    @property
+    def deepspeed(self) -> bool:
+        """Written under DeepSpeed: the optimizer state is DeepSpeed's own (``deepspeed/``)."""
+        return (self.path / "deepspeed").is_dir()
 
     def build_controlnet(self, device: torch.device) -> Any:
         """The checkpoint's ControlNet (architecture and fp32 weights) on ``device``."""

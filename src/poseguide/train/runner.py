@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +28,9 @@ from poseguide.train.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
-from poseguide.train.loop import Run, train_stage
+from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
-from poseguide.train.setup import TrainingError, load_frozen, make_accelerator
+from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
 from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,25 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def check_resumable(loaded: Loaded, config: Config, world: int) -> None:
+def check_resumable(loaded: Loaded, config: Config, world: int, deepspeed: bool = False) -> None:
     """Refuse a resume that could not continue the same run exactly."""
     if loaded.world_size != world:
         raise TrainingError(
             f"{loaded.path} was written by {loaded.world_size} process(es); resume it with the "
             f"same number (got {world}), or the data order would change"
         )
+    if loaded.deepspeed != deepspeed:
+        if loaded.deepspeed:
+            how = (
+                "under DeepSpeed (its optimizer state is DeepSpeed's, in deepspeed/): resume "
+                "it with the same `accelerate launch --config_file` DeepSpeed config"
+            )
+        else:
+            how = (
+                "without DeepSpeed (its optimizer state is optimizer.pt): resume it without "
+                "the DeepSpeed config, or start a new run.name under DeepSpeed"
+            )
+        raise TrainingError(f"{loaded.path} was written {how}")
     old, new = _flatten(loaded.config), _flatten(to_dict(config))
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
                and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]  # fmt: skip
@@ -107,11 +120,11 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     if acc.is_main_process:  # what killed writes left behind (a whole checkpoint each)
         for folder in (paths.checkpoints, paths.exports):
             remove_stale_temporaries(folder)
-    acc.wait_for_everyone()
+    check_shared(acc, paths.root, Path(config.data.cache.dir))
     loaded = None
     if resume is not None:
         loaded = load_checkpoint(resolve_checkpoint(paths.checkpoints, resume))
-        check_resumable(loaded, config, acc.num_processes)
+        check_resumable(loaded, config, acc.num_processes, is_deepspeed(acc))
     elif not explicit:
         _refuse_a_second_start(config, paths, selected)
     _check_up_front(config, selected)

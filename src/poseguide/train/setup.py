@@ -51,6 +51,11 @@ def make_accelerator(config: Config) -> Any:
 
     deepspeed = deepspeed_requested()
     cpu = wants_cpu(config.run.device) and not deepspeed
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched != "no" and launched != config.train.mixed_precision:
+        log.warning("accelerate launch's mixed_precision=%s is not used: poseguide trains with "
+                    "train.mixed_precision=%s (set it in the config)", launched,
+                    config.train.mixed_precision)  # fmt: skip
     group = {"timeout": timedelta(seconds=config.train.process_timeout_s)}
     if deepspeed and not torch.cuda.is_available():
         group["backend"] = "gloo"
@@ -79,6 +84,52 @@ def _configure_deepspeed(acc: Any, config: Config) -> None:
     ds["train_micro_batch_size_per_gpu"] = config.train.batch_size
     if ds.get("gradient_accumulation_steps") in (None, "auto"):
         ds["gradient_accumulation_steps"] = 1
+    # DeepSpeed clips inside its step (accelerate's clip_grad_norm_ does nothing there): the
+    # value comes from poseguide's config, as without DeepSpeed, whatever the YAML says.
+    clip = config.train.optim.max_grad_norm or 0.0
+    given = ds.get("gradient_clipping", "auto")
+    if given not in ("auto", None) and float(given) != clip:
+        log.warning(
+            "the DeepSpeed config's gradient_clipping=%s is replaced by "
+            "train.optim.max_grad_norm=%s",
+            given,
+            clip or None,
+        )
+    ds["gradient_clipping"] = clip
+
+
+def check_shared(acc: Any, *folders: Path) -> None:
+    """Every process must see the main process's files in ``folders`` (run folder, cache):
+    several nodes need them on a shared filesystem. The main process writes a token, every
+    process reads it; all raise together (a lone failure would leave the others in a barrier)."""
+    if acc.num_processes == 1:
+        return
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    token = [uuid.uuid4().hex if acc.is_main_process else None]
+    broadcast_object_list(token)
+    name = f".shared-check-{token[0]}"
+    if acc.is_main_process:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(token[0])
+    acc.wait_for_everyone()
+    unseen = [str(f) for f in folders if not (f / name).is_file()
+              or (f / name).read_text() != token[0]]  # fmt: skip
+    missing = [(i, u) for i, u in enumerate(gather_object([unseen])) if u]
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        for folder in folders:
+            (folder / name).unlink(missing_ok=True)
+    if missing:
+        rank, where = missing[0]
+        raise TrainingError(
+            f"process {rank} does not see the main process's files in {', '.join(where)}: "
+            "put the run folder (run.output_dir) and data.cache.dir on a filesystem every node "
+            "mounts at the same path (a shared filesystem)"
+        )
 
 
 @dataclass

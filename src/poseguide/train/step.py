@@ -279,7 +279,7 @@ class StepWindow:
         finite = torch.stack(self.finite).to(device)
         steps = torch.arange(len(self.finite), device=device, dtype=torch.float32)
         first_bad = torch.where(finite, float(len(self.finite)), steps).amin()
-        stop = torch.tensor(float(trainer.stop.requested), device=device)
+        stop = torch.full((), float(trainer.stop.requested), device=device)  # no copy
         local = torch.stack([*(self.last[k].to(device) for k in self.last), first_bad, stop])
         values = dict(zip(keys, _merge(keys, local, trainer.accelerator), strict=True))
         bad = int(values.pop("_first_bad"))
@@ -293,7 +293,7 @@ class StepWindow:
 def _flags(trainer: Trainer, loss: torch.Tensor) -> tuple[bool, bool]:
     """(any process has a non-finite loss, any process was asked to stop): one all-reduce."""
     acc = trainer.accelerator
-    stop = torch.tensor(float(trainer.stop.requested), device=loss.device)
+    stop = torch.full((), float(trainer.stop.requested), device=loss.device)
     flags = torch.stack([(~torch.isfinite(loss)).float(), stop])
     bad, stop = (acc.reduce(flags.to(acc.device), reduction="sum") > 0).tolist()  # one read
     return bad, stop

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from poseguide.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -14,6 +20,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
+        warn_if_cuda_unusable()
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -29,7 +36,36 @@ def wants_cpu(name: str | None) -> bool:
     ``"auto"`` without CUDA counts as the CPU: accelerate only sets up several CPU processes
     (gloo) when told to use the CPU, otherwise each launched process would run everything alone.
     """
-    return name == "cpu" or (name in (None, "auto") and not torch.cuda.is_available())
+    if name in (None, "auto") and not torch.cuda.is_available():
+        warn_if_cuda_unusable()
+        return True
+    return name == "cpu"
+
+
+def _gpu_present() -> bool:
+    """An NVIDIA driver or device node is on this machine."""
+    return (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+            or shutil.which("nvidia-smi") is not None)  # fmt: skip
+
+
+@functools.cache
+def warn_if_cuda_unusable() -> str | None:
+    """``run.device: auto`` falls back to the CPU: say so loudly (once) when this torch was
+    built with CUDA and a GPU seems present but cannot be used (a driver older than the CUDA
+    build needs, a hidden device...), with torch's own reason. Returns the reason."""
+    if torch.version.cuda is None or not _gpu_present():
+        return None
+    try:
+        torch.cuda.init()
+        reason = "torch.cuda.is_available() is False"
+    except Exception as err:  # torch's reason: old driver, no device visible, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    log.warning(
+        "device 'auto' runs on the CPU although this machine has an NVIDIA GPU and torch was "
+        "built for CUDA %s: %s. Fix the driver or install a torch build for it, or set "
+        "run.device: cpu to silence this", torch.version.cuda, reason,
+    )  # fmt: skip
+    return reason
 
 
 # The one map from config names to torch dtypes: data.cache.dtype, generate.dtype, and
