@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,17 +107,20 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
     """The case's child process; its failure (exit status, time-out) is a result too."""
     logfile = Path(args.work) / f"{case.name}.log"
     t0 = time.perf_counter()
-    try:
-        with logfile.open("w") as err:
-            done = subprocess.run(child_command(case, args), stdout=subprocess.PIPE, stderr=err,
-                                  text=True, timeout=args.case_timeout, check=False)  # fmt: skip
-        lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
-        result = json.loads(lines[-1][len(RESULT) :]) if lines else None
-        failure = None if result else f"failed (exit {done.returncode})"
-    except subprocess.TimeoutExpired:
-        result, failure = None, f"timed out after {args.case_timeout} s"
+    with logfile.open("w") as err:  # its own session: a time-out ends accelerate's workers too
+        proc = subprocess.Popen(child_command(case, args), stdout=subprocess.PIPE, stderr=err,
+                                text=True, start_new_session=True)  # fmt: skip
+        try:
+            stdout, _ = proc.communicate(timeout=args.case_timeout)
+            failure = f"failed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, failure = proc.communicate()[0], f"timed out after {args.case_timeout} s"
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT)]
+    result = json.loads(lines[-1][len(RESULT) :]) if lines and proc.returncode == 0 else None
     if result is None:
-        tail = logfile.read_text(errors="replace").splitlines()[-25:]
+        text = logfile.read_text(errors="replace").splitlines()
+        tail = [ln for ln in text if ln.strip() and "%|" not in ln][-25:]  # no progress bars
         result = {"case": dataclasses.asdict(case), "stages": [], "notes": [],
                   "failure": failure, "log_tail": tail}  # fmt: skip
     result["wall_s"] = time.perf_counter() - t0
@@ -310,7 +314,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for MFU")
     p.add_argument("--precision", choices=["no", "bf16", "fp16"],
                    help="train.mixed_precision (default: bf16 on a GPU, no on a CPU)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=0, help="data.num_workers")
+    p.add_argument("--workers", type=int, help="data.num_workers (default: 4 as in the thesis "
+                   "preset; 0 with --cpu)")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch intra-op threads (default with --cpu: 1; "
                    "two threads on two busy cores run small ops many times slower)")  # fmt: skip
     p.add_argument("--only", help="comma list of case names (tiny, sd15-b8, cap12-b1, ...)")
@@ -323,6 +328,7 @@ def parse_args() -> argparse.Namespace:
     args.device = "cpu" if args.cpu else "auto"
     args.precision = args.precision or ("no" if args.cpu else "bf16")
     args.threads = args.threads or (1 if args.cpu else None)
+    args.workers = (0 if args.cpu else 4) if args.workers is None else args.workers
     return args
 
 
