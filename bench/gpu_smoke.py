@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU smoke test: both training stages on one GPU, timed, counted and capped, in one script.
 
-    bash bench/gpu_smoke.sh                  # on one H100/H200: ~5 minutes, no network
+    bash bench/gpu_smoke.sh                  # one H100/H200, no network: ~5 min (estimate)
     bash bench/gpu_smoke.sh --cpu            # tiny preset only, 64 px, ~30 s (the test runs it)
     bash bench/gpu_smoke.sh --json out.json  # also keep every figure as JSON
 

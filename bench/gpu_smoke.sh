@@ -11,8 +11,8 @@
 #   run(carry=[".whl"], timeout_s=480,
 #       command="set -o pipefail; bash bench/gpu_smoke.sh --json $OUT/gpu_smoke.json 2>&1 | tee $OUT/gpu_smoke.log")
 #
-# It takes about 5 minutes on one H200 (most of it building the 4 GB builtin:sd15-random once
-# and the first steps' cuDNN autotuning); 480 s leaves the rest of the 15-minute budget for the
+# Estimated (not yet measured there) at about 5 minutes on one H200, most of it building the
+# 4 GB builtin:sd15-random once and the first steps' cuDNN autotuning; 480 s leaves the rest of the 15-minute budget for the
 # machine's start and one shorter rerun (`--only NAME,...`). When .whl/ holds wheels and the
 # Python here lacks diffusers (the GPU machine), they are installed into /tmp/site (once: a
 # stamp there names them) and /tmp/site goes on PYTHONPATH before the checkout's src/.
