@@ -122,7 +122,8 @@ class Bench:
         from poseguide.train.runner import _make_run
         from poseguide.train.setup import make_loader
 
-        self.run, _ = _make_run(make_config(work, base, size, args), None)
+        config = make_config(work, base, size, args)
+        self.run, _ = _make_run(config, None, list(range(len(STAGES))), explicit=True)
         cfg = self.run.config
         self.device = self.run.frozen.device
         # One ControlNet, optimizer and LR schedule (training's own), stepped with each loss.

@@ -69,7 +69,8 @@ def count_host_reads() -> Iterator[Counter]:
 
 @contextlib.contextmanager
 def count_cuda_syncs() -> Iterator[list[str]]:
-    """The synchronising CUDA calls inside the block, from torch's sync debug mode."""
+    """The synchronising CUDA calls inside the block, from torch's sync debug mode: one
+    ``"message (file.py:line)"`` each, the line being the Python code that made the call."""
     found: list[str] = []
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
@@ -79,4 +80,5 @@ def count_cuda_syncs() -> Iterator[list[str]]:
             yield found
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-            found += [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+            found += [f"{w.message} ({w.filename}:{w.lineno})" for w in caught
+                      if "synchroniz" in str(w.message)]  # fmt: skip
