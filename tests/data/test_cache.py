@@ -184,3 +184,58 @@ def test_the_cache_key_holds_the_vae_dtype(tmp_path: Path, parts, tiny_sd) -> No
     bf16 = load_sd_parts(tiny_sd, dtype=torch.bfloat16)
     other = build_cache(source, rows, cfg, bf16, "controlnet10", seed=0, progress=False)
     assert other.folder != fp32.folder and other.built_shards > 0
+
+
+class _Decoding:
+    """A source that always decodes the image, whatever ``load`` is asked for."""
+
+    def __init__(self, source: ManifestSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int, image: bool = True):
+        return self.source.load(index)
+
+
+def test_the_dataset_decodes_no_image_when_the_cache_holds_the_latents(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    """With the cache on, an item reads only the image's header (its size): the same item,
+    bit for bit, as from a decoded image; without the cache the image is decoded."""
+    from poseguide.data import checks
+    from poseguide.data.dataset import PoseDataset
+
+    source = ManifestSource(write_rows(tmp_path, 4, size=(96, 64)))
+    cfg, rows = config(tmp_path, hflip=0.5, resize_mode="crop"), list(range(4))
+    build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    cache = find_cache(source, rows, cfg, parts)
+    real, decoded = checks.read_image, []
+
+    def counting(src, *args, **kwargs):
+        decoded.append(Path(src).name)
+        return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "read_image", counting)
+    cached = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache)
+    reference = PoseDataset(_Decoding(source), rows, cfg, "controlnet10", seed=0, cache=cache)
+    for epoch in (0, 1):  # other flips
+        for dataset in (cached, reference):
+            dataset.set_epoch(epoch)
+        for i in rows:
+            decoded.clear()
+            item = cached[i]
+            assert decoded == [f"{i}.pose.png"]  # the pose image only
+            expected = reference[i]
+            assert "pixel_values" not in item and item.keys() == expected.keys()
+            for key, value in expected.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(item[key], value), key
+                elif key == "keypoints":
+                    assert (item[key] == value).all()
+                else:
+                    assert item[key] == value, key
+    decoded.clear()
+    item = PoseDataset(source, rows, cfg, "controlnet10", seed=0)[2]
+    assert "pixel_values" in item and decoded == ["2.png", "2.pose.png"]
