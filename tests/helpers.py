@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -67,3 +69,38 @@ def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
         [sys.executable, "-m", "poseguide", *args], cwd=cwd, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def run_as_team(world: int, work: Callable[[Any], Any], timeout: float = 300) -> list[Any]:
+    """``work(team)`` on ``world`` threads standing in for processes: each gets a
+    :class:`poseguide.utils.team.Team` whose ``gather`` and ``barrier`` meet the others' at a
+    ``threading.Barrier`` (a thread that never arrives breaks it after ``timeout`` s instead of
+    hanging the test). Returns each rank's result, or the exception it raised, in rank order."""
+    from poseguide.utils.team import Team
+
+    meet = threading.Barrier(world, timeout=timeout)
+    slots: list[Any] = [None] * world
+    out: list[Any] = [None] * world
+
+    def member(rank: int) -> Team:
+        def gather(obj: Any) -> list[Any]:
+            slots[rank] = obj
+            meet.wait()
+            seen = list(slots)
+            meet.wait()  # no slot is overwritten before every rank has read them all
+            return seen
+
+        return Team(rank, world, gather, meet.wait)
+
+    def run(rank: int) -> None:
+        try:
+            out[rank] = work(member(rank))
+        except BaseException as err:  # handed to the test
+            out[rank] = err
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out

@@ -239,3 +239,61 @@ def test_the_dataset_decodes_no_image_when_the_cache_holds_the_latents(
     decoded.clear()
     item = PoseDataset(source, rows, cfg, "controlnet10", seed=0)[2]
     assert "pixel_values" in item and decoded == ["2.png", "2.pose.png"]
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_build_shared_by_processes_is_the_one_a_single_process_makes(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    """Processes (threads here) build their shares of the shards: the folder is byte for byte
+    the single process's. One that fails stops them all (its error, the others name it); the
+    next shared build finishes the holes it left; a damaged shard is rebuilt by its owner."""
+    from helpers import run_as_team
+
+    from poseguide.data.record import RowError
+    from poseguide.utils.team import SharedWorkError
+
+    source = ManifestSource(write_rows(tmp_path, 7))
+    rows = list(range(7))
+
+    def build(where: str, world: int) -> list:
+        cfg = config(tmp_path / where, hflip=0.5)
+        args = (source, rows, cfg, parts, "controlnet10", 0, False)
+        if world == 1:
+            return [build_cache(*args)]
+        return run_as_team(world, lambda team: build_cache(*args, team=team))
+
+    (clean,) = build("one", 1)
+    expected = _folder_bytes(clean.folder)
+    assert len([n for n in expected if n.startswith("latents")]) == 4
+    shared = build("three", 3)
+    assert {info.folder.name for info in shared} == {clean.folder.name}
+    assert [info.built_shards for info in shared] == [clean.built_shards] * 3
+    assert _folder_bytes(shared[0].folder) == expected
+
+    real = cache_mod._encode_rows
+
+    def damaged_after_the_scan(source, chunk, *args):
+        if 2 in chunk:
+            raise RowError("r2", "unreadable_image", "changed since the scan")
+        return real(source, chunk, *args)
+
+    monkeypatch.setattr(cache_mod, "_encode_rows", damaged_after_the_scan)
+    failed = build("two", 2)  # process 1 encodes latents-00001 (rows 2, 3) and -00003
+    assert isinstance(failed[1], RowError)
+    assert isinstance(failed[0], SharedWorkError) and "process 1 of 2: row r2" in str(failed[0])
+    folder = tmp_path / "two" / "cache" / clean.folder.name
+    kept = ["latents-00000.safetensors", "latents-00002.safetensors"]  # process 0's
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    monkeypatch.setattr(cache_mod, "_encode_rows", real)
+    finished = build("two", 2)
+    assert finished[0].built_shards == len(expected) - 3  # all but those two and the manifest
+    assert _folder_bytes(folder) == expected
+    shard = folder / "latents-00002.safetensors"
+    shard.write_bytes(b"\0" * len(expected[shard.name]))
+    repaired = build("two", 2)
+    assert [info.built_shards for info in repaired] == [1, 1]
+    assert _folder_bytes(folder) == expected
