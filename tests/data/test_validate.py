@@ -312,3 +312,16 @@ def test_a_scan_shared_by_processes_is_the_one_a_single_process_makes(make, tmp_
     again = run_as_team(2, lambda team: shared(team, out="cached", cache=tmp_path / "scans"))
     assert [r.cached for r in built + again] == [False, False, True, True]
     assert all(r.skipped == single.skipped for r in again)
+
+
+def test_processes_that_see_other_data_are_told_so(make) -> None:
+    from helpers import run_as_team
+
+    from poseguide.data.record import SourceError
+
+    first = ManifestSource(make.manifest([good_row(make), good_row(make, "b")], "one.jsonl"))
+    other = ManifestSource(make.manifest([good_row(make)], "two.jsonl"))
+    errors = run_as_team(2, lambda team: scan([first, other][team.rank], "skip", progress=False,
+                                              team=team))  # fmt: skip
+    assert all(isinstance(e, SourceError) for e in errors)
+    assert "process 1 sees other data than process 0 (1 rows" in str(errors[0])

@@ -28,7 +28,7 @@ def checked_source(
     whole report).
     """
     cfg = config.data
-    source = open_source(which or cfg.train, cfg.max_image_pixels)
+    source = open_first_on_main(which or cfg.train, cfg.max_image_pixels, team)
     report = scan(
         source,
         cfg.on_bad_row,
@@ -46,6 +46,20 @@ def checked_source(
             out_dir or RunPaths.of(config).root,
         )  # fmt: skip
     return source, report
+
+
+def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = SOLO) -> Source:
+    """Open a source on the main process, then on the others: what opening writes (a synthetic
+    set, ``datasets``' Arrow files) is written once, and every process then sees the same files
+    (the same fingerprint). An error on the main process stops every process."""
+    opened: dict[str, Source] = {}
+
+    def on_main() -> None:
+        if team.is_main:
+            opened["source"] = open_source(which, max_image_pixels)
+
+    team.run(on_main)
+    return opened["source"] if team.is_main else open_source(which, max_image_pixels)
 
 
 def build_train_cache(config: Config, progress: bool = True) -> dict:

@@ -35,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from poseguide.data.checks import check_sample
-from poseguide.data.record import ROW_PROBLEMS, RowError, Sample, Source
+from poseguide.data.record import ROW_PROBLEMS, RowError, Sample, Source, SourceError
 from poseguide.utils.io import atomic_write_json, atomic_write_text
 from poseguide.utils.team import SOLO, Team
 
@@ -187,7 +187,8 @@ def _run(source: Source, policy: str, progress: bool, workers: int, fp: str,
     start = time.perf_counter()
     desc = f"checking {source.name}"
     if team.world > 1:
-        desc += f" (process {team.rank} of {team.world}: every {team.world}th row)"
+        desc += f" (process {team.rank} of {team.world}: rows {team.rank}, "
+        desc += f"{team.rank + team.world}, ...)"
     indices = team.share(range(len(source)))
     shares = team.run(lambda: _scan_share(source, policy, indices, progress, workers, desc))
     bad = [s.first_bad for s in shares if s.first_bad is not None]
@@ -197,6 +198,18 @@ def _run(source: Source, policy: str, progress: bool, workers: int, fp: str,
     report.skipped = sorted((row for s in shares for row in s.skipped), key=lambda r: r.index)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _same_data(source: Source, views: list[tuple[str, int, ScanReport | None]]) -> None:
+    """Every process must see the same rows (the shares are merged as one dataset)."""
+    differ = [rank for rank, (fp, n, _) in enumerate(views) if (fp, n) != views[0][:2]]
+    if differ:
+        raise SourceError(
+            f"{source.name}: process {differ[0]} sees other data than process 0 ("
+            f"{views[differ[0]][1]} rows, fingerprint {views[differ[0]][0]}; process 0: "
+            f"{views[0][1]} rows, {views[0][0]}); every process needs the same files (on "
+            "several machines: one shared filesystem for the data, the cache and the run folder)"
+        )
 
 
 def scan(
@@ -224,7 +237,9 @@ def scan(
     cache = _cache_file(Path(cache_dir), fp) if cache_dir is not None else None
     report = _read_cache(cache, len(source), policy) if cache is not None and team.is_main else None
     if team.world > 1:  # the main process's reading of the cache holds for every process
-        report = team.gather(report)[0]
+        views = team.gather((fp, len(source), report))
+        _same_data(source, views)
+        report = views[0][2]
     if report is None:
         report = _run(source, policy, progress, workers, fp, team)
         if cache is not None and team.is_main:
