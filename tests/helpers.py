@@ -73,7 +73,7 @@ def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
 
 def run_as_team(world: int, work: Callable[[Any], Any], timeout: float = 300) -> list[Any]:
     """``work(team)`` on ``world`` threads standing in for processes: each gets a
-    :class:`poseguide.utils.team.Team` whose ``gather`` and ``barrier`` meet the others' at a
+    :class:`poseguide.utils.team.Team` whose ``gather`` meets the others' at a
     ``threading.Barrier`` (a thread that never arrives breaks it after ``timeout`` s instead of
     hanging the test). Returns each rank's result, or the exception it raised, in rank order."""
     from poseguide.utils.team import Team
@@ -90,7 +90,7 @@ def run_as_team(world: int, work: Callable[[Any], Any], timeout: float = 300) ->
             meet.wait()  # no slot is overwritten before every rank has read them all
             return seen
 
-        return Team(rank, world, gather, meet.wait)
+        return Team(rank, world, gather)
 
     def run(rank: int) -> None:
         try:

@@ -297,3 +297,24 @@ def test_a_build_shared_by_processes_is_the_one_a_single_process_makes(
     repaired = build("two", 2)
     assert [info.built_shards for info in repaired] == [1, 1]
     assert _folder_bytes(folder) == expected
+
+
+def test_a_manifest_that_cannot_be_written_stops_every_process(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    from helpers import run_as_team
+
+    from poseguide.utils.io import WriteError
+    from poseguide.utils.team import SharedWorkError
+
+    source = ManifestSource(write_rows(tmp_path, 2))
+    cfg = config(tmp_path)
+
+    def full_disk(path, *args, **kwargs):
+        raise WriteError(f"could not write {path}: No space left on device")
+
+    monkeypatch.setattr(cache_mod, "atomic_write_json", full_disk)
+    out = run_as_team(2, lambda team: build_cache(source, [0, 1], cfg, parts, "controlnet10", 0,
+                                                  False, team))  # fmt: skip
+    assert isinstance(out[0], WriteError) and isinstance(out[1], SharedWorkError)
+    assert "process 0 of 2: could not write" in str(out[1])

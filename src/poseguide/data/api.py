@@ -51,15 +51,16 @@ def checked_source(
 def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = SOLO) -> Source:
     """Open a source on the main process, then on the others: what opening writes (a synthetic
     set, ``datasets``' Arrow files) is written once, and every process then sees the same files
-    (the same fingerprint). An error on the main process stops every process."""
-    opened: dict[str, Source] = {}
+    (the same fingerprint). An error on any process stops every process."""
+    opened: list[Source] = []
 
-    def on_main() -> None:
-        if team.is_main:
-            opened["source"] = open_source(which, max_image_pixels)
+    def open_if(here: bool) -> None:
+        if here:
+            opened.append(open_source(which, max_image_pixels))
 
-    team.run(on_main)
-    return opened["source"] if team.is_main else open_source(which, max_image_pixels)
+    team.run(lambda: open_if(team.is_main))
+    team.run(lambda: open_if(not team.is_main))
+    return opened[0]
 
 
 def build_train_cache(config: Config, progress: bool = True) -> dict:

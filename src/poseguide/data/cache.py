@@ -19,12 +19,13 @@ one; a shard whose size or checksum differs from the manifest's record is built 
 Several processes share a build (``team``, :mod:`poseguide.utils.team`). Shard boundaries depend
 only on the rows and ``shard_size``, and each shard is encoded whole by one process, in the same
 VAE batches, so the folder is byte for byte the one a single process builds. Each phase is split
-``rank, rank + world, ...`` and ends with one gather: (1) check the shards a complete manifest
-lists; (2) find which latent shards on disk are reusable; (3) encode the missing ones (shared
-afresh, so a resumed build is balanced too); (4)-(5) the same for the text shards of the captions
-gathered in (3); then the main process writes the manifest from the gathered records and a barrier
-lets every process open it. No process reads another's shards while building; every phase waits
-for its slowest share (about ``1/world`` of the work), not for the whole build.
+``rank, rank + world, ...`` and ends with one gather: (0) the main process reads the manifest,
+every process gets its reading; (1) check the shards a complete manifest lists; (2) find which
+latent shards on disk are reusable; (3) encode the missing ones (shared afresh, so a resumed
+build is balanced too); (4)-(5) the same for the text shards of the captions gathered in (3);
+then the main process writes the manifest from the gathered records, and a last gather lets every
+process open it. No process reads another's shards while building; every phase waits for its
+slowest share (about ``1/world`` of the work), not for the whole build.
 """
 
 from __future__ import annotations
@@ -314,6 +315,7 @@ def _build_shards(plan: _Plan, shards: dict[str, list], expected: Any, make: Any
     team, names = plan.team, list(shards)
 
     def check() -> dict[str, tuple[dict, dict]]:
+        plan.folder.mkdir(parents=True, exist_ok=True)
         found = {n: _reusable(plan.folder / n, plan.rebuild, **expected(shards[n]))
                  for n in team.share(names)}  # fmt: skip
         return {n: got for n, got in found.items() if got is not None}
@@ -371,7 +373,6 @@ def build_cache(
     rebuild = _damaged_to_rebuild(folder, key, found, team)
     if rebuild is None:  # complete and intact
         return _info(folder, found, 0)
-    folder.mkdir(parents=True, exist_ok=True)
     plan = _Plan(folder, rebuild, team, progress)
 
     def latents(chunk: list[int]) -> tuple[dict, dict]:
@@ -393,9 +394,8 @@ def build_cache(
     records = {name: got[0] for name, got in sorted({**done, **texts}.items())}
     manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique,
                 "shards": records, "complete": True}  # fmt: skip
-    if team.is_main:
-        atomic_write_json(folder / MANIFEST, manifest, indent=None)
-    team.barrier()  # the manifest is there for every process
+    main = team.is_main  # then every process can open it; a failure to write it stops all
+    team.run(lambda: atomic_write_json(folder / MANIFEST, manifest, indent=None) if main else None)
     info = _info(folder, manifest, built + built_text)
     if team.is_main:
         log.info("cache %s: %d rows, %d captions, %.1f MiB (%d shard(s) built now)", folder,

@@ -240,17 +240,22 @@ def scan(
         views = team.gather((fp, len(source), report))
         _same_data(source, views)
         report = views[0][2]
-    if report is None:
+    fresh = report is None
+    if fresh:
         report = _run(source, policy, progress, workers, fp, team)
-        if cache is not None and team.is_main:
-            data = {"version": CACHE_VERSION, **report.summary()}
-            data["skipped_rows"] = [asdict(row) for row in report.skipped]
-            atomic_write_json(cache, data, indent=None)
     elif policy == "error" and report.skipped:
         first = report.skipped[0]
         raise RowError(first.id, first.problem, f"{first.detail} (cached scan {cache}){SKIP_HINT}")
-    if out_dir is not None and team.is_main:
-        _write_outputs(report, Path(out_dir))
+
+    def write() -> None:  # the main process's files; a failure there stops every process
+        if cache is not None and fresh and team.is_main:
+            data = {"version": CACHE_VERSION, **report.summary()}
+            data["skipped_rows"] = [asdict(row) for row in report.skipped]
+            atomic_write_json(cache, data, indent=None)
+        if out_dir is not None and team.is_main:
+            _write_outputs(report, Path(out_dir))
+
+    team.run(write)
     if report.skipped and team.is_main:
         counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
         where = f"; list in {Path(out_dir) / SKIPPED_FILE}" if out_dir is not None else ""

@@ -4,9 +4,12 @@ Long one-off jobs whose result every process needs (the dataset scan, the latent
 so that each process does its share, instead of one process doing it all while the others wait
 at a barrier (a 20-minute cache build is longer than a collective's time-out). A job is given a
 :class:`Team`: ``rank`` and ``world`` pick its share, ``gather`` tells every process what every
-process found (small Python objects: row verdicts, file names, checksums), ``barrier`` waits until
-the files the others write exist. Files written by other processes must be visible to this one:
-several nodes need a shared filesystem for the cache folder, as they do for the run folder.
+process found (small Python objects: row verdicts, file names, checksums). :meth:`Team.run` is
+the one way shared work meets: run this process's part, gather, and raise everywhere when any
+part failed, so that no process is left waiting at a collective for one that has stopped; it is
+also the barrier (after it, the files every process wrote exist). Files written by other processes
+must be visible to this one: several nodes need a shared filesystem for the cache folder, as they
+do for the run folder.
 
 :data:`SOLO` (one process, no process group) is the default everywhere, so the CLI's
 single-process commands and the tests need nothing else.
@@ -27,10 +30,6 @@ def _alone(obj: Any) -> list[Any]:
     return [obj]
 
 
-def _nothing() -> None:
-    return None
-
-
 class SharedWorkError(UserError, RuntimeError):
     """Another process stopped its share of the work with an error a person can fix; that
     process shows the error itself, this one names the process and repeats the message."""
@@ -43,7 +42,6 @@ class Team:
     rank: int = 0
     world: int = 1
     gather: Callable[[Any], list[Any]] = _alone  # obj -> every process's obj, in rank order
-    barrier: Callable[[], None] = _nothing
 
     @property
     def is_main(self) -> bool:
@@ -85,7 +83,7 @@ SOLO = Team()
 def team_of(state: Any) -> Team:
     """The team of an accelerate ``Accelerator`` or ``PartialState`` (:data:`SOLO` for one
     process). ``gather`` is accelerate's ``gather_object`` (pickled objects over the process
-    group: gloo on CPUs, NCCL on GPUs), ``barrier`` its ``wait_for_everyone``."""
+    group: gloo on CPUs, NCCL on GPUs)."""
     if state.num_processes == 1:
         return SOLO
     from accelerate.utils import gather_object
@@ -93,4 +91,4 @@ def team_of(state: Any) -> Team:
     def gather(obj: Any) -> list[Any]:
         return gather_object([obj])  # one entry per process, in rank order
 
-    return Team(state.process_index, state.num_processes, gather, state.wait_for_everyone)
+    return Team(state.process_index, state.num_processes, gather)
