@@ -318,3 +318,21 @@ def test_a_manifest_that_cannot_be_written_stops_every_process(
                                                   False, team))  # fmt: skip
     assert isinstance(out[0], WriteError) and isinstance(out[1], SharedWorkError)
     assert "process 0 of 2: could not write" in str(out[1])
+
+
+def test_cache_build_from_the_cli_is_one_process(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``poseguide cache build`` (no process group) builds the cache that training then finds."""
+    from helpers import write_config
+
+    from poseguide.cli import main
+    from poseguide.config import load_config
+    from poseguide.train import runner
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, data={"cache": {"dir": "cache", "shard_size": 3}})
+    assert main(["cache", "build", "config.yaml"]) == 0
+    assert "cache: 8 rows (0 skipped), 9 captions" in capsys.readouterr().out
+    assert main(["cache", "build", "config.yaml"]) == 0
+    assert "(0 shards built now)" in capsys.readouterr().out
+    run, _ = runner._make_run(load_config("config.yaml"), None, [0], explicit=False)
+    assert len(run.cache.manifest["shards"]) == 3 + 3
