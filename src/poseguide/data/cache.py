@@ -298,7 +298,8 @@ def _reusable(path: Path, rebuild: set[str], **expected: Any) -> tuple[dict, dic
 
 @dataclass
 class _Plan:
-    """Shards to have in a cache folder: name -> what it holds (rows or captions)."""
+    """Where and how :func:`_build_shards` works: the folder, the shards known to be damaged,
+    the processes sharing the work and whether this one shows a progress bar."""
 
     folder: Path
     rebuild: set[str]  # known damaged: built again even when they parse
