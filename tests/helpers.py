@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -75,3 +77,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_as_team(world: int, work: Callable[[Any], Any], timeout: float = 300) -> list[Any]:
+    """``work(team)`` on ``world`` threads standing in for processes: each gets a
+    :class:`poseguide.utils.team.Team` whose ``gather`` meets the others' at a
+    ``threading.Barrier`` (a thread that never arrives breaks it after ``timeout`` s instead of
+    hanging the test). Returns each rank's result, or the exception it raised, in rank order."""
+    from poseguide.utils.team import Team
+
+    meet = threading.Barrier(world, timeout=timeout)
+    slots: list[Any] = [None] * world
+    out: list[Any] = [None] * world
+
+    def member(rank: int) -> Team:
+        def gather(obj: Any) -> list[Any]:
+            slots[rank] = obj
+            meet.wait()
+            seen = list(slots)
+            meet.wait()  # no slot is overwritten before every rank has read them all
+            return seen
+
+        return Team(rank, world, gather)
+
+    def run(rank: int) -> None:
+        try:
+            out[rank] = work(member(rank))
+        except BaseException as err:  # handed to the test
+            out[rank] = err
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out

@@ -148,3 +148,35 @@ def test_auto_says_loudly_when_cuda_is_there_but_unusable(
     assert len(warnings) == 1, warnings  # once per process
     assert "runs on the CPU" in warnings[0] and "CUDA 13.0" in warnings[0]
     assert "driver on your system is too old (found version 11040)." in warnings[0]
+
+
+def test_a_team_shares_work_and_stops_together() -> None:
+    """Team.run gives every process every result; when one fails, all raise: it its own error,
+    the others a one-line SharedWorkError (a user error) or a RuntimeError (a bug)."""
+    from helpers import run_as_team
+
+    from poseguide.errors import InputError
+    from poseguide.utils.team import SOLO, SharedWorkError
+
+    assert SOLO.run(lambda: 3) == [3] and SOLO.share(range(5)) == [0, 1, 2, 3, 4]
+    shares = run_as_team(3, lambda team: team.run(lambda: team.share(range(8))))
+    assert shares == [[[0, 3, 6], [1, 4, 7], [2, 5]]] * 3
+
+    def fails_on(rank: int, error: Exception):
+        def work(team):
+            def mine():
+                if team.rank == rank:
+                    raise error
+                return team.rank
+
+            return team.run(mine)
+
+        return work
+
+    user = run_as_team(2, fails_on(1, InputError("row 7 is bad\nfix it")))
+    assert isinstance(user[1], InputError)
+    assert isinstance(user[0], SharedWorkError)
+    assert str(user[0]) == "process 1 of 2: row 7 is bad; fix it"
+    bug = run_as_team(2, fails_on(0, KeyError("oops")))
+    assert isinstance(bug[0], KeyError)
+    assert type(bug[1]) is RuntimeError and "process 0 of 2 failed" in str(bug[1])

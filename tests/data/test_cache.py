@@ -184,3 +184,155 @@ def test_the_cache_key_holds_the_vae_dtype(tmp_path: Path, parts, tiny_sd) -> No
     bf16 = load_sd_parts(tiny_sd, dtype=torch.bfloat16)
     other = build_cache(source, rows, cfg, bf16, "controlnet10", seed=0, progress=False)
     assert other.folder != fp32.folder and other.built_shards > 0
+
+
+class _Decoding:
+    """A source that always decodes the image, whatever ``load`` is asked for."""
+
+    def __init__(self, source: ManifestSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int, image: bool = True):
+        return self.source.load(index)
+
+
+def test_the_dataset_decodes_no_image_when_the_cache_holds_the_latents(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    """With the cache on, an item reads only the image's header (its size): the same item,
+    bit for bit, as from a decoded image; without the cache the image is decoded."""
+    from poseguide.data import checks
+    from poseguide.data.dataset import PoseDataset
+
+    source = ManifestSource(write_rows(tmp_path, 4, size=(96, 64)))
+    cfg, rows = config(tmp_path, hflip=0.5, resize_mode="crop"), list(range(4))
+    build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    cache = find_cache(source, rows, cfg, parts)
+    real, decoded = checks.read_image, []
+
+    def counting(src, *args, **kwargs):
+        decoded.append(Path(src).name)
+        return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "read_image", counting)
+    cached = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache)
+    reference = PoseDataset(_Decoding(source), rows, cfg, "controlnet10", seed=0, cache=cache)
+    for epoch in (0, 1):  # other flips
+        for dataset in (cached, reference):
+            dataset.set_epoch(epoch)
+        for i in rows:
+            decoded.clear()
+            item = cached[i]
+            assert decoded == [f"{i}.pose.png"]  # the pose image only
+            expected = reference[i]
+            assert "pixel_values" not in item and item.keys() == expected.keys()
+            for key, value in expected.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(item[key], value), key
+                elif key == "keypoints":
+                    assert (item[key] == value).all()
+                else:
+                    assert item[key] == value, key
+    decoded.clear()
+    item = PoseDataset(source, rows, cfg, "controlnet10", seed=0)[2]
+    assert "pixel_values" in item and decoded == ["2.png", "2.pose.png"]
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_build_shared_by_processes_is_the_one_a_single_process_makes(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    """Processes (threads here) build their shares of the shards: the folder is byte for byte
+    the single process's. One that fails stops them all (its error, the others name it); the
+    next shared build finishes the holes it left; a damaged shard is rebuilt by its owner."""
+    from helpers import run_as_team
+
+    from poseguide.data.record import RowError
+    from poseguide.utils.team import SharedWorkError
+
+    source = ManifestSource(write_rows(tmp_path, 7))
+    rows = list(range(7))
+
+    def build(where: str, world: int) -> list:
+        cfg = config(tmp_path / where, hflip=0.5)
+        args = (source, rows, cfg, parts, "controlnet10", 0, False)
+        if world == 1:
+            return [build_cache(*args)]
+        return run_as_team(world, lambda team: build_cache(*args, team=team))
+
+    (clean,) = build("one", 1)
+    expected = _folder_bytes(clean.folder)
+    assert len([n for n in expected if n.startswith("latents")]) == 4
+    shared = build("three", 3)
+    assert {info.folder.name for info in shared} == {clean.folder.name}
+    assert [info.built_shards for info in shared] == [clean.built_shards] * 3
+    assert _folder_bytes(shared[0].folder) == expected
+
+    real = cache_mod._encode_rows
+
+    def damaged_after_the_scan(source, chunk, *args):
+        if 2 in chunk:
+            raise RowError("r2", "unreadable_image", "changed since the scan")
+        return real(source, chunk, *args)
+
+    monkeypatch.setattr(cache_mod, "_encode_rows", damaged_after_the_scan)
+    failed = build("two", 2)  # process 1 encodes latents-00001 (rows 2, 3) and -00003
+    assert isinstance(failed[1], RowError)
+    assert isinstance(failed[0], SharedWorkError) and "process 1 of 2: row r2" in str(failed[0])
+    folder = tmp_path / "two" / "cache" / clean.folder.name
+    kept = ["latents-00000.safetensors", "latents-00002.safetensors"]  # process 0's
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    monkeypatch.setattr(cache_mod, "_encode_rows", real)
+    finished = build("two", 2)
+    assert finished[0].built_shards == len(expected) - 3  # all but those two and the manifest
+    assert _folder_bytes(folder) == expected
+    shard = folder / "latents-00002.safetensors"
+    shard.write_bytes(b"\0" * len(expected[shard.name]))
+    repaired = build("two", 2)
+    assert [info.built_shards for info in repaired] == [1, 1]
+    assert _folder_bytes(folder) == expected
+
+
+def test_a_manifest_that_cannot_be_written_stops_every_process(
+    tmp_path: Path, parts, monkeypatch
+) -> None:
+    from helpers import run_as_team
+
+    from poseguide.utils.io import WriteError
+    from poseguide.utils.team import SharedWorkError
+
+    source = ManifestSource(write_rows(tmp_path, 2))
+    cfg = config(tmp_path)
+
+    def full_disk(path, *args, **kwargs):
+        raise WriteError(f"could not write {path}: No space left on device")
+
+    monkeypatch.setattr(cache_mod, "atomic_write_json", full_disk)
+    out = run_as_team(2, lambda team: build_cache(source, [0, 1], cfg, parts, "controlnet10", 0,
+                                                  False, team))  # fmt: skip
+    assert isinstance(out[0], WriteError) and isinstance(out[1], SharedWorkError)
+    assert "process 0 of 2: could not write" in str(out[1])
+
+
+def test_cache_build_from_the_cli_is_one_process(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``poseguide cache build`` (no process group) builds the cache that training then finds."""
+    from helpers import write_config
+
+    from poseguide.cli import main
+    from poseguide.config import load_config
+    from poseguide.train import runner
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, data={"cache": {"dir": "cache", "shard_size": 3}})
+    assert main(["cache", "build", "config.yaml"]) == 0
+    assert "cache: 8 rows (0 skipped), 9 captions" in capsys.readouterr().out
+    assert main(["cache", "build", "config.yaml"]) == 0
+    assert "(0 shards built now)" in capsys.readouterr().out
+    run, _ = runner._make_run(load_config("config.yaml"), None, [0], explicit=False)
+    assert len(run.cache.manifest["shards"]) == 3 + 3

@@ -385,3 +385,47 @@ def test_sources_pickle_for_dataloader_workers(make, tmp_path: Path) -> None:
         copy = pickle.loads(pickle.dumps(source))
         assert copy.ids() == source.ids() and copy.fingerprint() == source.fingerprint()
         np.testing.assert_array_equal(np.asarray(copy.load(1).image), source.load(1).image)
+
+
+def test_every_source_loads_a_row_without_its_pixels(make, tmp_path: Path, monkeypatch) -> None:
+    """``load(i, image=False)``: the same row, the image's size from its header and no pixel
+    decoded; a missing or oversized image is still the same row error."""
+    from poseguide.data import checks
+    from poseguide.data.record import RowError
+
+    manifest, _ = write_manifest(make)
+    truth = write_coco(make)
+    columns, _, _ = hub_rows(make, 0, 2)
+    folder = make.hub("cocopose", "train", [columns], HUB_FEATURES)
+    sources = [
+        ManifestSource(manifest),
+        CocoSource(truth["annotations"], make.root / "coco/val2017"),
+        HubSource(str(folder), cache_dir=str(tmp_path / "hf-cache")),
+    ]
+    for source in sources:
+        for i in range(2):
+            full, header = source.load(i), source.load(i, image=False)
+            assert header.image is None and header.original_size == full.original_size
+            assert header.caption == full.caption and header.id == full.id
+            if full.keypoints is None:
+                assert header.keypoints is None
+            else:
+                np.testing.assert_array_equal(header.keypoints, full.keypoints)
+            if full.pose_image is not None:  # the conditioning still needs the pose image
+                assert_pixels(header.pose_image, np.asarray(full.pose_image))
+    real, decoded = checks.read_image, []
+
+    def counting(src, max_pixels, what="image"):
+        decoded.append(what)
+        return real(src, max_pixels, what)
+
+    monkeypatch.setattr(checks, "read_image", counting)
+    for source in sources:
+        source.load(0, image=False)
+    assert decoded == ["pose image", "column 'control_pose'"]  # manifest row a; hub row 0
+    small = ManifestSource(manifest, max_image_pixels=100)
+    with pytest.raises(RowError, match="too_many_pixels"):
+        small.load(0, image=False)
+    (make.root / "images/0.png").unlink()
+    with pytest.raises(RowError, match="missing_file"):
+        sources[0].load(0, image=False)

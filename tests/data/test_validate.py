@@ -269,3 +269,59 @@ def test_pixel_limit_is_checked_from_the_header(make) -> None:
         warnings.simplefilter("error")
         with pytest.raises(RowError, match="10000x9000 = 90000000 pixels, over the limit"):
             open_image(make.png_header(10000, 9000), "r", DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def _files(folder: Path) -> dict[str, object]:
+    """The scan's files; the summary without its measured ``seconds``."""
+    summary = json.loads((folder / SUMMARY_FILE).read_text())
+    summary.pop("seconds")
+    return {SKIPPED_FILE: (folder / SKIPPED_FILE).read_bytes(), SUMMARY_FILE: summary}
+
+
+def test_a_scan_shared_by_processes_is_the_one_a_single_process_makes(make, tmp_path) -> None:
+    """Three processes (threads here) each scan every third row: every one gets the whole
+    report, the files are the single process's; under ``error`` all raise the first bad row."""
+    from helpers import run_as_team
+
+    cases = ["not_an_image", "missing_file", "empty_caption", "pose_size", "keypoints_nan"]
+    rows = [good_row(make)]
+    for k, case in enumerate(cases):
+        row = bad_row(make, case)
+        if row["image"] == "bad.png":  # each bad row its own file
+            (make.root / "bad.png").rename(make.root / f"bad{k}.png")
+            row["image"] = f"bad{k}.png"
+        rows += [row, good_row(make, f"good{k}")]
+    source = ManifestSource(make.manifest(rows), max_image_pixels=LIMIT)
+    single = scan(source, "skip", tmp_path / "one", progress=False, workers=2)
+    assert len(single.skipped) == len(cases)
+
+    def shared(team, policy="skip", out="three", cache=None):
+        return scan(source, policy, tmp_path / out, progress=False, workers=2, team=team,
+                    cache_dir=cache)  # fmt: skip
+
+    reports = run_as_team(3, shared)
+    for report in reports:
+        assert report.skipped == single.skipped and report.valid == single.valid
+    assert _files(tmp_path / "three") == _files(tmp_path / "one")
+    with pytest.raises(RowError) as first:
+        scan(source, "error", progress=False)
+    errors = run_as_team(3, lambda team: shared(team, "error"))
+    assert [str(e) for e in errors] == [str(first.value)] * 3
+    # A cached scan: the main process reads it, every process gets it.
+    built = run_as_team(2, lambda team: shared(team, out="cached", cache=tmp_path / "scans"))
+    again = run_as_team(2, lambda team: shared(team, out="cached", cache=tmp_path / "scans"))
+    assert [r.cached for r in built + again] == [False, False, True, True]
+    assert all(r.skipped == single.skipped for r in again)
+
+
+def test_processes_that_see_other_data_are_told_so(make) -> None:
+    from helpers import run_as_team
+
+    from poseguide.data.record import SourceError
+
+    first = ManifestSource(make.manifest([good_row(make), good_row(make, "b")], "one.jsonl"))
+    other = ManifestSource(make.manifest([good_row(make)], "two.jsonl"))
+    errors = run_as_team(2, lambda team: scan([first, other][team.rank], "skip", progress=False,
+                                              team=team))  # fmt: skip
+    assert all(isinstance(e, SourceError) for e in errors)
+    assert "process 1 sees other data than process 0 (1 rows" in str(errors[0])

@@ -164,6 +164,8 @@ def test_two_processes_share_the_rows(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("baseline") == 1  # one summary, from the main process
+    # The untrained ControlNet (model "baseline") is built by one process; the other loads it.
+    assert (proc.stdout + proc.stderr).count("building the untrained ControlNet") == 1
     shared = json.loads((root / "runs/t/eval/metrics.json").read_text())
     assert len(rows(root)) == 8 and not list((root / "runs/t/eval").glob("samples-*.jsonl"))
     for name in ("baseline", "stage1"):
@@ -171,3 +173,35 @@ def test_two_processes_share_the_rows(
             assert shared["models"][name][key]["mean"] == pytest.approx(
                 single["models"][name][key]["mean"], abs=0.05
             ), (name, key)
+
+
+def test_the_untrained_controlnet_is_built_once_for_all_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (threads here): the main one builds and saves it, the other waits; a
+    failure there stops both instead of leaving one at the barrier."""
+    from helpers import run_as_team
+
+    import poseguide.models as models
+    from poseguide.evaluate.runner import build_untrained_once
+    from poseguide.utils.team import SharedWorkError
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, evaluate={"models": MODELS})
+    config = load_config("config.yaml")
+    run = RunPaths.of(config)
+    real, built = models.untrained_controlnet, []
+
+    def counting(parts, seed):
+        built.append(seed)
+        return real(parts, seed)
+
+    monkeypatch.setattr(models, "untrained_controlnet", counting)
+    assert run_as_team(2, lambda team: build_untrained_once(config, run, team)) == [None, None]
+    assert built == [config.run.seed] and (run.eval.untrained / "config.json").is_file()
+    run_as_team(2, lambda team: build_untrained_once(config, run, team))
+    assert len(built) == 1  # there already
+    broken = load_config("config.yaml", ["run.name=u", "model.base=/nowhere"])
+    failed = run_as_team(2, lambda team: build_untrained_once(broken, RunPaths.of(broken), team))
+    assert isinstance(failed[1], SharedWorkError) and "process 0 of 2" in str(failed[1])
+    assert not isinstance(failed[0], SharedWorkError)

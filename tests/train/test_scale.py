@@ -111,3 +111,34 @@ def test_processes_without_a_shared_run_folder_stop_together(tmp_path: Path, lay
         assert len(lines) == 2 and all("process 1 does not see" in x for x in lines), lines
         assert "runs/t, cache" in lines[0] and "shared filesystem" in lines[0]
     assert not list((tmp_path / "node").rglob(".shared-check-*"))  # the tokens are removed
+
+
+def test_training_from_the_cache_decodes_no_image(tmp_path: Path, monkeypatch) -> None:
+    """With the latent cache, no training step decodes an image (stage 2's ground-truth masks
+    need only the keypoints and the size); the scan and the cache build decode each image once."""
+    from poseguide.data import checks
+
+    monkeypatch.chdir(tmp_path)
+    real, decoded = checks.read_image, {"image": 0, "pose image": 0}
+
+    def counting(src, max_pixels, what="image"):
+        decoded[what] += 1
+        return real(src, max_pixels, what)
+
+    stages = [{"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 1, "lr": 1e-3},
+              {"name": "stage2", "epochs": 1, "lr": 1e-3,
+               "loss": {"kind": "heatmap", "source": "ground_truth"}}]  # fmt: skip
+    write_config(tmp_path, train={"stages": stages}, data={"hflip": 0.5})
+    monkeypatch.setattr(checks, "read_image", counting)
+    real_train, during = runner.train_stage, []
+
+    def counted_stage(*args, **kwargs):
+        before = dict(decoded)
+        out = real_train(*args, **kwargs)
+        during.append({k: decoded[k] - before[k] for k in decoded})
+        return out
+
+    monkeypatch.setattr(runner, "train_stage", counted_stage)
+    runner.run_training(load_config("config.yaml"))
+    # 8 rows: 4 steps of 2 per stage; each item reads its pose image, no item its image.
+    assert during == [{"image": 0, "pose image": 8}] * 2

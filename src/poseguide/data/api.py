@@ -11,21 +11,24 @@ from poseguide.data.record import Source
 from poseguide.data.sources import open_source
 from poseguide.data.validate import ScanReport, scan
 from poseguide.paths import RunPaths
+from poseguide.utils.team import SOLO, Team
 
 log = logging.getLogger(__name__)
 
 
 def checked_source(
     config: Config, which: SourceConfig | None = None, out_dir: Path | None = None,
-    progress: bool = True,
+    progress: bool = True, team: Team = SOLO,
 ) -> tuple[Source, ScanReport]:  # fmt: skip
     """Open a source (default ``data.train``) and scan its rows under ``data.on_bad_row``.
 
     Skipped rows are listed in ``out_dir`` (default: the run folder); the scan result is cached
     beside the latent caches so a second run over the same data does not decode it again.
+    ``team``: the processes sharing the scan (each checks its share of the rows; all get the
+    whole report).
     """
     cfg = config.data
-    source = open_source(which or cfg.train, cfg.max_image_pixels)
+    source = open_first_on_main(which or cfg.train, cfg.max_image_pixels, team)
     report = scan(
         source,
         cfg.on_bad_row,
@@ -33,8 +36,9 @@ def checked_source(
         progress=progress,
         cache_dir=Path(cfg.cache.dir) / "scans",
         workers=cfg.num_workers,
+        team=team,
     )
-    if report.skipped:
+    if report.skipped and team.is_main:
         log.warning(
             "%s: skipped %d of %d rows (%s); the list is in %s",
             source.name, len(report.skipped), report.total,
@@ -42,6 +46,21 @@ def checked_source(
             out_dir or RunPaths.of(config).root,
         )  # fmt: skip
     return source, report
+
+
+def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = SOLO) -> Source:
+    """Open a source on the main process, then on the others: what opening writes (a synthetic
+    set, ``datasets``' Arrow files) is written once, and every process then sees the same files
+    (the same fingerprint). An error on any process stops every process."""
+    opened: list[Source] = []
+
+    def open_if(here: bool) -> None:
+        if here:
+            opened.append(open_source(which, max_image_pixels))
+
+    team.run(lambda: open_if(team.is_main))
+    team.run(lambda: open_if(not team.is_main))
+    return opened[0]
 
 
 def build_train_cache(config: Config, progress: bool = True) -> dict:

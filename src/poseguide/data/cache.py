@@ -13,7 +13,19 @@ Layout of one cache folder (``data.cache.dir/<key hash>/``)::
 
 The folder name is a hash of the key, so a different model, resolution, resize mode or dataset
 content gets its own folder. Shards are written atomically and the manifest last: a build that is
-interrupted resumes at the first missing shard and ends identical to an uninterrupted one.
+interrupted builds only the missing shards when run again and ends identical to an uninterrupted
+one; a shard whose size or checksum differs from the manifest's record is built again.
+
+Several processes share a build (``team``, :mod:`poseguide.utils.team`). Shard boundaries depend
+only on the rows and ``shard_size``, and each shard is encoded whole by one process, in the same
+VAE batches, so the folder is byte for byte the one a single process builds. Each phase is split
+``rank, rank + world, ...`` and ends with one gather: (0) the main process reads the manifest,
+every process gets its reading; (1) check the shards a complete manifest lists; (2) find which
+latent shards on disk are reusable; (3) encode the missing ones (shared afresh, so a resumed
+build is balanced too); (4)-(5) the same for the text shards of the captions gathered in (3);
+then the main process writes the manifest from the gathered records, and a last gather lets every
+process open it. No process reads another's shards while building; every phase waits for its
+slowest share (about ``1/world`` of the work), not for the whole build.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load
 from safetensors.torch import save as safetensors_bytes
 
 from poseguide.config.schema import DataConfig
@@ -37,6 +49,7 @@ from poseguide.data.record import Source
 from poseguide.errors import UserError
 from poseguide.utils.device import DTYPES, to_device
 from poseguide.utils.io import atomic_write_bytes, atomic_write_json
+from poseguide.utils.team import SOLO, Team
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +196,8 @@ class LatentCache:
         return self._slice(f"text-{shard:05d}.safetensors", "emb", offset).float()
 
 
-def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Write one shard atomically; returns its manifest record (:func:`shard_record`)."""
     data = safetensors_bytes(
         {k: v.contiguous() for k, v in tensors.items()}, metadata={"poseguide": json.dumps(meta)}
     )
@@ -194,6 +208,7 @@ def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Non
             f"could not write the cache shard {path} ({err}); the shards written before it are "
             "kept: free space and run `poseguide cache build CONFIG` again to finish the cache"
         ) from err
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def shard_record(path: Path) -> dict:
@@ -264,34 +279,72 @@ def _cache_folder(root: Path, key: dict) -> Path:
     return root / _digest(key)
 
 
-def _reusable(path: Path, rebuild: set[str], **expected: Any) -> bool:
-    """A shard already on disk that holds what ``expected`` says and is not known damaged."""
+def _reusable(path: Path, rebuild: set[str], **expected: Any) -> tuple[dict, dict] | None:
+    """(record, metadata) of a shard already on disk that holds what ``expected`` says and is
+    not known damaged; None when it must be built. The file is read once."""
     if path.name in rebuild or not path.is_file():
-        return False
+        return None
     try:
-        meta = _shard_meta(path)
-        load_file(str(path))  # the whole shard reads (an interrupted write may be cut short)
+        data = path.read_bytes()
+        load(data)  # the whole shard parses (an interrupted write may be cut short)
+        size = int.from_bytes(data[:8], "little")
+        meta = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["poseguide"])
     except Exception:  # any failure to parse a damaged file: build the shard again
-        return False
-    return all(meta.get(k) == v for k, v in expected.items())
+        return None
+    if any(meta.get(k) != v for k, v in expected.items()):
+        return None
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, meta
 
 
-def _build_text(folder: Path, captions: list[str], cfg: DataConfig, parts: Any,
-                rebuild: set[str]) -> int:  # fmt: skip
-    """Write the text shards for ``captions`` (already unique and ordered); returns shards built."""
-    from poseguide.models import encode_prompts
+@dataclass
+class _Plan:
+    """Where and how :func:`_build_shards` works: the folder, the shards known to be damaged,
+    the processes sharing the work and whether this one shows a progress bar."""
 
-    size, built = cfg.cache.shard_size, 0
-    for s in range(math.ceil(len(captions) / size)):
-        path = folder / f"text-{s:05d}.safetensors"
-        chunk = captions[s * size : (s + 1) * size]
-        if _reusable(path, rebuild, captions=chunk):
-            continue
-        embs = [encode_prompts(parts, chunk[i : i + cfg.cache.batch_size]).cpu()
-                for i in range(0, len(chunk), cfg.cache.batch_size)]  # fmt: skip
-        _save_shard(path, {"emb": torch.cat(embs).to(DTYPES[cfg.cache.dtype])}, {"captions": chunk})
-        built += 1
-    return built
+    folder: Path
+    rebuild: set[str]  # known damaged: built again even when they parse
+    team: Team
+    progress: bool
+
+
+def _build_shards(plan: _Plan, shards: dict[str, list], expected: Any, make: Any,
+                  what: str) -> tuple[dict[str, tuple[dict, dict]], int]:  # fmt: skip
+    """Have every shard of ``shards`` (name -> chunk) in the folder, shared by the team: each
+    process checks its share of what is on disk (``expected(chunk)``: the metadata a reusable
+    shard holds), then builds its share of the missing ones (``make(chunk) -> (tensors,
+    metadata)``). Returns name -> (record, metadata) of every shard, and how many were built."""
+    team, names = plan.team, list(shards)
+
+    def check() -> dict[str, tuple[dict, dict]]:
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        found = {n: _reusable(plan.folder / n, plan.rebuild, **expected(shards[n]))
+                 for n in team.share(names)}  # fmt: skip
+        return {n: got for n, got in found.items() if got is not None}
+
+    kept = {n: got for part in team.run(check) for n, got in part.items()}
+    todo = [n for n in names if n not in kept]  # shared afresh: balanced whatever was kept
+    mine = team.share(todo)
+
+    def build() -> dict[str, tuple[dict, dict]]:
+        from tqdm.auto import tqdm
+
+        out = {}
+        desc = what if team.world == 1 else f"{what} (process {team.rank} of {team.world})"
+        total = sum(len(shards[n]) for n in mine)
+        with tqdm(total=total, desc=desc, unit="row", disable=not plan.progress) as bar:
+            for name in mine:
+                tensors, meta = make(shards[name])
+                out[name] = _save_shard(plan.folder / name, tensors, meta), meta
+                bar.update(len(shards[name]))
+        return out
+
+    made = {n: got for part in team.run(build) for n, got in part.items()}
+    return {**kept, **made}, len(todo)
+
+
+def _chunks(prefix: str, items: list, size: int) -> dict[str, list]:
+    return {f"{prefix}-{s:05d}.safetensors": items[s * size : (s + 1) * size]
+            for s in range(math.ceil(len(items) / size))}  # fmt: skip
 
 
 def build_cache(
@@ -302,60 +355,78 @@ def build_cache(
     style: str,
     seed: int,
     progress: bool = True,
+    team: Team = SOLO,
 ) -> CacheInfo:
     """Build (or finish, or just find) the cache of ``rows`` of ``source`` for these models.
 
     ``parts`` are the loaded SD parts (:class:`poseguide.models.SDParts`); only the VAE, the text
-    encoder and the tokenizer are used. Returns where it is and how big it is.
+    encoder and the tokenizer are used. ``team``: the processes sharing the build (every process
+    calls this; each encodes its share of the shards); the folder is byte for byte the one a
+    single process builds. Returns where it is and how big it is (``built_shards``: by all).
     """
-    from tqdm.auto import tqdm
-
-    from poseguide.models import model_identity
+    from poseguide.models import encode_prompts, model_identity
 
     key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
                     str(parts.vae.dtype))  # fmt: skip
     folder = _cache_folder(Path(cfg.cache.dir), key)
-    rebuild = _damaged_to_rebuild(folder, key)
+    digest, size = _digest(key), cfg.cache.shard_size
+    found = team.gather(_manifest(folder) if team.is_main else None)[0]  # one view for all
+    rebuild = _damaged_to_rebuild(folder, key, found, team)
     if rebuild is None:  # complete and intact
-        return _info(folder, json.loads((folder / MANIFEST).read_text()), 0)
-    folder.mkdir(parents=True, exist_ok=True)
-    size, built, captions = cfg.cache.shard_size, 0, []
-    with tqdm(total=len(rows), desc="caching latents", unit="img", disable=not progress) as bar:
-        for s in range(math.ceil(len(rows) / size)):
-            path, chunk = folder / f"latents-{s:05d}.safetensors", rows[s * size : (s + 1) * size]
-            if not _reusable(path, rebuild, rows=chunk, key=_digest(key)):
-                tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed)
-                _save_shard(path, tensors, {"rows": chunk, "captions": caps, "key": _digest(key)})
-                built += 1
-            captions += _shard_meta(path)["captions"]
-            bar.update(len(chunk))
-    unique = sorted(set(captions) | {""}) if cfg.cache.text else []
-    built += _build_text(folder, unique, cfg, parts, rebuild) if unique else 0
-    shards = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+        return _info(folder, found, 0)
+    plan = _Plan(folder, rebuild, team, progress)
+
+    def latents(chunk: list[int]) -> tuple[dict, dict]:
+        tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed)
+        return tensors, {"rows": chunk, "captions": caps, "key": digest}
+
+    def text(chunk: list[str]) -> tuple[dict, dict]:
+        embs = [encode_prompts(parts, chunk[i : i + cfg.cache.batch_size]).cpu()
+                for i in range(0, len(chunk), cfg.cache.batch_size)]  # fmt: skip
+        return {"emb": torch.cat(embs).to(DTYPES[cfg.cache.dtype])}, {"captions": chunk}
+
+    shards = _chunks("latents", rows, size)
+    done, built = _build_shards(plan, shards, lambda c: {"rows": c, "key": digest}, latents,
+                                "caching latents")  # fmt: skip
+    captions = {c for name in shards for c in done[name][1]["captions"]}
+    unique = sorted(captions | {""}) if cfg.cache.text else []
+    texts, built_text = _build_shards(plan, _chunks("text", unique, size),
+                                      lambda c: {"captions": c}, text, "caching text")  # fmt: skip
+    records = {name: got[0] for name, got in sorted({**done, **texts}.items())}
     manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique,
-                "shards": {name: shard_record(folder / name) for name in shards},
-                "complete": True}  # fmt: skip
-    atomic_write_json(folder / MANIFEST, manifest, indent=None)
-    info = _info(folder, manifest, built)
-    log.info("cache %s: %d rows, %d captions, %.1f MiB (%d shard(s) built now)", folder,
-             info.rows, info.captions, info.bytes / 2**20, built)  # fmt: skip
+                "shards": records, "complete": True}  # fmt: skip
+    main = team.is_main  # then every process can open it; a failure to write it stops all
+    team.run(lambda: atomic_write_json(folder / MANIFEST, manifest, indent=None) if main else None)
+    info = _info(folder, manifest, built + built_text)
+    if team.is_main:
+        log.info("cache %s: %d rows, %d captions, %.1f MiB (%d shard(s) built now)", folder,
+                 info.rows, info.captions, info.bytes / 2**20, info.built_shards)  # fmt: skip
     return info
 
 
-def _damaged_to_rebuild(folder: Path, key: dict) -> set[str] | None:
-    """None when ``folder`` holds a complete cache whose shards all match their recorded sizes
-    and checksums; else the names of the damaged shards (empty: a build to start or finish)."""
-    path = folder / MANIFEST
-    if not path.is_file():
+def _manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):  # none yet, or one cut short: build
+        return None
+
+
+def _damaged_to_rebuild(folder: Path, key: dict, manifest: dict | None,
+                        team: Team) -> set[str] | None:  # fmt: skip
+    """None when ``manifest`` is a complete cache for ``key`` whose shards all match their
+    recorded sizes and checksums (each process checks its share); else the names of the damaged
+    shards (empty: a build to start or finish)."""
+    if manifest is None or not manifest.get("complete") or manifest.get("key") != key:
         return set()
-    manifest = json.loads(path.read_text())
-    if not manifest.get("complete") or manifest.get("key") != key:
-        return set()
-    damaged = damaged_shards(folder, manifest, full=True)
+    names = team.share(sorted(manifest.get("shards", {})))
+    mine = {"shards": {n: manifest["shards"][n] for n in names}}
+    parts = team.run(lambda: damaged_shards(folder, mine, full=True))
+    damaged = {name: why for part in parts for name, why in part.items()}
     if not damaged:
         return None
-    log.warning("cache %s: %d damaged shard(s) (%s); rebuilding them", folder, len(damaged),
-                "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())))  # fmt: skip
+    if team.is_main:
+        log.warning("cache %s: %d damaged shard(s) (%s); rebuilding them", folder, len(damaged),
+                    "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())))  # fmt: skip
     return set(damaged)
 
 

@@ -32,7 +32,7 @@ from poseguide.config.schema import DataConfig
 from poseguide.data.record import RowError, Sample
 from poseguide.pose.io import parse_pose
 from poseguide.pose.skeleton import KeypointError, validate_keypoints
-from poseguide.utils.images import ImageReadError, ImageSource, read_image
+from poseguide.utils.images import ImageReadError, ImageSource, read_image, read_image_size
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,28 @@ def open_image(src: ImageInput, row: str, max_pixels: int, what: str = "image") 
         return read_image(src, max_pixels, what)
     except ImageReadError as err:
         raise RowError(row, err.problem, err.detail) from None
+
+
+def open_image_size(
+    src: ImageInput, row: str, max_pixels: int, what: str = "image"
+) -> tuple[int, int]:
+    """(width, height) of a row's image from its header, no pixel decoded
+    (:func:`poseguide.utils.images.read_image_size`); the errors of :func:`open_image` that the
+    header shows (a truncated body shows only when decoding)."""
+    try:
+        return read_image_size(src, max_pixels, what)
+    except ImageReadError as err:
+        raise RowError(row, err.problem, err.detail) from None
+
+
+def decode_or_size(
+    src: ImageInput, row: str, max_pixels: int, decode: bool = True, what: str = "image"
+) -> tuple[Image.Image | None, tuple[int, int]]:
+    """(the decoded image, its size) when ``decode``, else (None, the size from its header)."""
+    if decode:
+        image = open_image(src, row, max_pixels, what)
+        return image, image.size
+    return None, open_image_size(src, row, max_pixels, what)
 
 
 def parse_keypoints(raw: object, row: str, where: str = "keypoints") -> np.ndarray | None:
@@ -108,15 +130,16 @@ def check_caption(caption: object, row: str) -> str:
 
 
 def check_declared_size(
-    image: Image.Image, declared: tuple, row: str, path: object, says: str
+    size: tuple[int, int], declared: tuple, row: str, path: object, says: str
 ) -> None:
-    """``pose_size_mismatch`` when ``image`` is not the size its keypoints refer to.
+    """``pose_size_mismatch`` when the image's ``size`` (width, height) is not the size its
+    keypoints refer to.
 
     ``declared`` is (width, height) as the source states it (None parts: not stated); ``says``
     names who states it (e.g. "line 3", "person_keypoints_val2017.json").
     """
-    if None not in declared and tuple(declared) != image.size:
-        (w, h), (dw, dh) = image.size, declared
+    if None not in declared and tuple(declared) != tuple(size):
+        (w, h), (dw, dh) = size, declared
         raise RowError(
             row,
             "pose_size_mismatch",
@@ -134,8 +157,8 @@ def check_sample(sample: Sample) -> Sample:
     """
     row = sample.id
     check_caption(sample.caption, row)
-    if sample.pose_image is not None and sample.pose_image.size != sample.image.size:
-        (pw, ph), (w, h) = sample.pose_image.size, sample.image.size
+    if sample.pose_image is not None and sample.pose_image.size != sample.original_size:
+        (pw, ph), (w, h) = sample.pose_image.size, sample.original_size
         raise RowError(
             row, "pose_size_mismatch", f"pose image is {pw}x{ph} but the image is {w}x{h}"
         )

@@ -34,8 +34,8 @@ from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_declared_size,
     check_sample,
+    decode_or_size,
     files_fingerprint,
-    open_image,
     parse_areas,
     parse_keypoints,
 )
@@ -201,15 +201,15 @@ class CocoSource:
     def ids(self) -> list[str]:
         return [str(i) for i in self._image_ids]
 
-    def load(self, index: int) -> Sample:
+    def load(self, index: int, image: bool = True) -> Sample:
         if not 0 <= index < len(self._image_ids):
             raise IndexError(f"{self.name}: row {index} out of range (0..{len(self) - 1})")
         image_id = self._image_ids[index]
         row = str(image_id)
         info, people = self._images[image_id], self._people[image_id]
         path = self.images_dir / info["file_name"]
-        image = open_image(path, row, self.max_image_pixels)
-        check_declared_size(image, info["size"], row, path, self.annotations.name)
+        pixels, size = decode_or_size(path, row, self.max_image_pixels, image)
+        check_declared_size(size, info["size"], row, path, self.annotations.name)
         keypoints = parse_keypoints([p[1] for p in people], row)
         areas = [p[2] for p in people]
         if image_id not in self._captions:
@@ -218,7 +218,7 @@ class CocoSource:
             )
         sample = Sample(
             id=row,
-            image=image,
+            image=pixels,
             caption=self._captions[image_id],
             keypoints=keypoints,
             areas=None if None in areas else parse_areas(areas, row, len(people)),
@@ -228,6 +228,7 @@ class CocoSource:
                 "path": str(path),
                 "annotation_ids": [p[0] for p in people],
             },
+            size=size,
         )
         return check_sample(sample)
 

@@ -56,7 +56,9 @@ class LatentLookup(Protocol):
 
 
 class PoseDataset(Dataset):
-    """Training examples from a source: prepared images, or cached latents when available.
+    """Training examples from a source: prepared images, or cached latents when available (the
+    image is then not decoded at all: keypoints, caption, pose image and the size from the
+    image's header are what an item needs besides the cache).
 
     ``rows`` are the usable row indices of the source (after validation); item ``i`` is row
     ``rows[i]``. Call :meth:`set_epoch` before each epoch (it changes the flip/dropout draws).
@@ -109,7 +111,8 @@ class PoseDataset(Dataset):
         for k in range(len(self.rows)):
             index = self.rows[(i + k) % len(self.rows)]
             try:
-                return index, self.source.load(index), replaced
+                # Cached latents stand for the image: only its size is read (from the header).
+                return index, self.source.load(index, image=self.cache is None), replaced
             except RowError as err:
                 if self.cfg.on_bad_row != "skip":
                     raise

@@ -33,7 +33,7 @@ from pathlib import Path
 from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_sample,
-    open_image,
+    decode_or_size,
     parse_areas,
     parse_keypoints,
 )
@@ -239,26 +239,28 @@ class HubSource:
     def ids(self) -> list[str]:
         return list(self._ids)
 
-    def _image(self, cell: object, row: str, role: str) -> object:
-        """Decode an image cell: {bytes, path} (a datasets Image), raw bytes or a path."""
+    def _image(self, cell: object, row: str, role: str, decode: bool = True) -> tuple | None:
+        """Decode an image cell: {bytes, path} (a datasets Image), raw bytes or a path; returns
+        (image, size) (image None when not ``decode``: only the header is read), None for null."""
         what = f"column {self.roles[role]!r}"
         if isinstance(cell, dict):
             cell = cell.get("bytes") or cell.get("path")
         if cell is None:
             return None
-        return open_image(cell, row, self.max_image_pixels, what=what)
+        return decode_or_size(cell, row, self.max_image_pixels, decode, what=what)
 
-    def load(self, index: int) -> Sample:
+    def load(self, index: int, image: bool = True) -> Sample:
         if not 0 <= index < self._n:
             raise IndexError(f"{self.name}: row {index} out of range (0..{self._n - 1})")
         row_id = self._ids[index]
         cells = self._dataset[index]
-        image = self._image(cells[self.roles["image"]], row_id, "image")
-        if image is None:
+        found = self._image(cells[self.roles["image"]], row_id, "image", decode=image)
+        if found is None:
             raise RowError(row_id, "missing_file", f"column {self.roles['image']!r} is null")
         pose = None
         if "pose_image" in self.roles:
-            pose = self._image(cells[self.roles["pose_image"]], row_id, "pose_image")
+            pose_found = self._image(cells[self.roles["pose_image"]], row_id, "pose_image")
+            pose = None if pose_found is None else pose_found[0]
         keypoints = None
         if "keypoints" in self.roles:
             keypoints = parse_keypoints(cells[self.roles["keypoints"]], row_id)
@@ -273,12 +275,13 @@ class HubSource:
         meta = {"source": "hub", "dataset": self.path, "split": self.split, "index": index}
         sample = Sample(
             id=row_id,
-            image=image,
+            image=found[0],
             caption=cells[self.roles["caption"]],
             pose_image=pose,
             keypoints=keypoints,
             areas=areas,
             meta=meta,
+            size=found[1],
         )
         return check_sample(sample)
 

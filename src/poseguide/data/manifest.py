@@ -33,6 +33,7 @@ from poseguide.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_declared_size,
     check_sample,
+    decode_or_size,
     files_fingerprint,
     open_image,
     parse_areas,
@@ -132,14 +133,14 @@ class ManifestSource:
         """A manifest path resolved against the manifest's folder."""
         return self.root / relpath
 
-    def load(self, index: int) -> Sample:
+    def load(self, index: int, image: bool = True) -> Sample:
         if not 0 <= index < len(self._entries):
             raise IndexError(f"{self.name}: row {index} out of range (0..{len(self) - 1})")
         entry = self._entries[index]
         row = entry["id"]
         image_path = self.file(entry["image"])
-        image = open_image(image_path, row, self.max_image_pixels)
-        check_declared_size(image, entry["size"], row, image_path, f"line {entry['line']}")
+        pixels, size = decode_or_size(image_path, row, self.max_image_pixels, image)
+        check_declared_size(size, entry["size"], row, image_path, f"line {entry['line']}")
         pose = None
         if entry["pose_image"] is not None:
             pose_path = self.file(entry["pose_image"])
@@ -154,12 +155,13 @@ class ManifestSource:
         num = None if keypoints is None else keypoints.shape[0]
         sample = Sample(
             id=row,
-            image=image,
+            image=pixels,
             caption=entry["caption"],
             pose_image=pose,
             keypoints=keypoints,
             areas=parse_areas(entry["areas"], row, num),
             meta={"source": "manifest", "path": str(image_path), "line": entry["line"]},
+            size=size,
         )
         return check_sample(sample)
 

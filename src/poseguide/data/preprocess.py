@@ -44,7 +44,7 @@ class Prepared:
 
     id: str
     index: int  # row index in the source
-    image: Image.Image  # RGB, resolution x resolution
+    image: Image.Image | None  # RGB, resolution x resolution; None when the sample has no pixels
     pose: Image.Image  # RGB skeleton, same size
     caption: str  # "" when dropped for classifier-free guidance
     keypoints: np.ndarray | None  # (P, 17, 3) in training pixels, None when unknown
@@ -69,10 +69,10 @@ def _pose_image(sample: Sample, keypoints: np.ndarray | None, placement: Placeme
                 "no pose image and no keypoints to render one from",
             )  # fmt: skip
         return Image.fromarray(render_skeleton(keypoints, placement.size, style))
-    if sample.pose_image.size != sample.image.size:
+    if sample.pose_image.size != sample.original_size:
         raise RowError(
             sample.id, "pose_size_mismatch",
-            f"pose image is {sample.pose_image.size}, image is {sample.image.size}",
+            f"pose image is {sample.pose_image.size}, image is {sample.original_size}",
         )  # fmt: skip
     return place_image(sample.pose_image, placement, Image.Resampling.BILINEAR)
 
@@ -91,14 +91,16 @@ def prepare(
     A flip mirrors the image and its keypoints (left and right joints swap) and re-renders the
     pose from the flipped keypoints, so the skeleton's left/right colours stay correct; this
     needs keypoints. ``flip`` forces the flip choice (the latent cache encodes both variants).
+    A sample loaded without pixels (``image`` None) gives ``image`` None: the pose, keypoints
+    and placement need only the original size.
     """
     size = (cfg.resolution, cfg.resolution)
-    placement = plan_resize(sample.image.size, size, cfg.resize_mode)
+    placement = plan_resize(sample.original_size, size, cfg.resize_mode)
     keypoints = None if sample.keypoints is None else place_keypoints(sample.keypoints, placement)
     drawn_flip, drop = augment_choices(cfg, seed, epoch, index)
     flip = drawn_flip if flip is None else flip
     render = cfg.pose_image == "render"
-    image = place_image(sample.image, placement)
+    image = None if sample.image is None else place_image(sample.image, placement)
     if flip:
         if keypoints is None:
             raise RowError(
@@ -106,7 +108,7 @@ def prepare(
             )
         from poseguide.pose.skeleton import flip_keypoints
 
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image = None if image is None else image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         keypoints = flip_keypoints(keypoints, cfg.resolution)
         render = True
     pose = _pose_image(sample, keypoints, placement, render, style)

@@ -54,21 +54,30 @@ class Sample:
 
     ``keypoints`` are ground truth in COCO-17 layout, (P, 17, 3) x, y, v in ``image`` pixels,
     or None when the source has none. ``areas`` (P,) are the people's segment areas in pixels
-    when known (COCO); OKS falls back to ``0.53 * box area`` otherwise.
+    when known (COCO); OKS falls back to ``0.53 * box area`` otherwise. ``image`` is None when
+    the row was loaded without its pixels (``load(index, image=False)``: training from cached
+    latents); ``size`` is then the size read from the image's header.
     """
 
     id: str
-    image: Image.Image  # RGB
+    image: Image.Image | None  # RGB; None = not decoded (``size`` still known)
     caption: str
     pose_image: Image.Image | None = None  # RGB skeleton, same size as image; None = render it
     keypoints: np.ndarray | None = None
     areas: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # where the row came from (path, shard, index)
+    size: tuple[int, int] | None = None  # (width, height); taken from ``image`` when given
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.size = self.image.size
+        elif self.size is None:
+            raise ValueError(f"sample {self.id}: an image or its size is needed")
 
     @property
     def original_size(self) -> tuple[int, int]:
         """(width, height) of the original image."""
-        return self.image.size
+        return self.size
 
 
 class Source(Protocol):
@@ -82,8 +91,10 @@ class Source(Protocol):
         """Row ids in order (cheap: no image decoding)."""
         ...
 
-    def load(self, index: int) -> Sample:
-        """Decode row ``index``; raises :class:`RowError` for a bad row."""
+    def load(self, index: int, image: bool = True) -> Sample:
+        """Decode row ``index``; raises :class:`RowError` for a bad row. ``image=False`` leaves
+        the image's pixels undecoded (``Sample.image`` None, its size read from the header):
+        what training needs when the latent cache holds the image."""
         ...
 
     def fingerprint(self) -> str:

@@ -13,6 +13,11 @@ threads decode in parallel (PIL releases the GIL while decoding). A finished sca
 under ``cache_dir`` as ``scan-<fingerprint>.json``: the fingerprint changes with the rows' content
 (files' sizes and mtimes, the dataset's Arrow fingerprint, ``limit``, ``max_image_pixels``), so a
 second run over the same data reads the result instead of decoding everything again.
+
+Several processes share a scan (``team``, :mod:`poseguide.utils.team`): process ``r`` of ``w``
+checks rows ``r, r + w, ...``, the verdicts are gathered and merged in row order (under
+``"error"`` each process stops at its own first bad row and every process raises the first of
+them), so the report, its files and the cached scan are the ones a single process writes.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from poseguide.data.checks import check_sample
-from poseguide.data.record import ROW_PROBLEMS, RowError, Sample, Source
+from poseguide.data.record import ROW_PROBLEMS, RowError, Sample, Source, SourceError
 from poseguide.utils.io import atomic_write_json, atomic_write_text
+from poseguide.utils.team import SOLO, Team
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +109,22 @@ def _try_row(source: Source, index: int) -> RowError | None:
     return None
 
 
-def _results(source: Source, n: int, workers: int) -> Iterator[tuple[int, RowError | None]]:
-    """(index, error or None) for every row, in row order; ``workers`` threads when > 0."""
+def _results(
+    source: Source, indices: Sequence[int], workers: int
+) -> Iterator[tuple[int, RowError | None]]:
+    """(index, error or None) for each of ``indices``, in order; ``workers`` threads when > 0."""
     if workers <= 0:
-        for index in range(n):
+        for index in indices:
             yield index, _try_row(source, index)
         return
     # A bounded window of futures keeps memory flat and lets an early stop cancel quickly.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        next_index = 0
-        while pending or next_index < n:
-            while next_index < n and len(pending) < 4 * workers:
-                pending.append((next_index, pool.submit(_try_row, source, next_index)))
-                next_index += 1
+        todo = iter(indices)
+        pending = deque((i, pool.submit(_try_row, source, i)) for i in islice(todo, 4 * workers))
+        while pending:
             index, future = pending.popleft()
+            for more in islice(todo, 1):  # keep the window full
+                pending.append((more, pool.submit(_try_row, source, more)))
             yield index, future.result()
 
 
@@ -141,25 +149,67 @@ def _write_outputs(report: ScanReport, out_dir: Path) -> None:
     atomic_write_json(Path(out_dir) / SUMMARY_FILE, report.summary())
 
 
-def _run(source: Source, policy: str, progress: bool, workers: int, fp: str) -> ScanReport:
-    report = ScanReport(source.name, fp, policy, len(source))
-    start = time.perf_counter()
-    bar = tqdm(total=len(source), desc=f"checking {source.name}", unit="row", disable=not progress)
-    rows = _results(source, len(source), workers)
+@dataclass
+class _Share:
+    """What one process found in its share of the rows (sent to the others)."""
+
+    skipped: list[SkippedRow]
+    first_bad: SkippedRow | None = None  # policy "error": the share's first bad row (it stopped)
+
+
+def _scan_share(source: Source, policy: str, indices: Sequence[int], progress: bool,
+                workers: int, desc: str) -> _Share:  # fmt: skip
+    share = _Share([])
+    bar = tqdm(total=len(indices), desc=desc, unit="row", disable=not progress)
+    rows = _results(source, indices, workers)
     try:
         for index, err in rows:
             bar.update(1)
             if err is None:
                 continue
+            row = SkippedRow(index, err.row, err.problem, err.detail)
             if policy == "error":
-                raise RowError(err.row, err.problem, f"{err.detail}{SKIP_HINT}") from None
-            report.skipped.append(SkippedRow(index, err.row, err.problem, err.detail))
-            bar.set_postfix(skipped=len(report.skipped), refresh=False)
+                share.first_bad = row
+                break
+            share.skipped.append(row)
+            bar.set_postfix(skipped=len(share.skipped), refresh=False)
     finally:
         rows.close()  # stops the worker threads' window at once on an early exit
         bar.close()
+    return share
+
+
+def _run(source: Source, policy: str, progress: bool, workers: int, fp: str,
+         team: Team) -> ScanReport:  # fmt: skip
+    """Every process scans its share of the rows (``rank, rank + world, ...``); the shares are
+    merged in row order, so the report is the one a single process makes."""
+    report = ScanReport(source.name, fp, policy, len(source))
+    start = time.perf_counter()
+    desc = f"checking {source.name}"
+    if team.world > 1:
+        desc += f" (process {team.rank} of {team.world}: rows {team.rank}, "
+        desc += f"{team.rank + team.world}, ...)"
+    indices = team.share(range(len(source)))
+    shares = team.run(lambda: _scan_share(source, policy, indices, progress, workers, desc))
+    bad = [s.first_bad for s in shares if s.first_bad is not None]
+    if bad:  # the first bad row in row order: each share stopped at its own first
+        first = min(bad, key=lambda row: row.index)
+        raise RowError(first.id, first.problem, f"{first.detail}{SKIP_HINT}") from None
+    report.skipped = sorted((row for s in shares for row in s.skipped), key=lambda r: r.index)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _same_data(source: Source, views: list[tuple[str, int, ScanReport | None]]) -> None:
+    """Every process must see the same rows (the shares are merged as one dataset)."""
+    differ = [rank for rank, (fp, n, _) in enumerate(views) if (fp, n) != views[0][:2]]
+    if differ:
+        raise SourceError(
+            f"{source.name}: process {differ[0]} sees other data than process 0 ("
+            f"{views[differ[0]][1]} rows, fingerprint {views[differ[0]][0]}; process 0: "
+            f"{views[0][1]} rows, {views[0][0]}); every process needs the same files (on "
+            "several machines: one shared filesystem for the data, the cache and the run folder)"
+        )
 
 
 def scan(
@@ -170,30 +220,43 @@ def scan(
     *,
     cache_dir: str | Path | None = None,
     workers: int = 0,
+    team: Team = SOLO,
 ) -> ScanReport:
     """Check every row of ``source`` under ``policy`` (see the module docstring).
 
     ``out_dir``: the run folder for ``skipped_rows.jsonl`` and ``scan_summary.json`` (written
     atomically whenever the scan completes). ``cache_dir``: where finished scans are cached by
-    fingerprint (None = no cache). ``workers``: decoding threads (0 = this thread).
+    fingerprint (None = no cache). ``workers``: decoding threads (0 = this thread). ``team``:
+    the processes that share the scan (each checks every ``world``-th row; every process gets
+    the whole report, the main process writes the files: the same bytes whatever the number of
+    processes, but for the measured ``seconds``).
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     fp = source.fingerprint()
     cache = _cache_file(Path(cache_dir), fp) if cache_dir is not None else None
-    report = _read_cache(cache, len(source), policy) if cache is not None else None
-    if report is None:
-        report = _run(source, policy, progress, workers, fp)
-        if cache is not None:
-            data = {"version": CACHE_VERSION, **report.summary()}
-            data["skipped_rows"] = [asdict(row) for row in report.skipped]
-            atomic_write_json(cache, data, indent=None)
+    report = _read_cache(cache, len(source), policy) if cache is not None and team.is_main else None
+    if team.world > 1:  # the main process's reading of the cache holds for every process
+        views = team.gather((fp, len(source), report))
+        _same_data(source, views)
+        report = views[0][2]
+    fresh = report is None
+    if fresh:
+        report = _run(source, policy, progress, workers, fp, team)
     elif policy == "error" and report.skipped:
         first = report.skipped[0]
         raise RowError(first.id, first.problem, f"{first.detail} (cached scan {cache}){SKIP_HINT}")
-    if out_dir is not None:
-        _write_outputs(report, Path(out_dir))
-    if report.skipped:
+
+    def write() -> None:  # the main process's files; a failure there stops every process
+        if cache is not None and fresh and team.is_main:
+            data = {"version": CACHE_VERSION, **report.summary()}
+            data["skipped_rows"] = [asdict(row) for row in report.skipped]
+            atomic_write_json(cache, data, indent=None)
+        if out_dir is not None and team.is_main:
+            _write_outputs(report, Path(out_dir))
+
+    team.run(write)
+    if report.skipped and team.is_main:
         counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
         where = f"; list in {Path(out_dir) / SKIPPED_FILE}" if out_dir is not None else ""
         log.warning(

@@ -33,6 +33,7 @@ from poseguide.evaluate.aggregate import _plain, aggregate
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.utils.team import Team, team_of
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,23 @@ def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
         from poseguide.models import load_sd_parts, untrained_controlnet
         from poseguide.utils.io import atomic_directory
 
+        log.info("building the untrained ControlNet (model unet) in %s", folder)
         parts = load_sd_parts(config.model.base, config.model.revision, config.model.variant)
         with atomic_directory(folder) as tmp:
             untrained_controlnet(parts, config.run.seed).save_pretrained(tmp)
     return str(folder)
+
+
+def build_untrained_once(config: Config, run: RunPaths, team: Team) -> None:
+    """Several processes: the main one builds and saves the untrained ControlNet (when a model
+    needs it and it is not there yet), the others wait, then each loads the saved folder, so
+    the base UNet is not loaded and copied by every process at once. A failure on the main
+    process stops the others too (:meth:`Team.run`), instead of leaving them at the barrier."""
+    refs = [controlnet_ref(m.controlnet, run) for m in config.evaluate.models]
+    untrained = [ref for ref in refs if ControlNetRef.parse(ref).kind == "untrained"]
+    if untrained:
+        main = team.is_main
+        team.run(lambda: _controlnet_folder(config, untrained[0], run.eval) if main else None)
 
 
 def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPaths,
@@ -410,13 +424,15 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     from poseguide.utils.device import wants_cpu
 
     state = PartialState(cpu=wants_cpu(config.run.device))
+    team = team_of(state)
     run = RunPaths.of(config)
     paths = run.eval
     problems = preflight(config, run)
     if problems:
         raise EvaluationError("cannot evaluate:\n  - " + "\n  - ".join(problems))
     source, report = checked_source(config, config.data.eval, out_dir=paths.root,
-                                    progress=state.is_main_process)  # fmt: skip
+                                    progress=team.is_main, team=team)  # fmt: skip
+    build_untrained_once(config, run, team)
     indices = report.valid[: limit or config.evaluate.limit or None]
     rows = _prepare_rows(config, source, indices[state.process_index :: state.num_processes], paths)
     gt_kind = _ground_truth_kind(config, rows)

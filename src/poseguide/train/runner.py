@@ -32,6 +32,7 @@ from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
 from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
+from poseguide.utils.team import Team, team_of
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ def _finished(run: Run, name: str) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _open_cache(config: Config, acc: Any, source: Any, rows: list[int], parts: Any) -> Any:
+def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts: Any) -> Any:
+    """Build (every process its share of the shards) or find the cache, then open it."""
     if not config.data.cache.enabled:
         return None
     from poseguide.data.cache import build_cache, find_cache
 
-    if acc.is_main_process:
-        build_cache(source, rows, config.data, parts, config.pose.render.style, config.run.seed)
-    acc.wait_for_everyone()
+    build_cache(source, rows, config.data, parts, config.pose.render.style, config.run.seed,
+                progress=team.is_main, team=team)  # fmt: skip
     return find_cache(source, rows, config.data, parts)
 
 
@@ -130,12 +131,12 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     _check_up_front(config, selected)
     if acc.is_main_process:
         save_config(config, paths.config)
-        source, report = checked_source(config, out_dir=paths.root)
-    acc.wait_for_everyone()
-    if not acc.is_main_process:  # reads the scan the main process cached
-        source, report = checked_source(config, out_dir=paths.root, progress=False)
+    # The scan and the cache build are shared: every process does its share of the rows, so no
+    # process waits at a barrier for the whole job (poseguide.utils.team).
+    team = team_of(acc)
+    source, report = checked_source(config, out_dir=paths.root, progress=team.is_main, team=team)
     frozen = load_frozen(config, acc.device)
-    cache = _open_cache(config, acc, source, report.valid, frozen.parts)
+    cache = _open_cache(config, team, source, report.valid, frozen.parts)
     metrics = MetricsLog(paths, config.train.tensorboard, enabled=acc.is_main_process)
     if loaded is not None:
         metrics.truncate_after(loaded.position.global_step)

@@ -31,8 +31,9 @@ def _samples(cfg: Config, source: Any, rows: list[int] | None) -> list[tuple[Any
     indices = (rows or list(range(len(source))))[:n]
     plain = replace(cfg.data, hflip=0.0, caption_dropout=0.0)
     out = []
-    for index in indices:
-        item = prepare(source.load(index), index, plain, cfg.pose.render.style, cfg.run.seed, 0)
+    for index in indices:  # the grids show the pose and the generated image: no pixels needed
+        sample = source.load(index, image=False)
+        item = prepare(sample, index, plain, cfg.pose.render.style, cfg.run.seed, 0)
         out.append((item.pose, item.caption))
     return out
 

@@ -11,6 +11,9 @@ Every image poseguide reads (dataset rows, app uploads, photos for ``pose estima
 * EXIF orientation is applied only when asked (photos, uploads); dataset pixels stay as stored,
   because COCO keypoints are given in stored-pixel coordinates.
 
+:func:`read_image_size` runs the same checks up to the decode and returns only the size (what
+training from cached latents needs of an image the dataset scan already decoded once).
+
 ultralytics monkey-patches ``PIL.Image.open`` when it is imported: on an unidentifiable file it
 tries to pip-install a HEIF plugin and retry. poseguide opens images through :func:`pil_open`,
 which always calls Pillow's own function.
@@ -175,6 +178,25 @@ def read_image(
     except Exception as err:  # any failure to decode untrusted bytes
         detail = f"{where} is corrupt or truncated ({_reason(err)})"
         raise ImageReadError("unreadable_image", detail, reason=_reason(err)) from None
+
+
+def read_image_size(
+    src: ImageSource,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    what: str = "image",
+    limit_name: str = "data.max_image_pixels",
+) -> tuple[int, int]:
+    """(width, height) of an untrusted image from its header, without decoding a pixel.
+
+    The checks of :func:`read_image` up to the decode (missing or empty file, not an image, zero
+    or too many pixels) with the same :class:`ImageReadError`; what only a full decode shows (a
+    truncated or corrupt body) is not checked: use it where the image was decoded once already
+    (the dataset scan) and only its size is needed now (training from cached latents).
+    """
+    data, where = _read(src, what, None)
+    if not data:
+        raise ImageReadError("zero_size", f"{where} is empty (0 bytes)")
+    return _identify(data, where, max_pixels, limit_name).size
 
 
 def pyplot() -> Any:
