@@ -75,8 +75,12 @@ def child(scenario: str, args: argparse.Namespace) -> dict:
         config = bench_config(Path(tmp), MODELS[args.model], args.size, args)
         stages = [dataclasses.replace(s, max_steps=args.steps)
                   for s in stage_configs(SCENARIOS[scenario])]  # fmt: skip
-        train = dataclasses.replace(config.train, stages=stages, checkpoint_every=10**6,
-                                    validation=ValidationConfig(every=0, num_samples=0))
+        train = dataclasses.replace(
+            config.train,
+            stages=stages,
+            checkpoint_every=10**6,
+            validation=ValidationConfig(every=0, num_samples=0),
+        )
         config = dataclasses.replace(config, train=train)
         real_stage, real_step = loop.train_stage, loop._step
         current: dict[str, Any] = {}
