@@ -25,7 +25,7 @@ import copy
 import logging
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from poseguide.pose.skeleton import NUM_COCO17
 log = logging.getLogger(__name__)
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
-LOSS_KINDS: tuple[str, ...] = ("denoising", "heatmap")
+LOSS_KINDS: tuple[str, ...] = ("denoising", "heatmap", "reward")
 MASK_SOURCES: tuple[str, ...] = ("predicted_error", "ground_truth")
 
 Losses = dict[str, Any]
@@ -56,12 +56,16 @@ class LossNeeds:
     """What a stage's loss needs besides the prediction and the target."""
 
     estimator: bool = False  # a pose estimator (the predicted-error mask)
-    vae: bool = False  # the VAE (decoding the error, encoding the mask)
-    keypoints: bool = False  # the rows' keypoints (the ground-truth mask)
+    vae: bool = False  # the VAE (decoding the error, encoding the mask; the reward's decode)
+    keypoints: bool = False  # the rows' keypoints (the ground-truth mask, the reward's targets)
+    reward: bool = False  # the reward: its estimator, the scheduler, z_t and the timesteps
 
 
 def loss_needs(cfg: LossConfig) -> LossNeeds:
     """What :func:`stage_loss` will ask for with ``cfg``: the one place that knows it."""
+    if cfg.kind == "reward":
+        base = loss_needs(replace(cfg, kind=cfg.base_loss))
+        return replace(base, vae=True, keypoints=True, reward=True)
     if cfg.kind == "heatmap" and cfg.source == "predicted_error":
         return LossNeeds(estimator=True, vae=True)
     if cfg.kind == "heatmap" and cfg.source == "ground_truth":
@@ -70,11 +74,41 @@ def loss_needs(cfg: LossConfig) -> LossNeeds:
 
 
 def stage_estimator_config(config: Config, stage: StageConfig) -> EstimatorConfig | None:
-    """The estimator config of a stage whose loss needs one (``loss.estimator``, else
-    ``pose.estimator``); None when it needs none."""
+    """The estimator config of a stage whose loss needs one for its mask (``loss.estimator``,
+    else ``pose.estimator``); None when it needs none."""
     if not loss_needs(stage.loss).estimator:
         return None
     return stage.loss.estimator or config.pose.estimator
+
+
+def reward_estimator_config(config: Config, stage: StageConfig) -> EstimatorConfig | None:
+    """The reward's estimator config (``loss.reward_estimator``, else ``pose.estimator``);
+    None for a stage without a reward."""
+    if not loss_needs(stage.loss).reward:
+        return None
+    return stage.loss.reward_estimator or config.pose.estimator
+
+
+def stage_estimator_configs(config: Config, stage: StageConfig) -> dict[str, EstimatorConfig]:
+    """Every estimator config the stage's loss uses, by role (``mask``, ``reward``)."""
+    found = {"mask": stage_estimator_config(config, stage),
+             "reward": reward_estimator_config(config, stage)}  # fmt: skip
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def derived_terms(values: dict[str, float]) -> dict[str, float | None]:
+    """Logged terms as the user reads them: each ratio term of
+    :data:`poseguide.reward.REWARD_RATIOS` (a mean over the rewarded samples) from its two
+    reduced parts, which are dropped; None when nothing was rewarded."""
+    from poseguide.reward import REWARD_RATIOS
+
+    out: dict[str, float | None] = dict(values)
+    for name, (part, weight) in REWARD_RATIOS.items():
+        if part in values and weight in values:
+            out[name] = values[part] / values[weight] if values[weight] > 0 else None
+            out.pop(part)
+    out.pop("reward_people", None)
+    return out
 
 
 def term_reduction(name: str) -> str:
@@ -402,6 +436,7 @@ def stage_loss(
     keypoints: Sequence[np.ndarray | torch.Tensor | None] | None = None,
     image_size: tuple[int, int] | None = None,
     generator: torch.Generator | None = None,
+    reward: Any = None,
     return_debug: bool = False,
 ) -> Losses:
     """The loss of one training step as the stage's :class:`LossConfig` says.
@@ -414,6 +449,7 @@ def stage_loss(
         keypoints, image_size: needed for ``source: ground_truth`` (see
             :func:`ground_truth_mask`).
         generator: for the VAE posterior sample of ``predicted_error``.
+        reward: :class:`poseguide.reward.RewardInputs`, needed for ``kind: reward``.
         return_debug: also return the mask and its intermediates under ``"_debug"`` (a dict of
             tensors, e.g. for ``poseguide explain-loss``); off by default so that the big
             decoded images are not kept alive.
@@ -422,6 +458,15 @@ def stage_loss(
         per-sample float32 (B,) terms, ``"loss"`` first (see :func:`denoising_loss` and
         :func:`heatmap_weighted_loss`), plus ``"_debug"`` when asked.
     """
+    if cfg.kind == "reward":
+        from poseguide.reward import add_reward
+
+        if reward is None:
+            raise ValueError("loss.kind 'reward' needs reward= (poseguide.reward.RewardInputs)")
+        base = stage_loss(replace(cfg, kind=cfg.base_loss), pred, target, vae=vae,
+                          estimator=estimator, keypoints=keypoints, image_size=image_size,
+                          generator=generator, return_debug=return_debug)  # fmt: skip
+        return add_reward(cfg, base, pred, reward, return_debug)
     if cfg.kind == "denoising":
         out = denoising_loss(pred, target)
         if return_debug:

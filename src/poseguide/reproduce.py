@@ -120,13 +120,12 @@ def probe(config: Config, model: str, steps: int = 2, warmup: int = 1) -> Probe:
 def _usable_stage(config: Config, stage: Any) -> Any:
     """The stage with pose weights that exist here when its loss needs an estimator (the
     bundled ones when the configured ones are missing: the probe times the step)."""
-    from poseguide.losses import stage_estimator_config
+    from poseguide.losses import stage_estimator_configs
 
-    cfg = stage_estimator_config(config, stage)
-    if cfg is None:
-        return stage
-    usable = replace(cfg, weights=_usable_weights(cfg.weights))
-    return replace(stage, loss=replace(stage.loss, estimator=usable))
+    keys = {"mask": "estimator", "reward": "reward_estimator"}
+    usable = {keys[role]: replace(cfg, weights=_usable_weights(cfg.weights))
+              for role, cfg in stage_estimator_configs(config, stage).items()}  # fmt: skip
+    return replace(stage, loss=replace(stage.loss, **usable)) if usable else stage
 
 
 def _usable_weights(weights: str) -> str:

@@ -175,8 +175,10 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     # "denoising": mean((eps_theta - eps)^2) (stage 1). "heatmap": HumanSD's heatmap-guided loss
-    # mean((1 + weight * H_E) * (eps_theta - eps)^2) (stage 2).
-    kind: Literal["denoising", "heatmap"] = "denoising"
+    # mean((1 + weight * H_E) * (eps_theta - eps)^2) (stage 2). "reward": base_loss plus
+    # reward_weight times a pose-consistency reward (poseguide.reward; a ControlNet++-style
+    # stage 3).
+    kind: Literal["denoising", "heatmap", "reward"] = "denoising"
     weight: float = 0.05  # w (the thesis: 0.05; HumanSD's config: 0.1)
     # Where the mask comes from. predicted_error: HumanSD's pipeline (VAE-decode the prediction
     # error, pose heatmaps of it, threshold, VAE-encode the mask). ground_truth: the keypoints of
@@ -197,12 +199,27 @@ class LossConfig:
     gt_mask: Literal["skeleton", "keypoints"] = "skeleton"
     gt_limb_width: float = 1.0  # latent pixels (1 latent px = 8 image px = OpenPose's limb width)
     gt_sigma: float = 1.0  # latent pixels, for gt_mask: keypoints
+    # kind "reward" (defaults after ControlNet++, Li et al. 2024: lambda 0.5, rewarded t <= 200):
+    reward_weight: float = 0.5  # lambda: loss = base + lambda * reward on rewarded samples
+    reward_timestep_max: int = 200  # only samples with t <= this get the reward term
+    # "oks": 1 - a differentiable OKS per target person; "heatmap": MSE of Gaussian heatmaps at
+    # the predicted keypoints against the targets'.
+    reward_loss: Literal["oks", "heatmap"] = "oks"
+    reward_estimator: EstimatorConfig | None = None  # null = pose.estimator
+    reward_resolution: int | None = None  # the decoded image's width for the estimator; null =
+    # the training resolution
+    base_loss: Literal["denoising", "heatmap"] = "denoising"  # heatmap: the stage-2 loss (its
+    # keys above) under the reward
 
     def __post_init__(self) -> None:
         _positive("weight", self.weight, allow_zero=True)
         _unit_interval("threshold", self.threshold)
         _positive("gt_limb_width", self.gt_limb_width)
         _positive("gt_sigma", self.gt_sigma)
+        _positive("reward_weight", self.reward_weight, allow_zero=True)
+        _positive("reward_timestep_max", self.reward_timestep_max, allow_zero=True)
+        if self.reward_resolution is not None:
+            _positive("reward_resolution", self.reward_resolution)
 
 
 @dataclass

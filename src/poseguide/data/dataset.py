@@ -15,6 +15,7 @@ key                shape / type                   meaning
 ``latent_std``     (B, 4, R/8, R/8) float32       cached VAE posterior std (cache only)
 ``text_emb``       (B, 77, D) float32             cached text embedding (cache only)
 ``keypoints``      list[(P, 17, 3) | None]        ground truth in training pixels
+``areas``          list[(P,) | None]              the people's areas in training pixels^2
 ``flipped``        (B,) bool                      whether the row was mirrored
 =================  =============================  ===============================================
 
@@ -92,6 +93,7 @@ class PoseDataset(Dataset):
             "caption": item.caption,
             "conditioning": image_to_tensor(item.pose, low=0.0),
             "keypoints": item.keypoints,
+            "areas": item.areas,
             "flipped": item.flipped,
             "replaced": replaced,
         }
@@ -131,6 +133,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "ids": [it["id"] for it in items],
         "captions": [it["caption"] for it in items],
         "keypoints": [it["keypoints"] for it in items],
+        "areas": [it.get("areas") for it in items],
         "flipped": torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
         "replaced": [r for it in items for r in it.get("replaced", [])],
     }

@@ -50,6 +50,7 @@ class Prepared:
     keypoints: np.ndarray | None  # (P, 17, 3) in training pixels, None when unknown
     placement: Placement  # how the original maps onto the training canvas
     flipped: bool
+    areas: np.ndarray | None = None  # (P,) person areas in training pixels^2, None when unknown
 
 
 def augment_choices(cfg: DataConfig, seed: int, epoch: int, index: int) -> tuple[bool, bool]:
@@ -112,9 +113,11 @@ def prepare(
         keypoints = flip_keypoints(keypoints, cfg.resolution)
         render = True
     pose = _pose_image(sample, keypoints, placement, render, style)
-    return Prepared(
-        sample.id, index, image, pose, "" if drop else sample.caption, keypoints, placement, flip
-    )
+    areas = None
+    if sample.areas is not None:  # an area scales with both axes (a flip keeps it)
+        areas = np.asarray(sample.areas, dtype=np.float64) * placement.scale[0] * placement.scale[1]
+    return Prepared(sample.id, index, image, pose, "" if drop else sample.caption, keypoints,
+                    placement, flip, areas)  # fmt: skip
 
 
 def image_to_tensor(image: Image.Image, low: float = -1.0) -> torch.Tensor:

@@ -458,6 +458,35 @@ class YoloPoseEstimator:
             out.append(TensorDetections(kpts, pred[:, 4], boxes, (int(w), int(h))))
         return out
 
+    def anchors(self, batch: torch.Tensor) -> AnchorPredictions:
+        """Every anchor's prediction before NMS (the pose reward's path): the network on the
+        letterboxed float (B, 3, H, W) batch in [0, 1], boxes and keypoints mapped back to the
+        batch's pixels with ultralytics' ``scale_boxes``/``scale_coords``. Differentiable in
+        ``batch``; the network's weights stay frozen."""
+        from ultralytics.utils import ops
+
+        net = self.network
+        h, w = batch.shape[-2:]
+        x = letterbox(batch.float(), self.imgsz, int(net.stride))
+        preds = net(x)
+        preds = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + K*3, A)
+        preds = preds.transpose(1, 2)
+        nc = len(net.names)
+        boxes = ops.scale_boxes(x.shape[2:], ops.xywh2xyxy(preds[..., :4]), (h, w))
+        kpts = preds[..., 4 + nc :].reshape(*preds.shape[:2], *tuple(net.kpt_shape)).clone()
+        kpts = ops.scale_coords(x.shape[2:], kpts, (h, w))
+        return AnchorPredictions(boxes, preds[..., 4 : 4 + nc].amax(-1), kpts, (int(w), int(h)))
+
+
+@dataclass(frozen=True)
+class AnchorPredictions:
+    """Every anchor's box, person score and keypoints, before NMS (tensors with gradients)."""
+
+    boxes: torch.Tensor  # (B, A, 4) x0, y0, x1, y1 in the input's pixels
+    scores: torch.Tensor  # (B, A)
+    keypoints: torch.Tensor  # (B, A, 17, 3) x, y, confidence
+    image_size: tuple[int, int]
+
 
 @dataclass(frozen=True)
 class TensorDetections:

@@ -57,16 +57,23 @@ def _people_array(people: np.ndarray | torch.Tensor | list, num_joints: int) -> 
 
 
 def _people_tensor(
-    people: np.ndarray | torch.Tensor | list, num_joints: int, device: torch.device | str | None
+    people: np.ndarray | torch.Tensor | list,
+    num_joints: int,
+    device: torch.device | str | None,
+    keep_grad: bool = False,
 ) -> torch.Tensor:
     """(P, J, 3) keypoints as a tensor on ``device``, in float64 where the device has it (the
     precision of the numpy path, so both give the same maps). A tensor stays on its device:
-    no copy to the host (the stage-2 loss' keypoints come from the estimator on the GPU)."""
+    no copy to the host (the stage-2 loss' keypoints come from the estimator on the GPU).
+    ``keep_grad`` keeps a tensor's dtype and autograd graph (the pose reward)."""
     if not isinstance(people, torch.Tensor):
         people = torch.as_tensor(as_people(people, num_joints))
     target = torch.device(device) if device is not None else people.device
-    dtype = torch.float32 if target.type == "mps" else torch.float64  # MPS has no float64
-    people = people.detach().to(device=target, dtype=dtype)
+    if keep_grad:
+        people = people.to(device=target)
+    else:
+        dtype = torch.float32 if target.type == "mps" else torch.float64  # MPS has no float64
+        people = people.detach().to(device=target, dtype=dtype)
     if people.ndim == 2:
         people = people[None]
     if people.ndim != 3 or tuple(people.shape[1:]) != (num_joints, 3):
@@ -91,6 +98,7 @@ def gaussian_heatmaps(
     scale_by_score: bool = False,
     num_joints: int = NUM_COCO17,
     device: torch.device | str | None = None,
+    keep_grad: bool = False,
 ) -> torch.Tensor:
     """One Gaussian per present joint, several people combined by maximum.
 
@@ -105,6 +113,8 @@ def gaussian_heatmaps(
             of 1.
         num_joints: J (17 for COCO-17).
         device: where to build the maps (default CPU).
+        keep_grad: a tensor ``people`` keeps its autograd graph: the maps are differentiable
+            in the coordinates (the pose reward's ``heatmap`` loss).
 
     Returns:
         float32 tensor (J, h, w); values in [0, 1] (in [0, max score] with ``scale_by_score``).
@@ -115,7 +125,7 @@ def gaussian_heatmaps(
     w, h = _check_size(heatmap_size, "heatmap_size")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (heatmap pixels), got {sigma!r}")
-    people = _people_tensor(people, num_joints, device)
+    people = _people_tensor(people, num_joints, device, keep_grad)
     device = people.device
     if people.shape[0] == 0:
         return torch.zeros(num_joints, h, w, device=device)

@@ -29,9 +29,9 @@ from poseguide.utils.io import atomic_save_image, atomic_write_bytes, atomic_wri
 def _stage(config: Config, name: str | None) -> tuple[int, Any]:
     stages = config.train.stages
     if name is None:
-        heat = [i for i, s in enumerate(stages) if s.loss.kind == "heatmap"]
+        heat = [i for i, s in enumerate(stages) if s.loss.kind in ("heatmap", "reward")]
         if not heat:
-            raise TrainingError("no stage uses the heatmap loss; pass --stage NAME")
+            raise TrainingError("no stage uses the heatmap or reward loss; pass --stage NAME")
         return heat[0], stages[heat[0]]
     names = [s.name for s in stages]
     if name not in names:
@@ -85,16 +85,94 @@ def explain_loss(
 
 def _write(out: str | Path, spec: Any, batch: dict, terms: dict, t: int, sample_id: str) -> dict:
     out = Path(out)
-    debug = {k: v.detach().float().cpu() for k, v in terms["_debug"].items()}
+    raw = terms["_debug"]
+    debug = {k: v.detach().float().cpu() for k, v in raw.items() if isinstance(v, torch.Tensor)}
     if "h_e" in debug:
         debug["weight"] = 1.0 + spec.loss.weight * debug["h_e"]
     summary = {"sample": sample_id, "stage": spec.name, "timestep": t,
                **{k: float(v[0]) for k, v in terms.items() if not k.startswith("_")}}  # fmt: skip
+    reward = spec.loss.kind == "reward"
+    if reward:
+        summary.update(_reward_summary(spec, raw, t))
+        for key, value in (raw.get("reward_details") or [{}])[0].items():
+            debug[f"reward_{key}"] = value.float()[None]
     tensors = {k: v[0].contiguous() for k, v in debug.items()}
     atomic_write_bytes(out.with_suffix(".safetensors"), safetensors_bytes(tensors))
     atomic_write_json(out.with_suffix(".json"), summary)
-    atomic_save_image(out, _figure(batch, debug, summary, spec.loss.weight))
+    figure = _reward_figure(batch, raw, debug, summary) if reward else _figure(
+        batch, debug, summary, spec.loss.weight)  # fmt: skip
+    atomic_save_image(out, figure)
     return summary
+
+
+def _reward_summary(spec: Any, raw: dict, t: int) -> dict:
+    """The reward's numbers for the JSON: whether it applied, its value, OKS per joint."""
+    rewarded = bool(raw.get("reward_rows"))
+    out: dict[str, Any] = {"rewarded": rewarded, "reward_loss_kind": spec.loss.reward_loss,
+                           "reward_timestep_max": spec.loss.reward_timestep_max}  # fmt: skip
+    if not rewarded:
+        too_late = t > spec.loss.reward_timestep_max
+        out["why_not_rewarded"] = "t > reward_timestep_max" if too_late else "no target people"
+        return out
+    details = raw["reward_details"][0]
+    out["joint_oks"] = [[None if np.isnan(v) else round(float(v), 6) for v in person]
+                        for person in details["joint_oks"].numpy()]  # fmt: skip
+    out["matched"] = details["matched"].tolist()
+    out["pseudo_ground_truth"] = raw["reward_targets"][0].pseudo
+    return out
+
+
+def _skeleton(ax: Any, people: np.ndarray, colour: str, label: str) -> None:
+    from poseguide.pose.skeleton import COCO17_LIMBS
+
+    for k, person in enumerate(people):
+        xy, present = person[:, :2], person[:, 2] > 0
+        for a, b in COCO17_LIMBS:
+            if present[a] and present[b]:
+                ax.plot(xy[[a, b], 0], xy[[a, b], 1], color=colour, linewidth=1.5)
+        ax.scatter(xy[present, 0], xy[present, 1], s=8, color=colour,
+                   label=label if k == 0 else None)  # fmt: skip
+
+
+def _reward_figure(batch: dict, raw: dict, debug: dict, summary: dict) -> Any:
+    """Noisy input, the one-step prediction with the target (green) and predicted (red)
+    skeletons over it, OKS per joint, the reward value."""
+    from poseguide.pose.skeleton import COCO17_NAMES
+    from poseguide.utils.images import figure_to_image, pyplot
+
+    fig, axes = pyplot().subplots(1, 4, figsize=(17, 4.6))
+    _show(axes[0], batch["conditioning"][0].permute(1, 2, 0).numpy(), "pose (condition)")
+    for ax in axes[1:]:
+        ax.axis("off")
+    if summary["rewarded"]:
+        noisy = debug["reward_noisy"][0].permute(1, 2, 0).numpy()
+        _show(axes[1], noisy, f"noisy input z_t, t = {summary['timestep']} (decoded)")
+        predicted = debug["reward_images"][0].permute(1, 2, 0).numpy()
+        _show(axes[2], predicted, "one-step prediction x0 (decoded)")
+        target = raw["reward_targets"][0].keypoints
+        scale = predicted.shape[1] / batch["conditioning"].shape[-1]
+        shown = target.copy()
+        shown[..., :2] *= scale
+        _skeleton(axes[2], shown, "lime", "target" + (" (pseudo)" if summary[
+            "pseudo_ground_truth"] else ""))  # fmt: skip
+        found = np.concatenate([debug["reward_keypoints"][0].numpy() * scale,
+                                target[..., 2:]], axis=-1)  # fmt: skip
+        _skeleton(axes[2], found[np.asarray(summary["matched"])], "red", "predicted")
+        axes[2].legend(loc="lower right", fontsize=7)
+        joint = np.nanmean(np.asarray(summary["joint_oks"], dtype=float), axis=0)
+        axes[3].axis("on")
+        axes[3].barh(range(len(COCO17_NAMES)), np.nan_to_num(joint), color="tab:blue")
+        axes[3].set_yticks(range(len(COCO17_NAMES)), COCO17_NAMES, fontsize=6)
+        axes[3].invert_yaxis()
+        axes[3].set_xlim(0, 1)
+        axes[3].set_title("OKS per joint (people averaged)", fontsize=8)
+    else:
+        axes[1].text(0.05, 0.5, f"not rewarded: {summary['why_not_rewarded']}", fontsize=9)
+    reward = summary.get("reward_sum", 0.0)
+    fig.suptitle(f"{summary['stage']}, t = {summary['timestep']}: loss {summary['loss']:.4f}, "
+                 f"reward ({summary['reward_loss_kind']}) {reward:.4f}, OKS "
+                 f"{summary.get('reward_oks_sum', 0.0):.4f}", fontsize=10)  # fmt: skip
+    return figure_to_image(fig, dpi=90)
 
 
 def _show(ax: Any, array: np.ndarray, title: str, cmap: str | None = None) -> None:

@@ -16,6 +16,7 @@ from poseguide.config import Config
 from poseguide.config.schema import OptimConfig, StageConfig
 from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
 from poseguide.errors import UserError
+from poseguide.losses import loss_needs
 from poseguide.models import (
     ControlNetRef,
     SDParts,
@@ -155,6 +156,8 @@ def load_frozen(config: Config, device: torch.device) -> Frozen:
     parts = load_sd_parts(m.base, m.revision, m.variant, dtype=dtype, device=device)
     if config.train.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()  # gradients flow through the frozen UNet
+        if any(loss_needs(s.loss).reward for s in config.train.stages):
+            parts.vae.enable_gradient_checkpointing()  # and through the reward's decode
     if config.train.channels_last:
         parts.unet.to(memory_format=torch.channels_last)
     if config.train.compile:  # the training step's copy; validation builds its pipeline from it

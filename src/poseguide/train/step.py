@@ -30,6 +30,7 @@ from poseguide.config.schema import StageConfig
 from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import sample_torch_generator
 from poseguide.errors import UserError
+from poseguide.losses import derived_terms
 from poseguide.text import CaptionCuts
 from poseguide.utils.device import to_device
 
@@ -62,6 +63,7 @@ class StepInputs:
     cond: torch.Tensor  # (B, 3, R, R) in [0, 1]
     latents: torch.Tensor  # z_0 (B, 4, h, w) float32
     noise: torch.Tensor  # eps (B, 4, h, w) float32
+    steps: list[int] = field(default_factory=list)  # the timesteps as drawn, on the host
 
 
 @torch.no_grad()
@@ -79,8 +81,8 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
     # after a resume); they reach the device without blocking the host.
     noise = to_device(torch.stack([torch.randn(shape, generator=g) for g in generators]), device)
     steps = parts.scheduler.config.num_train_timesteps
-    t = to_device(torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]),
-                  device)  # fmt: skip
+    drawn = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators])
+    t = to_device(drawn, device)
     if "text_emb" in batch:
         text = to_device(batch["text_emb"], device)
     else:
@@ -89,7 +91,7 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
         text = encode_prompts(parts, batch["captions"], cuts)
     noisy = parts.scheduler.add_noise(latents, noise, t)
     cond = to_device(batch["conditioning"], device, dtype)
-    return StepInputs(noisy.to(dtype), t, text.to(dtype), cond, latents, noise)
+    return StepInputs(noisy.to(dtype), t, text.to(dtype), cond, latents, noise, drawn.tolist())
 
 
 def predict(controlnet: Any, unet: Any, x: StepInputs) -> torch.Tensor:
@@ -176,6 +178,18 @@ class Trainer:
             self.estimators[key] = estimator_from_config(replace(cfg, device=device))
         return self.estimators[key]
 
+    def reward_estimator(self, stage: StageConfig) -> Any:
+        """The pose estimator of the stage's reward (shared with the mask's when the configs
+        are equal); None for a stage without a reward."""
+        from poseguide.losses import reward_estimator_config
+
+        cfg = reward_estimator_config(self.config, stage)
+        if cfg is None:
+            return None
+        return self.estimator(replace(stage, loss=replace(stage.loss, kind="heatmap",
+                                                          source="predicted_error",
+                                                          estimator=cfg)))  # fmt: skip
+
 
 def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfig, key: int,
                timestep: int | None = None, debug: bool = False) -> dict:  # fmt: skip
@@ -195,15 +209,35 @@ def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfi
     if timestep is not None:
         t = torch.full_like(inputs.timesteps, timestep)
         noisy = parts.scheduler.add_noise(inputs.latents, inputs.noise, t)
-        inputs = replace(inputs, timesteps=t, noisy=noisy.to(trainer.frozen.weight_dtype))
+        inputs = replace(inputs, timesteps=t, noisy=noisy.to(trainer.frozen.weight_dtype),
+                         steps=[timestep] * len(inputs.steps))  # fmt: skip
     with trainer.accelerator.autocast():
         pred = predict(controlnet, parts.unet, inputs)
     target = denoising_target(parts.scheduler, inputs.latents, inputs.noise, inputs.timesteps)
     return stage_loss(
         stage.loss, pred, target, vae=parts.vae, estimator=trainer.estimator(stage),
         keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
-        generator=row_generators(seed, key, rows, STREAM_MASK), return_debug=debug,
+        generator=row_generators(seed, key, rows, STREAM_MASK),
+        reward=_reward_inputs(trainer, stage, batch, inputs), return_debug=debug,
     )  # fmt: skip
+
+
+def _reward_inputs(trainer: Trainer, stage: StageConfig, batch: dict, inputs: StepInputs) -> Any:
+    """The reward's inputs for a reward stage (targets: the batch's keypoints, else its pseudo
+    ground truth), None otherwise."""
+    from poseguide.losses import loss_needs
+
+    if not loss_needs(stage.loss).reward:
+        return None
+    from poseguide.reward import RewardInputs, reward_target
+
+    targets = batch.get("reward_targets")
+    if targets is None:
+        areas = batch.get("areas") or [None] * len(batch["keypoints"])
+        targets = [reward_target(k, a) for k, a in zip(batch["keypoints"], areas, strict=True)]
+    parts = trainer.frozen.parts
+    return RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps, targets,
+                        trainer.reward_estimator(stage), parts.vae)  # fmt: skip
 
 
 @dataclass
@@ -255,7 +289,8 @@ def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, floa
     the processes as its loss declares, in one collective."""
     terms = local_terms(micro)
     keys = list(terms)
-    return dict(zip(keys, _merge(keys, torch.stack([terms[k] for k in keys]), acc), strict=True))
+    values = _merge(keys, torch.stack([terms[k] for k in keys]), acc)
+    return derived_terms(dict(zip(keys, values, strict=True)))
 
 
 class StepWindow:
@@ -284,7 +319,8 @@ class StepWindow:
         values = dict(zip(keys, _merge(keys, local, trainer.accelerator), strict=True))
         bad = int(values.pop("_first_bad"))
         stop_any = values.pop("_stop") > 0
-        read = WindowRead(values, self.first_step + bad if bad < len(self.finite) else None,
+        read = WindowRead(derived_terms(values),
+                          self.first_step + bad if bad < len(self.finite) else None,
                           stop_any)  # fmt: skip
         self.finite = []
         return read

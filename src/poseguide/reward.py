@@ -1,0 +1,285 @@
+"""The pose-consistency reward: a ControlNet++-style stage through a differentiable pose estimator.
+
+For a training sample whose timestep is at most ``reward_timestep_max`` (ControlNet++'s
+"efficient reward": at small t one denoising step already shows the image):
+
+1. ``x0_hat``, the clean latents the model's output implies, by the scheduler's own formula for
+   its ``prediction_type`` (diffusers' ``DDPMScheduler.step`` ``pred_original_sample``):
+   epsilon ``(z_t - sqrt(1 - a_t) eps_theta) / sqrt(a_t)``, v_prediction
+   ``sqrt(a_t) z_t - sqrt(1 - a_t) v_theta``, sample: the output itself.
+2. The image ``clamp((vae.decode(x0_hat / s).sample + 1) / 2, 0, 1)``, decoded *with* gradients
+   (frozen weights, activations kept; the decoder is gradient-checkpointed when
+   ``train.gradient_checkpointing`` is on), resized to ``reward_resolution`` if set.
+3. The YOLO-pose network on that image (:meth:`poseguide.pose.estimator.YoloPoseEstimator.anchors`:
+   every anchor's box and keypoints before NMS; frozen, gradients reach its input only).
+4. Per target person, the anchor whose box overlaps the person's box best (box IoU; the target's
+   box is the tight box of its labelled joints). The choice is not differentiable, the chosen
+   keypoints are. A person no anchor overlaps gets the maximal loss and is counted.
+5. ``reward_loss`` ``oks``: ``1 - OKS`` of the chosen keypoints against the person (pycocotools'
+   formula, COCO sigmas, the person's area); ``heatmap``: the mean squared difference of Gaussian
+   heatmaps drawn at the chosen keypoints (differentiable in them) and at the target's, over its
+   labelled joints. A sample's reward loss is the mean over its target people.
+
+The stage's loss (:func:`poseguide.losses.stage_loss`) is ``base + reward_weight * reward`` for
+rewarded samples and the base loss (``base_loss``: denoising or heatmap) alone for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from poseguide.pose.oks import AREA_EPS, box_area_from_keypoints
+from poseguide.pose.skeleton import COCO17_OKS_SIGMAS, NUM_COCO17
+from poseguide.utils.device import to_device
+
+REWARD_LOSSES: tuple[str, ...] = ("oks", "heatmap")
+
+
+@dataclass(frozen=True)
+class RewardTarget:
+    """One sample's target people at training resolution: (P, 17, 3) keypoints with at least
+    one labelled joint each, their areas, and whether they are pseudo ground truth."""
+
+    keypoints: np.ndarray
+    areas: np.ndarray
+    pseudo: bool = False
+
+
+def reward_target(keypoints: np.ndarray | None, areas: np.ndarray | None,
+                  pseudo: bool = False) -> RewardTarget | None:  # fmt: skip
+    """The sample's target people (those with a labelled joint), or None when it has none.
+    Without areas, ``0.53 * w * h`` of the labelled joints' box stands in (ultralytics' rule,
+    as the evaluation uses)."""
+    if keypoints is None or len(keypoints) == 0:
+        return None
+    people = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_COCO17, 3)
+    labelled = (people[..., 2] > 0).any(axis=1)
+    if not labelled.any():
+        return None
+    if areas is None:
+        areas = box_area_from_keypoints(people)
+    areas = np.asarray(areas, dtype=np.float64).reshape(-1)
+    return RewardTarget(people[labelled], areas[labelled], pseudo)
+
+
+def predicted_clean_latents(scheduler: Any, noisy: torch.Tensor, output: torch.Tensor,
+                            timesteps: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """x0_hat (B, C, h, w) float32 from z_t, the model output and t, as the scheduler's
+    ``step`` computes its ``pred_original_sample`` (no clipping: SD1.5's ``clip_sample`` is
+    off)."""
+    alphas = scheduler.alphas_cumprod.to(device=output.device, dtype=torch.float32)[timesteps]
+    a = alphas.view(-1, *([1] * (output.ndim - 1)))
+    z, out = noisy.float(), output.float()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (z - (1 - a).sqrt() * out) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * z - (1 - a).sqrt() * out
+    if kind == "sample":
+        return out
+    raise ValueError(f"prediction_type {kind!r}: expected epsilon, v_prediction or sample")
+
+
+def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float32 images in [0, 1], differentiable in ``latents``."""
+    z = (latents / vae.config.scaling_factor).to(vae.dtype)
+    return ((vae.decode(z).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _target_boxes(people: torch.Tensor) -> torch.Tensor:
+    """(P, 4) x0, y0, x1, y1: the tight box of each person's labelled joints, at least one
+    pixel wide and high (one labelled joint: a pixel around it, inside the anchors that cover
+    it)."""
+    labelled = people[..., 2] > 0
+    big = torch.finfo(people.dtype).max
+    x, y = people[..., 0], people[..., 1]
+    lo = torch.stack([torch.where(labelled, x, big).amin(1),
+                      torch.where(labelled, y, big).amin(1)], dim=1)  # fmt: skip
+    hi = torch.stack([torch.where(labelled, x, -big).amax(1),
+                      torch.where(labelled, y, -big).amax(1)], dim=1)  # fmt: skip
+    grow = (1.0 - (hi - lo)).clamp_min(0.0) / 2
+    return torch.cat([lo - grow, hi + grow], dim=1)
+
+
+def match_anchors(anchor_boxes: torch.Tensor, scores: torch.Tensor, people: torch.Tensor,
+                  conf: float) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """(index of the best-overlapping anchor per person, that IoU): ``anchor_boxes`` (A, 4) and
+    their person ``scores`` (A,), ``people`` (P, 17, 3) in the same pixels. The candidates are
+    the anchors the estimator would keep before NMS (score >= ``conf``); IoU 0 means none
+    overlaps the person."""
+    from torchvision.ops import box_iou
+
+    iou = box_iou(_target_boxes(people).to(anchor_boxes.dtype), anchor_boxes.detach())  # (P, A)
+    iou = iou * (scores.detach() >= conf)[None]
+    best, index = iou.max(dim=1)
+    return index, best
+
+
+def soft_oks(pred_xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(P,) OKS of predicted (P, 17, 2) positions against target people (P, 17, 3) with areas
+    (P,), differentiable in ``pred_xy``: pycocotools' ``computeOks`` in its order of operations
+    (``d^2 / (2 sigma)^2 / (area + eps) / 2``, labelled joints only)."""
+    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=pred_xy.dtype), pred_xy.device)
+    variances = (sigmas * 2) ** 2
+    dx, dy = pred_xy[..., 0] - people[..., 0], pred_xy[..., 1] - people[..., 1]
+    e = (dx**2 + dy**2) / variances / (areas[:, None] + AREA_EPS) / 2
+    labelled = (people[..., 2] > 0).to(pred_xy.dtype)
+    return (torch.exp(-e) * labelled).sum(1) / labelled.sum(1)
+
+
+def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
+              heatmap: tuple[int, int], sigma: float) -> torch.Tensor:  # fmt: skip
+    """(P, 17, h, w) Gaussian maps at ``xy`` (P, 17, 2) for the labelled joints."""
+    from poseguide.pose.heatmaps import gaussian_heatmaps
+
+    people = torch.cat([xy, labelled[..., None].to(xy.dtype)], dim=-1)
+    return torch.stack([gaussian_heatmaps(p, size, heatmap, sigma, device=xy.device,
+                                          keep_grad=True) for p in people])  # fmt: skip
+
+
+def person_losses(anchors: Any, b: int, target: RewardTarget, reward_loss: str, scale: float,
+                  estimator: Any) -> dict:  # fmt: skip
+    """Loss, OKS and matched flag per target person of sample ``b`` of ``anchors``
+    (:class:`poseguide.pose.estimator.AnchorPredictions` on an image ``scale`` times the
+    training resolution)."""
+    device, conf = anchors.keypoints.device, estimator.conf
+    heatmap_sigma, heatmap_stride = estimator.heatmap_sigma, estimator.heatmap_stride
+    people = to_device(torch.from_numpy(target.keypoints.astype(np.float32)), device)
+    areas = to_device(torch.from_numpy(target.areas.astype(np.float32)), device)
+    scaled = torch.cat([people[..., :2] * scale, people[..., 2:]], dim=-1)
+    index, best = match_anchors(anchors.boxes[b], anchors.scores[b], scaled, conf)
+    pred_xy = anchors.keypoints[b, index, :, :2] / scale  # back to training pixels
+    matched = best > 0
+    oks = soft_oks(pred_xy, people, areas)
+    if reward_loss == "oks":
+        loss = torch.where(matched, 1.0 - oks, torch.ones_like(oks))
+    else:
+        w, h = anchors.image_size
+        size = (round(w / scale), round(h / scale))
+        grid = (max(size[0] // heatmap_stride, 1), max(size[1] // heatmap_stride, 1))
+        labelled = people[..., 2] > 0
+        want = _heatmaps(people[..., :2], labelled, size, grid, heatmap_sigma)
+        got = _heatmaps(pred_xy, labelled, size, grid, heatmap_sigma)
+        per_joint = ((got - want) ** 2).mean(dim=(-1, -2))  # (P, 17)
+        worst = (want**2).mean(dim=(-1, -2))  # the loss of predicting no joint at all
+        lab = labelled.float()
+        loss = torch.where(matched, (per_joint * lab).sum(1), (worst * lab).sum(1)) / lab.sum(1)
+    return {"loss": loss, "oks": torch.where(matched, oks, torch.zeros_like(oks)),
+            "matched": matched, "keypoints": pred_xy, "people": people, "areas": areas}  # fmt: skip
+
+
+def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: Any,
+                 reward_loss: str, resolution: int | None,
+                 details: list | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per-sample (B,) reward loss, mean OKS and unmatched-person count for decoded images
+    (B, 3, H, W) in [0, 1] with one :class:`RewardTarget` each (differentiable in ``images``).
+    ``details``, a list, receives per sample the matched keypoints (P, 17, 2), the per-joint
+    similarity (P, 17; NaN on unlabelled joints) and the matched flags (``explain-loss``)."""
+    if reward_loss not in REWARD_LOSSES:
+        raise ValueError(f"reward_loss {reward_loss!r}: expected one of {REWARD_LOSSES}")
+    scale = 1.0
+    if resolution is not None and resolution != images.shape[-1]:
+        scale = resolution / images.shape[-1]
+        size = (resolution, round(images.shape[-2] * scale))
+        images = F.interpolate(images, size=size[::-1], mode="bilinear", antialias=True,
+                               align_corners=False)  # fmt: skip
+    anchors = estimator.anchors(images.to(estimator.device))
+    device = anchors.boxes.device
+    out: dict[str, list[torch.Tensor]] = {"reward": [], "oks": [], "unmatched": [], "people": []}
+    for b, target in enumerate(targets):
+        per = person_losses(anchors, b, target, reward_loss, scale, estimator)
+        out["reward"].append(per["loss"].mean())
+        out["oks"].append(per["oks"].mean())
+        out["unmatched"].append((~per["matched"]).float().sum())
+        out["people"].append(torch.full((), float(len(target.keypoints)), device=device))
+        if details is not None:
+            details.append(_details(per))
+    return {k: torch.stack(v).to(images.device) for k, v in out.items()}
+
+
+def _details(per: dict) -> dict:
+    """What ``explain-loss`` shows of one sample: matched keypoints, per-joint similarity."""
+    xy, people = per["keypoints"].detach(), per["people"]
+    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=xy.dtype), xy.device)
+    d2 = ((xy - people[..., :2]) ** 2).sum(-1)
+    similarity = torch.exp(-d2 / (sigmas * 2) ** 2 / (per["areas"][:, None] + AREA_EPS) / 2)
+    labelled = people[..., 2] > 0
+    joint = torch.where(labelled & per["matched"][:, None], similarity, torch.zeros_like(d2))
+    joint = torch.where(labelled, joint, torch.full_like(d2, float("nan")))
+    return {"keypoints": xy.cpu(), "joint_oks": joint.cpu(), "matched": per["matched"].cpu()}
+
+
+@dataclass
+class RewardInputs:
+    """What the reward needs from the step besides the prediction: the scheduler, z_t, the
+    timesteps (on the device and as Python ints, read without a sync), one target per sample
+    (None: no target people), the reward's estimator and the VAE."""
+
+    scheduler: Any
+    noisy: torch.Tensor  # z_t (B, C, h, w)
+    timesteps: torch.Tensor  # (B,) on the device
+    steps: list[int]  # the same timesteps on the host
+    targets: list[RewardTarget | None]
+    estimator: Any
+    vae: Any
+
+
+# Logged reward terms are per-sample sums over the rewarded samples (0 elsewhere), reduced as
+# means like every term; the logged value is their ratio to the mean of the weight term, which
+# is the mean over the rewarded samples (people) whatever the batch, micro-batch and process
+# split.
+REWARD_RATIOS: dict[str, tuple[str, str]] = {
+    "reward": ("reward_sum", "rewarded"),
+    "reward_oks": ("reward_oks_sum", "rewarded"),
+    "unmatched_fraction": ("unmatched", "reward_people"),
+}
+
+
+def rewarded_rows(cfg: Any, inputs: RewardInputs) -> list[int]:
+    """The samples the reward applies to: t <= ``reward_timestep_max`` and target people."""
+    if cfg.reward_weight == 0:
+        return []
+    return [i for i, (t, target) in enumerate(zip(inputs.steps, inputs.targets, strict=True))
+            if t <= cfg.reward_timestep_max and target is not None]  # fmt: skip
+
+
+def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
+               debug: bool = False) -> dict:  # fmt: skip
+    """The base loss terms plus the reward: ``loss = base + reward_weight * reward`` on the
+    rewarded samples, the base loss unchanged (bitwise) on the others."""
+    batch = pred.shape[0]
+    zeros = torch.zeros(batch, device=pred.device)
+    terms = dict.fromkeys(("reward_sum", "reward_oks_sum", "rewarded", "unmatched",
+                           "reward_people"), zeros)  # fmt: skip
+    rows = rewarded_rows(cfg, inputs)
+    out = {**base, **terms}
+    if debug:
+        out["_debug"] = {**base.get("_debug", {}), "reward_rows": rows}
+    if not rows:
+        return out
+    index = to_device(torch.tensor(rows), pred.device)
+    x0 = predicted_clean_latents(inputs.scheduler, inputs.noisy[index], pred[index],
+                                 inputs.timesteps[index])  # fmt: skip
+    images = decode(inputs.vae, x0)
+    targets = [inputs.targets[i] for i in rows]
+    details: list | None = [] if debug else None
+    per = reward_terms(images, targets, inputs.estimator, cfg.reward_loss, cfg.reward_resolution,
+                       details)  # fmt: skip
+    chosen = torch.zeros(batch, dtype=torch.bool, device=pred.device).index_fill(0, index, True)
+    spread = {k: zeros.index_put((index,), v.to(zeros.dtype)) for k, v in per.items()}
+    out["loss"] = torch.where(chosen, base["loss"] + cfg.reward_weight * spread["reward"],
+                              base["loss"])  # fmt: skip
+    out.update(reward_sum=spread["reward"].detach(), reward_oks_sum=spread["oks"].detach(),
+               rewarded=chosen.float(), unmatched=spread["unmatched"],
+               reward_people=spread["people"])  # fmt: skip
+    if debug:
+        with torch.no_grad():  # what the noisy input z_t looks like
+            noisy = decode(inputs.vae, inputs.noisy[index].float())
+        out["_debug"].update(reward_images=images.detach(), reward_noisy=noisy,
+                             reward_targets=targets, reward_details=details)  # fmt: skip
+    return out

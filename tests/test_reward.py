@@ -1,0 +1,201 @@
+"""The pose-consistency reward: its formulas against the references, its signal on a real photo
+with the real yolo11n-pose, and its place in the stage loss."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from poseguide.config.schema import LossConfig
+from poseguide.losses import denoising_loss, derived_terms, stage_loss
+from poseguide.pose.oks import box_area_from_keypoints, oks
+from poseguide.reward import (
+    RewardInputs,
+    match_anchors,
+    predicted_clean_latents,
+    reward_target,
+    reward_terms,
+    soft_oks,
+)
+
+
+def _people(rng: np.random.Generator, n: int, size: float = 100.0) -> np.ndarray:
+    people = np.zeros((n, 17, 3))
+    people[..., :2] = rng.uniform(10, size, (n, 17, 2))
+    people[..., 2] = rng.choice([0, 1, 2], (n, 17), p=[0.3, 0.2, 0.5])
+    people[:, 0, 2] = 2  # at least one labelled joint each
+    return people
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_clean_latents_are_the_schedulers_own(kind: str) -> None:
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                              beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              prediction_type=kind)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    noisy, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 150, 999])
+    got = predicted_clean_latents(scheduler, noisy, out, t)
+    for i in range(3):
+        ref = scheduler.step(out[i : i + 1], int(t[i]), noisy[i : i + 1]).pred_original_sample
+        torch.testing.assert_close(got[i : i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_differentiable_oks_is_the_metric() -> None:
+    rng = np.random.default_rng(0)
+    gt, pred = _people(rng, 5), _people(rng, 5)
+    pred[..., :2] = gt[..., :2] + rng.normal(0, 6, (5, 17, 2))  # near, so OKS spans (0, 1)
+    areas = rng.uniform(500, 5000, 5)
+    got = soft_oks(
+        torch.tensor(pred[..., :2], dtype=torch.float32),
+        torch.tensor(gt, dtype=torch.float32),
+        torch.tensor(areas, dtype=torch.float32),
+    )
+    want = [oks(pred[p], gt[p], float(areas[p])) for p in range(5)]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert min(want) > 0.05 and max(want) < 0.999
+    # Its gradient (ascent: OKS is a similarity) moves each predicted joint toward its target.
+    xy = torch.tensor(pred[..., :2], dtype=torch.float32, requires_grad=True)
+    soft_oks(xy, torch.tensor(gt, dtype=torch.float32), torch.tensor(areas)).sum().backward()
+    labelled = gt[..., 2] > 0
+    toward = ((gt[..., :2] - pred[..., :2]) * xy.grad.numpy()).sum(-1)
+    assert (toward[labelled] > 0).all()
+
+
+def test_each_person_gets_the_confident_anchor_that_overlaps_it_best() -> None:
+    person = np.zeros((1, 17, 3))
+    person[0, :, :2] = [[20 + i, 20 + 2 * i] for i in range(17)]  # joints span 20..36 x 20..52
+    person[0, :, 2] = 2
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0],  # overlaps, IoU small
+                          [19.0, 19.0, 37.0, 53.0],  # overlaps best, but not confident
+                          [18.0, 18.0, 40.0, 56.0],  # the best confident one
+                          [60.0, 60.0, 90.0, 90.0]])  # fmt: skip
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.9])
+    index, best = match_anchors(boxes, scores, torch.tensor(person, dtype=torch.float32), 0.25)
+    assert index.tolist() == [2] and 0.5 < float(best[0]) < 1
+    far = person.copy()
+    far[0, :, :2] += 200  # no anchor overlaps: IoU 0 (the caller gives it the maximal loss)
+    _, best = match_anchors(boxes, scores, torch.tensor(far, dtype=torch.float32), 0.25)
+    assert float(best[0]) == 0
+
+
+def test_targets_keep_labelled_people_and_default_their_areas() -> None:
+    rng = np.random.default_rng(1)
+    people = _people(rng, 3)
+    people[1, :, 2] = 0  # nobody labelled: not a target
+    target = reward_target(people, None)
+    assert len(target.keypoints) == 2
+    np.testing.assert_allclose(target.areas, box_area_from_keypoints(people[[0, 2]]))
+    assert reward_target(None, None) is None and reward_target(people[[1]], None) is None
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> tuple:
+    from skimage import data
+
+    from poseguide.pose.estimator import YoloPoseEstimator
+
+    estimator = YoloPoseEstimator(device="cpu")  # the real yolo11n-pose
+    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
+    return estimator, image
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["oks", "heatmap"])
+def test_the_reward_moves_a_real_photo_toward_its_targets(astronaut: tuple, kind: str) -> None:
+    """Targets: the estimator's own keypoints on scikit-image's astronaut shifted by 15 px. A
+    few gradient steps on the pixels (fixed-size L2 steps) raise the estimator's OKS against the
+    targets, measured by its own detect() and poseguide.pose.oks."""
+    estimator, image = astronaut
+    found = estimator.detect(image)[0].to_numpy().keypoints[:1]
+    targets = found.copy()
+    targets[..., 0] += 15.0
+    targets[..., 2] = np.where(found[..., 2] > 0.5, 2, 0)
+    target = reward_target(targets, None)
+
+    def measured(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            people = estimator.detect(x)[0].to_numpy().keypoints
+        return oks(people[:1], targets, float(target.areas[0]))
+
+    x, before = image.clone(), measured(image)
+    first = None
+    for _ in range(3):
+        x.requires_grad_(True)
+        terms = reward_terms(x, [target], estimator, kind, None)
+        first = float(terms["oks"][0]) if first is None else first
+        (grad,) = torch.autograd.grad(terms["reward"].sum(), x)
+        with torch.no_grad():
+            x = (x - 3e-5 * grad / grad.pow(2).mean().sqrt()).clamp(0, 1)
+    assert first == pytest.approx(before, abs=1e-6)  # the matched anchor is NMS' detection
+    after = measured(x)
+    assert after > before + 0.02, (before, after)
+
+
+class _Scheduler:
+    """What the reward reads of a scheduler (alphas_cumprod, prediction_type)."""
+
+    def __init__(self) -> None:
+        from diffusers import DDPMScheduler
+
+        self._s = DDPMScheduler(num_train_timesteps=1000)
+        self.alphas_cumprod, self.config = self._s.alphas_cumprod, self._s.config
+
+
+def _reward_inputs(steps: list[int], targets: list, estimator=None, vae=None) -> RewardInputs:
+    n = len(steps)
+    return RewardInputs(_Scheduler(), torch.randn(n, 4, 8, 8), torch.tensor(steps), steps,
+                        targets, estimator, vae)  # fmt: skip
+
+
+def test_no_rewarded_sample_leaves_the_base_loss_bitwise() -> None:
+    rng = np.random.default_rng(2)
+    target = reward_target(_people(rng, 1), None)
+    g = torch.Generator().manual_seed(4)
+    pred, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    base = denoising_loss(pred, eps)["loss"]
+    cfg = LossConfig(kind="reward")
+    # Every timestep above reward_timestep_max (no estimator or VAE is ever called)...
+    out = stage_loss(cfg, pred, eps, reward=_reward_inputs([201, 999], [target, target]))
+    assert torch.equal(out["loss"], base) and float(out["rewarded"].sum()) == 0
+    # ...or reward_weight 0, or no target people.
+    out = stage_loss(replace(cfg, reward_weight=0.0), pred, eps,
+                     reward=_reward_inputs([0, 5], [target, target]))  # fmt: skip
+    assert torch.equal(out["loss"], base)
+    out = stage_loss(cfg, pred, eps, reward=_reward_inputs([0, 5], [None, None]))
+    assert torch.equal(out["loss"], base)
+    with pytest.raises(ValueError, match="needs reward="):
+        stage_loss(cfg, pred, eps)
+
+
+def test_rewarded_samples_add_the_weighted_reward_and_only_they(tiny_sd: str, astronaut) -> None:
+    from poseguide.models import load_sd_parts
+
+    estimator, _ = astronaut
+    vae = load_sd_parts(tiny_sd).vae
+    rng = np.random.default_rng(3)
+    target = reward_target(_people(rng, 1, size=60), None)
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(3, 4, 8, 8, generator=g, requires_grad=True)
+    eps = torch.randn(3, 4, 8, 8, generator=g)
+    inputs = _reward_inputs([10, 500, 200], [target] * 3, estimator, vae)
+    cfg = LossConfig(kind="reward", reward_weight=0.5)
+    out = stage_loss(cfg, pred, eps, reward=inputs)
+    base = denoising_loss(pred, eps)["loss"]
+    assert out["rewarded"].tolist() == [1.0, 0.0, 1.0]  # t <= 200 only
+    assert torch.equal(out["loss"][1], base[1])
+    reward = out["reward_sum"]
+    torch.testing.assert_close(out["loss"][[0, 2]], base[[0, 2]] + 0.5 * reward[[0, 2]])
+    assert (reward[[0, 2]] > 0).all() and float(reward[1]) == 0
+    (grad,) = torch.autograd.grad(out["loss"][0], pred)
+    assert grad[0].abs().sum() > 0 and float(grad[1:].abs().sum()) == 0
+    logged = derived_terms({k: float(v.mean()) for k, v in out.items() if k != "_debug"})
+    assert logged["reward"] == pytest.approx(float(reward[[0, 2]].mean()), rel=1e-6)
+    assert logged["rewarded"] == pytest.approx(2 / 3)
+    assert "reward_sum" not in logged and "reward_people" not in logged
+    assert derived_terms({"reward_sum": 0.0, "rewarded": 0.0})["reward"] is None
