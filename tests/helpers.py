@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,3 +114,29 @@ def run_as_team(world: int, work: Callable[[Any], Any], timeout: float = 300) ->
     for thread in threads:
         thread.join()
     return out
+
+
+def wait_for_step(
+    root: Path, proc: subprocess.Popen, stage: str, step: int, timeout: float = 240
+) -> None:
+    """Poll metrics.jsonl until ``stage`` has logged ``step`` (or the process ended)."""
+    path, deadline = root / "runs/t/metrics.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early:\n{proc.stdout.read()}")
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line being written
+                    continue
+                if row["stage"] == stage and row["step"] >= step:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"no {stage} step {step} within {timeout} s")
+
+
+def run_cli(root: Path, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml", *args],
+                          cwd=root, env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -274,11 +274,11 @@ def _train_commands(commands: argparse._SubParsersAction) -> None:
         help="continue from the latest checkpoint of the run, or from a checkpoint folder",
     )  # fmt: skip
     explain = _add(commands, "explain-loss", _explain_loss,
-                   "what the stage-2 loss weighs for one training sample (Fig. 4.2)")  # fmt: skip
+                   "what a stage's loss weighs (Fig. 4.2) or rewards for one sample")  # fmt: skip
     _add_config_args(explain)
     explain.add_argument("--sample", required=True, help="row id of a training sample")
     explain.add_argument("--timestep", type=int, default=500, help="diffusion timestep")
-    explain.add_argument("--stage", help="stage name (default: the first heatmap-loss stage)")
+    explain.add_argument("--stage", help="stage name (default: the first heatmap or reward stage)")
     explain.add_argument("--controlnet", help="ControlNet folder or id (default: the run's)")
     explain.add_argument("--out", default="explain_loss.png", help="output PNG")
 

@@ -5,6 +5,7 @@ A run folder ``run.output_dir / run.name`` holds::
     config.yaml                the resolved config of the run
     metrics.jsonl              training metrics, one line per logged step
     captions.json              how many training captions were cut to the text encoder's limit
+    reward_targets.json        a reward stage's targets: rows with keypoints, with pseudo ones
     skipped_during_training.json  rows that failed to load after the scan (on_bad_row=skip)
     curves.png, curves-<stage>.png
     tensorboard/               with train.tensorboard=true
@@ -95,6 +96,10 @@ class RunPaths:
     @property
     def captions(self) -> Path:
         return self.root / "captions.json"
+
+    @property
+    def reward_targets(self) -> Path:
+        return self.root / "reward_targets.json"
 
     @property
     def skipped_during_training(self) -> Path:

@@ -237,6 +237,7 @@ REWARD_RATIOS: dict[str, tuple[str, str]] = {
     "reward": ("reward_sum", "rewarded"),
     "reward_oks": ("reward_oks_sum", "rewarded"),
     "unmatched_fraction": ("unmatched", "reward_people"),
+    "reward_pseudo_fraction": ("reward_pseudo", "rewarded"),  # targets from pseudo ground truth
 }
 
 
@@ -255,7 +256,7 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
     batch = pred.shape[0]
     zeros = torch.zeros(batch, device=pred.device)
     terms = dict.fromkeys(("reward_sum", "reward_oks_sum", "rewarded", "unmatched",
-                           "reward_people"), zeros)  # fmt: skip
+                           "reward_people", "reward_pseudo"), zeros)  # fmt: skip
     rows = rewarded_rows(cfg, inputs)
     out = {**base, **terms}
     if debug:
@@ -274,9 +275,12 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
     spread = {k: zeros.index_put((index,), v.to(zeros.dtype)) for k, v in per.items()}
     out["loss"] = torch.where(chosen, base["loss"] + cfg.reward_weight * spread["reward"],
                               base["loss"])  # fmt: skip
+    pseudo = [float(inputs.targets[i].pseudo) for i in rows]
     out.update(reward_sum=spread["reward"].detach(), reward_oks_sum=spread["oks"].detach(),
                rewarded=chosen.float(), unmatched=spread["unmatched"],
-               reward_people=spread["people"])  # fmt: skip
+               reward_people=spread["people"],
+               reward_pseudo=zeros.index_put((index,), to_device(torch.tensor(pseudo),
+                                                                  pred.device)))  # fmt: skip
     if debug:
         with torch.no_grad():  # what the noisy input z_t looks like
             noisy = decode(inputs.vae, inputs.noisy[index].float())

@@ -336,3 +336,87 @@ def test_cache_build_from_the_cli_is_one_process(tmp_path: Path, monkeypatch, ca
     assert "(0 shards built now)" in capsys.readouterr().out
     run, _ = runner._make_run(load_config("config.yaml"), None, [0], explicit=False)
     assert len(run.cache.manifest["shards"]) == 3 + 3
+
+
+def _rows_without_keypoints(root: Path) -> Path:
+    """Three rows: r0 with keypoints; r1 scikit-image's astronaut (one person) and r2 flat grey
+    (nobody), both
+    without keypoints (only a pose image), so a reward stage needs pseudo ground truth."""
+    from PIL import Image
+    from skimage import data
+
+    write_rows(root, 1, size=(96, 64))
+    rows = [json.loads((root / "m.jsonl").read_text())]
+    photo = Image.fromarray(data.astronaut()).resize((256, 256), Image.Resampling.BILINEAR)
+    for i, image in ((1, photo), (2, Image.new("RGB", (120, 80), (128, 128, 128)))):
+        image.save(root / f"{i}.png")
+        Image.new("RGB", image.size).save(root / f"{i}.pose.png")
+        rows.append({"id": f"r{i}", "image": f"{i}.png", "pose_image": f"{i}.pose.png",
+                     "caption": f"row {i}"})  # fmt: skip
+    path = root / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: Path,
+                                                                     parts) -> None:  # fmt: skip
+    """With a reward stage the cache stores, for each row without keypoints, the people
+    ultralytics' own ``YOLO.predict`` finds on the original image (joints >= 0.5 labelled,
+    areas 0.53 * box); rows with keypoints get none; the estimator is part of the key; the
+    dataset places the pseudo keypoints like the image and marks them."""
+    import numpy as np
+    from PIL import Image
+    from ultralytics import YOLO
+
+    from poseguide.config.schema import EstimatorConfig
+    from poseguide.data.dataset import PoseDataset, collate
+    from poseguide.pose.transforms import place_keypoints
+    from poseguide.pose.weights import resolve_pose_weights
+
+    source = ManifestSource(_rows_without_keypoints(tmp_path))
+    cfg, rows, estimator = config(tmp_path, resize_mode="crop"), [0, 1, 2], EstimatorConfig()
+    plain = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
+    info = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False,
+                       pseudo=estimator)  # fmt: skip
+    assert info.folder != plain.folder  # the pseudo ground truth is part of the key
+    cache = find_cache(source, rows, cfg, parts, estimator)
+    assert cache.has_pseudo and not find_cache(source, rows, cfg, parts).has_pseudo
+    assert cache.manifest["pseudo"] == {"rows": 2, "people": 1}
+    assert cache.pseudo(0) is None  # the row's own keypoints are the target
+    keypoints, areas = cache.pseudo(1)
+    assert keypoints.shape == (1, 17, 3) and cache.pseudo(2)[0].shape == (0, 17, 3)
+
+    model = YOLO(str(resolve_pose_weights(estimator.weights)))
+    ref = model.predict(Image.open(tmp_path / "1.png"), imgsz=640, conf=0.25, iou=0.7,
+                        verbose=False)[0]  # fmt: skip
+    expected = ref.keypoints.data.numpy().astype(np.float64)
+    assert np.abs(keypoints[..., :2] - expected[..., :2]).max() < 0.5
+    assert (keypoints[..., 2] == np.where(expected[..., 2] >= 0.5, 2, 0)).all()
+    x0, y0, x1, y1 = ref.boxes.xyxy.numpy()[0]
+    assert areas[0] == pytest.approx(0.53 * (x1 - x0) * (y1 - y0), rel=1e-3)
+
+    other = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False,
+                        pseudo=replace(estimator, conf=0.5))  # fmt: skip
+    assert other.folder not in (info.folder, plain.folder)
+
+    dataset = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache)
+    batch = collate([dataset[i] for i in range(3)])
+    assert batch["pseudo"] == [False, True, True]
+    placement = prepare(source.load(1), 1, cfg, "controlnet10", seed=0, epoch=0).placement
+    assert np.array_equal(batch["keypoints"][1], place_keypoints(keypoints, placement))
+    scale = placement.scale[0] * placement.scale[1]
+    assert batch["areas"][1] == pytest.approx(areas * scale)
+    assert batch["keypoints"][2].shape == (0, 17, 3)
+
+
+def test_a_reward_without_keypoints_or_cache_names_the_row(tiny_sd: str) -> None:
+    from types import SimpleNamespace
+
+    from poseguide.config.schema import LossConfig, StageConfig
+    from poseguide.train.setup import TrainingError
+    from poseguide.train.step import _reward_inputs
+
+    stage = StageConfig(name="reward", loss=LossConfig(kind="reward"))
+    batch = {"ids": ["a", "b"], "keypoints": [None, None], "areas": [None, None]}
+    with pytest.raises(TrainingError, match="row a: no keypoints .*data.cache.enabled=true"):
+        _reward_inputs(SimpleNamespace(), stage, batch, SimpleNamespace())

@@ -22,8 +22,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from poseguide.config import load_config
-from poseguide.evaluate.runner import PSEUDO_GT_MIN_SCORE, file_stem, run_evaluation
+from poseguide.evaluate.runner import file_stem, run_evaluation
 from poseguide.pose import estimator as pe
+from poseguide.pose.api import PSEUDO_GT_MIN_SCORE
 
 IMGSZ, CONF, IOU = 640, 0.25, 0.7
 SHIFT = (9, 5)  # the "shifted" model's images: the original moved right and down (pixels)

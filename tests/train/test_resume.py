@@ -7,12 +7,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, free_port, start_cli, write_config
+from helpers import cli_env, free_port, run_cli, start_cli, wait_for_step, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -24,33 +23,7 @@ def weights(root: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_file(str(root / "runs/t/exports" / stage / "diffusion_pytorch_model.safetensors"))
 
 
-def wait_for_step(
-    root: Path, proc: subprocess.Popen, stage: str, step: int, timeout: float = 240
-) -> None:
-    """Poll metrics.jsonl until ``stage`` has logged ``step`` (or the process ended)."""
-    path, deadline = root / "runs/t/metrics.jsonl", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early:\n{proc.stdout.read()}")
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line being written
-                    continue
-                if row["stage"] == stage and row["step"] >= step:
-                    return
-        time.sleep(0.01)
-    raise AssertionError(f"no {stage} step {step} within {timeout} s")
-
-
 ACCUMULATE = {"batch_size": 1, "grad_accum": 2}  # 8 rows / (1 x 2): also 4 steps an epoch
-
-
-def run_cli(root: Path, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml", *args],
-                          cwd=root, env=cli_env(), capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

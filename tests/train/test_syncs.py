@@ -23,10 +23,20 @@ def _device_reads(seen: Counter) -> Counter:
     return Counter({k: n for k, n in seen.items() if not any(h in k for h in HOST_SIDE)})
 
 
-@pytest.mark.parametrize("check", ["log", "every_step"])
-def test_stage1_reads_the_device_once_per_window(tmp_path: Path, monkeypatch, check) -> None:
+# The reward stage on tiny random models: every anchor kept and every timestep rewarded, so the
+# whole reward path (decode, estimator, matching, OKS) runs in every step.
+REWARD = {"kind": "reward", "reward_timestep_max": 999,
+          "reward_estimator": {"weights": "yolo11n-pose.pt", "conf": 0.0, "imgsz": 64}}  # fmt: skip
+
+
+CASES = {"log": ("log", {"kind": "denoising"}), "every_step": ("every_step", {"kind": "denoising"}),
+         "reward": ("log", REWARD)}  # fmt: skip
+
+
+@pytest.mark.parametrize(("check", "loss"), list(CASES.values()), ids=list(CASES))
+def test_stage1_reads_the_device_once_per_window(tmp_path: Path, monkeypatch, check, loss) -> None:
     monkeypatch.chdir(tmp_path)
-    stages = [{"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 4, "lr": 1e-3}]
+    stages = [{"name": "stage1", "loss": loss, "epochs": 4, "lr": 1e-3}]
     write_config(tmp_path, train={"stages": stages, "log_every": LOG_EVERY,
                                   "checkpoint_every": 1000, "check_finite": check,
                                   "validation": {"every": 0, "num_samples": 0}})  # fmt: skip

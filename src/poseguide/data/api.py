@@ -66,6 +66,7 @@ def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = 
 def build_train_cache(config: Config, progress: bool = True) -> dict:
     """``poseguide cache build``: scan the training rows and cache their latents and captions."""
     from poseguide.data.cache import build_cache
+    from poseguide.losses import pseudo_estimator_config
     from poseguide.models import load_sd_parts
     from poseguide.utils.device import resolve_device
 
@@ -82,6 +83,7 @@ def build_train_cache(config: Config, progress: bool = True) -> dict:
         config.pose.render.style,
         config.run.seed,
         progress,
+        pseudo=pseudo_estimator_config(config),
     )
     return {
         "folder": str(info.folder),

@@ -11,6 +11,12 @@ Layout of one cache folder (``data.cache.dir/<key hash>/``)::
     latents-00000.safetensors  mean, std (and mean_flip, std_flip when flips are on) per row
     text-00000.safetensors     one embedding per unique caption ("" always included)
 
+With a reward stage in the config, each latent shard also holds the rows' *pseudo ground
+truth* (``pseudo_people``, ``pseudo_keypoints``, ``pseudo_areas``): for every row without
+keypoints of its own, the people ``pose.estimator`` finds on the original image
+(:func:`poseguide.pose.api.pseudo_ground_truth`, original-image pixels), and the estimator's
+identity is part of the key.
+
 The folder name is a hash of the key, so a different model, resolution, resize mode or dataset
 content gets its own folder. Shards are written atomically and the manifest last: a build that is
 interrupted builds only the missing shards when run again and ends identical to an uninterrupted
@@ -38,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load
@@ -66,10 +73,14 @@ def _digest(obj: Any) -> str:
 
 
 def cache_key(cfg: DataConfig, models: dict, dataset: str, rows: list[int],
-              vae_dtype: str = "torch.float32") -> dict:  # fmt: skip
+              vae_dtype: str = "torch.float32", pseudo: dict | None = None) -> dict:  # fmt: skip
     """Everything the cached tensors depend on; any change means another cache (the VAE's
-    compute dtype too: a bf16 encoder gives other latent distributions than an fp32 one)."""
+    compute dtype too: a bf16 encoder gives other latent distributions than an fp32 one).
+    ``pseudo``: the identity of the estimator whose pseudo ground truth the shards hold
+    (:func:`poseguide.pose.api.estimator_identity`), absent without a reward stage."""
+    extra = {} if pseudo is None else {"pseudo_ground_truth": pseudo}
     return {
+        **extra,
         "format": CACHE_FORMAT,
         "models": models,
         "vae_dtype": vae_dtype,
@@ -195,6 +206,26 @@ class LatentCache:
         shard, offset = divmod(pos, self.manifest["shard_size"])
         return self._slice(f"text-{shard:05d}.safetensors", "emb", offset).float()
 
+    @property
+    def has_pseudo(self) -> bool:
+        """Whether the shards hold pseudo ground truth (the config has a reward stage)."""
+        return "pseudo_ground_truth" in self.manifest["key"]
+
+    def pseudo(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Row ``index``'s pseudo ground truth, (P, 17, 3) keypoints and (P,) areas in the
+        original image's pixels; None when the row has keypoints of its own or the cache holds
+        no pseudo ground truth."""
+        if not self.has_pseudo:
+            return None
+        shard, offset = self._where[index]
+        name = f"latents-{shard:05d}.safetensors"
+        people = int(self._slice(name, "pseudo_people", offset))
+        if people < 0:
+            return None
+        keypoints = self._slice(name, "pseudo_keypoints", offset)[:people]
+        areas = self._slice(name, "pseudo_areas", offset)[:people]
+        return keypoints.double().numpy(), areas.double().numpy()
+
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     """Write one shard atomically; returns its manifest record (:func:`shard_record`)."""
@@ -251,17 +282,20 @@ def _shard_meta(path: Path) -> dict:
         return json.loads(handle.metadata()["poseguide"])
 
 
-def _encode_rows(
-    source: Source, chunk: list[int], cfg: DataConfig, parts: Any, style: str, seed: int
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Latent distributions of ``chunk`` rows (and of their mirror images when flips are on)."""
+def _encode_rows(source: Source, chunk: list[int], cfg: DataConfig, parts: Any, style: str,
+                 seed: int, estimator: Any = None) -> tuple[dict, list[str]]:  # fmt: skip
+    """Latent distributions of ``chunk`` rows (and of their mirror images when flips are on);
+    with an ``estimator``, the pseudo ground truth of the rows without keypoints too."""
     variants = (False, True) if cfg.hflip > 0 else (False,)
     out: dict[str, list[torch.Tensor]] = {}
     captions: list[str] = []
+    people: list[tuple[np.ndarray, np.ndarray] | None] = []
     for start in range(0, len(chunk), cfg.cache.batch_size):
         rows = chunk[start : start + cfg.cache.batch_size]
         samples = [source.load(i) for i in rows]
         captions += [s.caption for s in samples]
+        if estimator is not None:
+            people += _pseudo_rows(estimator, samples)
         for flip in variants:
             pixels = torch.stack(
                 [image_to_tensor(prepare(s, i, cfg, style, seed, 0, flip=flip).image)
@@ -272,7 +306,40 @@ def _encode_rows(
             out.setdefault("mean" + suffix, []).append(mean.cpu())
             out.setdefault("std" + suffix, []).append(std.cpu())
     dtype = DTYPES[cfg.cache.dtype]
-    return {k: torch.cat(v).to(dtype) for k, v in out.items()}, captions
+    tensors = {k: torch.cat(v).to(dtype) for k, v in out.items()}
+    if estimator is not None:
+        tensors.update(_pseudo_tensors(people))
+    return tensors, captions
+
+
+def _pseudo_rows(estimator: Any, samples: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per sample: None when it has keypoints of its own, else the estimator's pseudo ground
+    truth on its original image (uint8, ultralytics' own preprocessing)."""
+    from poseguide.pose.api import pseudo_ground_truth
+
+    todo = [k for k, s in enumerate(samples) if s.keypoints is None]
+    found = estimator.estimate_people([np.asarray(samples[k].image) for k in todo]) if todo else []
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(samples)
+    for k, detections in zip(todo, found, strict=True):
+        out[k] = pseudo_ground_truth(detections)
+    return out
+
+
+def _pseudo_tensors(people: list[tuple[np.ndarray, np.ndarray] | None]) -> dict[str, torch.Tensor]:
+    """A shard's pseudo ground truth: ``pseudo_people`` (N,) int32 (-1: the row has keypoints
+    of its own), ``pseudo_keypoints`` (N, P, 17, 3) and ``pseudo_areas`` (N, P) float32,
+    zero-padded to the shard's most people (at least 1)."""
+    most = max([1] + [len(p[0]) for p in people if p is not None])
+    count = torch.full((len(people),), -1, dtype=torch.int32)
+    keypoints = torch.zeros(len(people), most, 17, 3)
+    areas = torch.zeros(len(people), most)
+    for k, found in enumerate(people):
+        if found is not None:
+            n = len(found[0])
+            count[k] = n
+            keypoints[k, :n] = torch.from_numpy(found[0].reshape(n, 17, 3))
+            areas[k, :n] = torch.from_numpy(found[1])
+    return {"pseudo_people": count, "pseudo_keypoints": keypoints, "pseudo_areas": areas}
 
 
 def _cache_folder(root: Path, key: dict) -> Path:
@@ -356,18 +423,20 @@ def build_cache(
     seed: int,
     progress: bool = True,
     team: Team = SOLO,
+    pseudo: Any = None,
 ) -> CacheInfo:
     """Build (or finish, or just find) the cache of ``rows`` of ``source`` for these models.
 
     ``parts`` are the loaded SD parts (:class:`poseguide.models.SDParts`); only the VAE, the text
     encoder and the tokenizer are used. ``team``: the processes sharing the build (every process
     calls this; each encodes its share of the shards); the folder is byte for byte the one a
-    single process builds. Returns where it is and how big it is (``built_shards``: by all).
+    single process builds. ``pseudo``: the :class:`poseguide.config.schema.EstimatorConfig` of
+    the pseudo ground truth to store (a reward stage's), or None. Returns where it is and how big
+    it is (``built_shards``: by all).
     """
-    from poseguide.models import encode_prompts, model_identity
+    from poseguide.models import encode_prompts
 
-    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
-                    str(parts.vae.dtype))  # fmt: skip
+    key = _key(source, rows, cfg, parts, pseudo)
     folder = _cache_folder(Path(cfg.cache.dir), key)
     digest, size = _digest(key), cfg.cache.shard_size
     found = team.gather(_manifest(folder) if team.is_main else None)[0]  # one view for all
@@ -376,9 +445,21 @@ def build_cache(
         return _info(folder, found, 0)
     plan = _Plan(folder, rebuild, team, progress)
 
+    estimator: list = []  # built on the first shard that needs it
+
     def latents(chunk: list[int]) -> tuple[dict, dict]:
-        tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed)
-        return tensors, {"rows": chunk, "captions": caps, "key": digest}
+        if pseudo is not None and not estimator:
+            from poseguide.pose.api import estimator_from_config
+
+            estimator.append(estimator_from_config(pseudo))
+        found = estimator[0] if estimator else None
+        tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed, found)
+        meta = {"rows": chunk, "captions": caps, "key": digest}
+        if found is not None:
+            counts = tensors["pseudo_people"]
+            meta["pseudo"] = {"rows": int((counts >= 0).sum()),
+                              "people": int(counts.clamp_min(0).sum())}  # fmt: skip
+        return tensors, meta
 
     def text(chunk: list[str]) -> tuple[dict, dict]:
         embs = [encode_prompts(parts, chunk[i : i + cfg.cache.batch_size]).cpu()
@@ -395,6 +476,9 @@ def build_cache(
     records = {name: got[0] for name, got in sorted({**done, **texts}.items())}
     manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique,
                 "shards": records, "complete": True}  # fmt: skip
+    if pseudo is not None:  # how many rows take pseudo ground truth, for the run's log
+        metas = [done[name][1].get("pseudo", {}) for name in shards]
+        manifest["pseudo"] = {k: sum(m.get(k, 0) for m in metas) for k in ("rows", "people")}
     main = team.is_main  # then every process can open it; a failure to write it stops all
     team.run(lambda: atomic_write_json(folder / MANIFEST, manifest, indent=None) if main else None)
     info = _info(folder, manifest, built + built_text)
@@ -435,12 +519,23 @@ def _info(folder: Path, manifest: dict, built: int) -> CacheInfo:
     return CacheInfo(folder, len(manifest["rows"]), len(manifest["captions"]), total, built)
 
 
-def find_cache(source: Source, rows: list[int], cfg: DataConfig, parts: Any) -> LatentCache:
-    """Open the complete cache matching this run, or raise :class:`CacheError` saying why not."""
+def _key(source: Source, rows: list[int], cfg: DataConfig, parts: Any, pseudo: Any) -> dict:
     from poseguide.models import model_identity
 
-    key = cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
-                    str(parts.vae.dtype))  # fmt: skip
+    identity = None
+    if pseudo is not None:
+        from poseguide.pose.api import estimator_identity
+
+        identity = estimator_identity(pseudo)
+    return cache_key(cfg, model_identity(parts.source), source.fingerprint(), rows,
+                     str(parts.vae.dtype), identity)  # fmt: skip
+
+
+def find_cache(source: Source, rows: list[int], cfg: DataConfig, parts: Any,
+               pseudo: Any = None) -> LatentCache:  # fmt: skip
+    """Open the complete cache matching this run, or raise :class:`CacheError` saying why not
+    (``pseudo``: as :func:`build_cache`'s)."""
+    key = _key(source, rows, cfg, parts, pseudo)
     root = Path(cfg.cache.dir)
     if (root / MANIFEST).is_file():  # data.cache.dir points at one cache folder: check it
         return LatentCache.open(root, key)

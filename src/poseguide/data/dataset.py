@@ -16,6 +16,7 @@ key                shape / type                   meaning
 ``text_emb``       (B, 77, D) float32             cached text embedding (cache only)
 ``keypoints``      list[(P, 17, 3) | None]        ground truth in training pixels
 ``areas``          list[(P,) | None]              the people's areas in training pixels^2
+``pseudo``         list[bool]                     keypoints are pseudo ground truth (cache)
 ``flipped``        (B,) bool                      whether the row was mirrored
 =================  =============================  ===============================================
 
@@ -54,6 +55,8 @@ class LatentLookup(Protocol):
     def latents(self, index: int, flipped: bool) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def text(self, caption: str) -> torch.Tensor | None: ...
+
+    def pseudo(self, index: int) -> tuple[np.ndarray, np.ndarray] | None: ...
 
 
 class PoseDataset(Dataset):
@@ -96,7 +99,16 @@ class PoseDataset(Dataset):
             "areas": item.areas,
             "flipped": item.flipped,
             "replaced": replaced,
+            "pseudo": False,
         }
+        own = item.keypoints is not None or self.cache is None
+        found = None if own else self.cache.pseudo(index)
+        if found is not None:  # a row without keypoints: the estimator's, placed like the image's
+            from poseguide.pose.transforms import place_keypoints
+
+            sx, sy = item.placement.scale
+            out.update(keypoints=place_keypoints(found[0], item.placement),
+                       areas=found[1] * sx * sy, pseudo=True)  # fmt: skip
         if self.cache is None:
             out["pixel_values"] = image_to_tensor(item.image, low=-1.0)
         else:
@@ -134,6 +146,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "captions": [it["caption"] for it in items],
         "keypoints": [it["keypoints"] for it in items],
         "areas": [it.get("areas") for it in items],
+        "pseudo": [bool(it.get("pseudo", False)) for it in items],
         "flipped": torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
         "replaced": [r for it in items for r in it.get("replaced", [])],
     }

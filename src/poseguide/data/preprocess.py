@@ -38,6 +38,13 @@ def sample_torch_generator(
     return torch.Generator().manual_seed(int(state))
 
 
+def draw_timesteps(generators: list[torch.Generator], steps: int) -> tuple[torch.Tensor, list]:
+    """One diffusion timestep in [0, steps) per row from its CPU generator: the (B,) int64 CPU
+    tensor and the same values as Python ints (read from host memory: no device sync)."""
+    drawn = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators])
+    return drawn, drawn.tolist()
+
+
 @dataclass
 class Prepared:
     """One example at training resolution (PIL images; tensors are made by :func:`to_tensors`)."""

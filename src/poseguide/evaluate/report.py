@@ -265,8 +265,23 @@ def _setup_items(run: EvalRun) -> list[str]:
         f"min OKS: {get('min_oks')}",
         f"Eval rows: {get('rows')} from {get('eval_source')} (limit: {limit or 'none'})",
         f"Captions cut to the text encoders' limits: {_caption_cuts(run)}",
+        f"Reward-stage targets (training): {_reward_targets(run)}",
         f"Confidence intervals: {ci}",
     ]
+
+
+def _reward_targets(run: EvalRun) -> str:
+    """Where a reward stage's targets came from (``<run>/reward_targets.json``)."""
+    path = RunPaths(run.run_dir).reward_targets
+    try:
+        t = json.loads(path.read_text())
+        return (f"{t['dataset_keypoints']} of {t['rows']} rows with the dataset's keypoints, "
+                f"{t['pseudo_ground_truth']} with pseudo ground truth ({t['pseudo_people']} "
+                f"people found by {t['estimator']} on the original images)")  # fmt: skip
+    except FileNotFoundError:
+        return "none (no reward stage)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable ({path})"
 
 
 def _caption_cuts(run: EvalRun) -> str:

@@ -37,8 +37,6 @@ from poseguide.utils.team import Team, team_of
 
 log = logging.getLogger(__name__)
 
-PSEUDO_GT_MIN_SCORE = 0.5  # estimator joints at least this confident count as pseudo ground truth
-
 
 class EvaluationError(UserError, RuntimeError):
     """The evaluation cannot start or go on; the message lists every problem found."""
@@ -103,14 +101,9 @@ def _ground_truth_kind(config: Config, rows: list[Row]) -> str:
 
 
 def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank: int = 0) -> None:
-    """Pseudo ground truth from the estimator on the original images (cached in the eval dir).
-
-    A person's joints count where the estimator is at least ``PSEUDO_GT_MIN_SCORE`` sure; the
-    person's area is ``0.53 *`` the detected box's area (ultralytics' rule when only a box is
-    known), as no segment area exists.
-    """
-    from poseguide.pose.api import detections_to_coco
-    from poseguide.pose.oks import area_from_box
+    """Pseudo ground truth from the estimator on the original images (cached in the eval dir),
+    by :func:`poseguide.pose.api.pseudo_ground_truth`'s rule."""
+    from poseguide.pose.api import pseudo_ground_truth
     from poseguide.utils.images import read_image
     from poseguide.utils.io import atomic_write_json
 
@@ -119,12 +112,8 @@ def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank
     for row in rows:
         if not isinstance(known.get(row.id), dict):  # missing, or an older format
             found = estimator.estimate_people([read_image(paths.original(row.id))])[0]
-            boxes = found.boxes.copy()
-            boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-            known[row.id] = {
-                "keypoints": detections_to_coco(found, PSEUDO_GT_MIN_SCORE).tolist(),
-                "areas": [float(area_from_box(b)) for b in boxes],
-            }
+            keypoints, areas = pseudo_ground_truth(found)
+            known[row.id] = {"keypoints": keypoints.tolist(), "areas": areas.tolist()}
         entry = known[row.id]
         row.gt = np.asarray(entry["keypoints"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
         row.areas = np.asarray(entry["areas"], dtype=np.float64)

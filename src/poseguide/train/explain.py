@@ -92,7 +92,10 @@ def _write(out: str | Path, spec: Any, batch: dict, terms: dict, t: int, sample_
     summary = {"sample": sample_id, "stage": spec.name, "timestep": t,
                **{k: float(v[0]) for k, v in terms.items() if not k.startswith("_")}}  # fmt: skip
     reward = spec.loss.kind == "reward"
-    if reward:
+    if reward:  # one sample: its reward terms are the values themselves
+        for part, name in (("reward_sum", "reward"), ("reward_oks_sum", "reward_oks"),
+                           ("reward_people", "people"), ("reward_pseudo", "pseudo")):  # fmt: skip
+            summary[name] = summary.pop(part)
         summary.update(_reward_summary(spec, raw, t))
         for key, value in (raw.get("reward_details") or [{}])[0].items():
             debug[f"reward_{key}"] = value.float()[None]
@@ -118,7 +121,7 @@ def _reward_summary(spec: Any, raw: dict, t: int) -> dict:
     out["joint_oks"] = [[None if np.isnan(v) else round(float(v), 6) for v in person]
                         for person in details["joint_oks"].numpy()]  # fmt: skip
     out["matched"] = details["matched"].tolist()
-    out["pseudo_ground_truth"] = raw["reward_targets"][0].pseudo
+    out["pseudo_ground_truth"] = bool(raw["reward_targets"][0].pseudo)
     return out
 
 
@@ -159,19 +162,20 @@ def _reward_figure(batch: dict, raw: dict, debug: dict, summary: dict) -> Any:
                                 target[..., 2:]], axis=-1)  # fmt: skip
         _skeleton(axes[2], found[np.asarray(summary["matched"])], "red", "predicted")
         axes[2].legend(loc="lower right", fontsize=7)
-        joint = np.nanmean(np.asarray(summary["joint_oks"], dtype=float), axis=0)
+        joints = np.asarray(summary["joint_oks"], dtype=float)  # None (unlabelled) -> NaN
+        labelled = (~np.isnan(joints)).sum(axis=0)
+        joint = np.where(labelled > 0, np.nansum(joints, axis=0) / np.maximum(labelled, 1), 0.0)
         axes[3].axis("on")
-        axes[3].barh(range(len(COCO17_NAMES)), np.nan_to_num(joint), color="tab:blue")
+        axes[3].barh(range(len(COCO17_NAMES)), joint, color="tab:blue")
         axes[3].set_yticks(range(len(COCO17_NAMES)), COCO17_NAMES, fontsize=6)
         axes[3].invert_yaxis()
         axes[3].set_xlim(0, 1)
         axes[3].set_title("OKS per joint (people averaged)", fontsize=8)
     else:
         axes[1].text(0.05, 0.5, f"not rewarded: {summary['why_not_rewarded']}", fontsize=9)
-    reward = summary.get("reward_sum", 0.0)
     fig.suptitle(f"{summary['stage']}, t = {summary['timestep']}: loss {summary['loss']:.4f}, "
-                 f"reward ({summary['reward_loss_kind']}) {reward:.4f}, OKS "
-                 f"{summary.get('reward_oks_sum', 0.0):.4f}", fontsize=10)  # fmt: skip
+                 f"reward ({summary['reward_loss_kind']}) {summary['reward']:.4f}, OKS "
+                 f"{summary['reward_oks']:.4f}", fontsize=10)  # fmt: skip
     return figure_to_image(fig, dpi=90)
 
 

@@ -100,15 +100,30 @@ def _finished(run: Run, name: str) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts: Any) -> Any:
-    """Build (every process its share of the shards) or find the cache, then open it."""
+def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts: Any,
+                paths: RunPaths) -> Any:  # fmt: skip
+    """Build (every process its share of the shards) or find the cache, then open it; with a
+    reward stage, say (log, ``reward_targets.json``) how many rows take pseudo ground truth."""
     if not config.data.cache.enabled:
         return None
     from poseguide.data.cache import build_cache, find_cache
+    from poseguide.losses import pseudo_estimator_config
 
+    pseudo = pseudo_estimator_config(config)
     build_cache(source, rows, config.data, parts, config.pose.render.style, config.run.seed,
-                progress=team.is_main, team=team)  # fmt: skip
-    return find_cache(source, rows, config.data, parts)
+                progress=team.is_main, team=team, pseudo=pseudo)  # fmt: skip
+    cache = find_cache(source, rows, config.data, parts, pseudo)
+    if pseudo is not None and team.is_main:
+        found = cache.manifest.get("pseudo", {})
+        targets = {"rows": len(rows), "dataset_keypoints": len(rows) - found.get("rows", 0),
+                   "pseudo_ground_truth": found.get("rows", 0), "estimator": pseudo.weights,
+                   "pseudo_people": found.get("people", 0)}  # fmt: skip
+        log.info("reward targets: %d row(s) with the dataset's keypoints, %d with pseudo ground "
+                 "truth (%d people found by pose.estimator %s on the original images)",
+                 targets["dataset_keypoints"], targets["pseudo_ground_truth"],
+                 targets["pseudo_people"], pseudo.weights)  # fmt: skip
+        atomic_write_json(paths.reward_targets, targets)
+    return cache
 
 
 def _make_run(config: Config, resume: str | None, selected: list[int],
@@ -136,7 +151,7 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     team = team_of(acc)
     source, report = checked_source(config, out_dir=paths.root, progress=team.is_main, team=team)
     frozen = load_frozen(config, acc.device)
-    cache = _open_cache(config, team, source, report.valid, frozen.parts)
+    cache = _open_cache(config, team, source, report.valid, frozen.parts, paths)
     metrics = MetricsLog(paths, config.train.tensorboard, enabled=acc.is_main_process)
     if loaded is not None:
         metrics.truncate_after(loaded.position.global_step)

@@ -28,7 +28,7 @@ import torch
 from poseguide.config import Config
 from poseguide.config.schema import StageConfig
 from poseguide.data.cache import encode_latent_dist, sample_latents
-from poseguide.data.preprocess import sample_torch_generator
+from poseguide.data.preprocess import draw_timesteps, sample_torch_generator
 from poseguide.errors import UserError
 from poseguide.losses import derived_terms
 from poseguide.text import CaptionCuts
@@ -80,8 +80,7 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
     # The per-row draws stay on the CPU generators (so they are the same on every device and
     # after a resume); they reach the device without blocking the host.
     noise = to_device(torch.stack([torch.randn(shape, generator=g) for g in generators]), device)
-    steps = parts.scheduler.config.num_train_timesteps
-    drawn = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators])
+    drawn, steps = draw_timesteps(generators, parts.scheduler.config.num_train_timesteps)
     t = to_device(drawn, device)
     if "text_emb" in batch:
         text = to_device(batch["text_emb"], device)
@@ -91,7 +90,7 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
         text = encode_prompts(parts, batch["captions"], cuts)
     noisy = parts.scheduler.add_noise(latents, noise, t)
     cond = to_device(batch["conditioning"], device, dtype)
-    return StepInputs(noisy.to(dtype), t, text.to(dtype), cond, latents, noise, drawn.tolist())
+    return StepInputs(noisy.to(dtype), t, text.to(dtype), cond, latents, noise, steps)
 
 
 def predict(controlnet: Any, unet: Any, x: StepInputs) -> torch.Tensor:
@@ -233,8 +232,19 @@ def _reward_inputs(trainer: Trainer, stage: StageConfig, batch: dict, inputs: St
 
     targets = batch.get("reward_targets")
     if targets is None:
-        areas = batch.get("areas") or [None] * len(batch["keypoints"])
-        targets = [reward_target(k, a) for k, a in zip(batch["keypoints"], areas, strict=True)]
+        n = len(batch["keypoints"])
+        areas, pseudo = batch.get("areas") or [None] * n, batch.get("pseudo") or [False] * n
+        missing = [i for i, k in zip(batch["ids"], batch["keypoints"], strict=True) if k is None]
+        if missing:
+            from poseguide.train.setup import TrainingError
+
+            raise TrainingError(
+                f"row {missing[0]}: no keypoints for stage {stage.name!r}'s reward; rows without "
+                "keypoints take pseudo ground truth stored with the latent cache: set "
+                "data.cache.enabled=true (or use a source with keypoints)"
+            )
+        targets = [reward_target(k, a, p) for k, a, p in
+                   zip(batch["keypoints"], areas, pseudo, strict=True)]  # fmt: skip
     parts = trainer.frozen.parts
     return RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps, targets,
                         trainer.reward_estimator(stage), parts.vae)  # fmt: skip
