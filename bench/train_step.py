@@ -21,6 +21,12 @@ latent cache; then the ControlNet, AdamW, LR schedule and ``accelerator.prepare`
   the stage-1 trainer steps so that load changes hit both alike;
 * the parts of the difference (data loading, ``make_inputs``, gradient clipping) and of the
   stage-2 ``predicted_error`` mask (VAE decode, pose estimator, VAE encode), timed alone;
+* the reward stage (``loss.kind: reward``, oks reward on the denoising loss) with every sample
+  rewarded (``reward_timestep_max`` 999, the estimator keeping every anchor: random weights
+  make no confident person), so that each step pays the whole path: x0 from the scheduler,
+  VAE decode with gradients, YOLO-pose forward and backward to its input, OKS. A run at the
+  default ``reward_timestep_max`` 200 rewards about 20 % of the samples; the table gives that
+  expected cost too;
 * peak resident memory (``ru_maxrss``; on CUDA also ``max_memory_allocated``) and FLOPs of one
   step (``torch.utils.flop_counter.FlopCounterMode``, CPU attention included) so GPU users can
   compute utilisation.
@@ -51,7 +57,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import torch
 
 MODELS = {"tiny": "builtin:tiny-sd", "sd15": "builtin:sd15-random"}
-STAGES = ("stage1", "stage2_gt", "stage2_pe")
+STAGES = ("stage1", "stage2_gt", "stage2_pe", "reward")
 RESULT = "RESULT "  # the child's last stdout line: RESULT {json}
 
 
@@ -68,6 +74,7 @@ def make_config(work: Path, base: str, size: int, args: argparse.Namespace) -> A
     from poseguide.config.schema import (
         CacheConfig,
         DataConfig,
+        EstimatorConfig,
         LossConfig,
         ModelConfig,
         RunConfig,
@@ -88,7 +95,10 @@ def make_config(work: Path, base: str, size: int, args: argparse.Namespace) -> A
         StageConfig(name="stage1", loss=LossConfig(kind="denoising"), lr=1e-5),
         StageConfig(name="stage2_gt", loss=LossConfig(kind="heatmap", source="ground_truth")),
         StageConfig(name="stage2_pe", loss=LossConfig(kind="heatmap", source="predicted_error")),
-    ]
+        StageConfig(name="reward", loss=LossConfig(
+            kind="reward", reward_timestep_max=999,
+            reward_estimator=EstimatorConfig(conf=0.0, imgsz=size))),
+    ]  # fmt: skip
     train = TrainConfig(stages=stages, batch_size=args.batch, mixed_precision=args.precision,
                         gradient_checkpointing=args.gradient_checkpointing,
                         validation=ValidationConfig(every=0))  # fmt: skip
@@ -263,7 +273,7 @@ def warm_up(b: Bench, x: Any, warmup: int, out: dict) -> None:
     for _ in range(warmup):
         b.trainer_step(0), b.bare_step(x)
     out["rss_stage1"] = rss_gib()
-    for index, key in ((1, "rss_gt"), (2, "rss_pe")):
+    for index, key in ((1, "rss_gt"), (2, "rss_pe"), (3, "rss_reward")):
         for _ in range(warmup):
             b.trainer_step(index)
         out[key] = rss_gib()
@@ -272,12 +282,14 @@ def warm_up(b: Bench, x: Any, warmup: int, out: dict) -> None:
 def timed_rounds(b: Bench, x: Any, steps: int) -> dict[str, list[float]]:
     """Rounds of (stage-1 trainer, bare, stage-2 gt, stage-2 pe) steps: interleaved, so that a
     change of machine load hits every kind alike and the ratios stay fair."""
-    times: dict[str, list[float]] = {k: [] for k in ("stage1", "bare", "stage2_gt", "stage2_pe")}
+    kinds = ("stage1", "bare", "stage2_gt", "stage2_pe", "reward")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(steps):
         times["stage1"].append(b.trainer_step(0))
         times["bare"].append(b.bare_step(x))
         times["stage2_gt"].append(b.trainer_step(1))
         times["stage2_pe"].append(b.trainer_step(2))
+        times["reward"].append(b.trainer_step(3))
     return times
 
 
@@ -303,6 +315,7 @@ def measure(model: str, size: int, args: argparse.Namespace) -> dict:
         out["flops_stage1"] = count_flops(lambda: b.trainer_step(0))
         out["flops_bare"] = count_flops(lambda: b.bare_step(x))
         out["flops_pe"] = count_flops(lambda: b.trainer_step(2))
+        out["flops_reward"] = count_flops(lambda: b.trainer_step(3))
         if b.device.type == "cuda":
             out["cuda_peak_gib"] = torch.cuda.max_memory_allocated(b.device) / 2**30
     out["load_after"] = os.getloadavg()[0]
@@ -339,11 +352,27 @@ def print_stage2_table(results: list[dict]) -> None:
               f"{m['encode']:>8.3f}{m['gt_mask']:>9.4f}")  # fmt: skip
     print("gt: ground_truth masks (gt mask: building one, timed alone); pe: predicted_error "
           "masks (VAE decode, YOLO pose, VAE encode)")  # fmt: skip
-    print("\nMedians of the same steps (s): stage1 / bare / gt / pe")
+    print("\nMedians of the same steps (s): stage1 / bare / gt / pe / reward")
     for r in results:
         med = {k: statistics.median(v) for k, v in r["times"].items()}
         print(f"{r['model']:<6}{r['size']:>5}  {med['stage1']:.3f} / {med['bare']:.3f} / "
-              f"{med['stage2_gt']:.3f} / {med['stage2_pe']:.3f}")  # fmt: skip
+              f"{med['stage2_gt']:.3f} / {med['stage2_pe']:.3f} / {med['reward']:.3f}")  # fmt: skip
+
+
+def print_reward_table(results: list[dict]) -> None:
+    print("\nReward stage over stage 1: every sample rewarded, and expected at "
+          "reward_timestep_max 200 (201 of 1000 timesteps rewarded)")  # fmt: skip
+    print(f"{'model':<6}{'px':>5}{'stage1 s':>10}{'reward s':>10}{'ratio':>7}{'t<=200 s':>10}"
+          f"{'ratio':>7}{'GFLOP s1':>10}{'GFLOP rw':>10}{'peak s1':>9}{'peak rw':>9}")  # fmt: skip
+    for r in results:
+        share = 201 / 1000  # batch 1: a step is rewarded with this probability
+        mean = r["stage1"] + share * (r["reward"] - r["stage1"])
+        print(f"{r['model']:<6}{r['size']:>5}{r['stage1']:>10.3f}{r['reward']:>10.3f}"
+              f"{r['reward'] / r['stage1']:>7.2f}{mean:>10.3f}{mean / r['stage1']:>7.2f}"
+              f"{r['flops_stage1'] / 1e9:>10.1f}{r['flops_reward'] / 1e9:>10.1f}"
+              f"{r['rss_stage1']:>9.2f}{r['rss_reward']:>9.2f}")  # fmt: skip
+    print("peak: ru_maxrss (GiB) after the kind of step first ran (each kind adds to the "
+          "process' peak, so the reward's includes the stages before it)")  # fmt: skip
 
 
 def print_memory_table(results: list[dict]) -> None:
@@ -418,6 +447,7 @@ def main() -> None:
     print_step_table(results, args)
     print_stage2_table(results)
     print_memory_table(results)
+    print_reward_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

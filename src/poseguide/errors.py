@@ -81,3 +81,7 @@ def one_line(err: BaseException) -> str:
     """The message of a user error on one line (multi-line lists are joined with "; ")."""
     lines = [line.strip(" -") for line in str(err).splitlines() if line.strip()]
     return "; ".join(lines) or type(err).__name__
+
+
+class TrainingError(UserError, RuntimeError):
+    """The run cannot go on (bad set-up, diverged loss); the message says which stage and step."""

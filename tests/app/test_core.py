@@ -230,6 +230,12 @@ def test_default_model_is_the_newest_export(app_config, tmp_path: Path) -> None:
         assert default_controlnet(config) == str(exports / stage)
     values = [value for _, value in model_choices(config, "some/hub-id")]
     assert values == ["some/hub-id", str(exports / "stage1"), str(exports / "stage2"), UNTRAINED]
+    # A third stage (the reward stage of thesis_reward.yaml) is the newest once exported.
+    stages = [*config.train.stages, replace(config.train.stages[-1], name="stage3")]
+    three = replace(config, train=replace(config.train, stages=stages))
+    assert default_controlnet(three) == str(exports / "stage2")
+    _export(exports / "stage3")
+    assert default_controlnet(three) == str(exports / "stage3")
 
 
 def test_model_menu_lists_complete_exports_only(app_config, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from PIL import Image
 from poseguide.config import Config
 from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
-from poseguide.models.controlnet import UNTRAINED, ControlNetRef
+from poseguide.models.controlnet import UNTRAINED, ControlNetRef, is_export
 from poseguide.paths import RunPaths
 from poseguide.pose.io import parse_pose, pose_to_json
 from poseguide.pose.skeleton import NUM_COCO17
@@ -54,7 +54,6 @@ UPLOAD_KINDS = ("auto", "photo", "skeleton")
 EDITOR_BACKGROUND_SIDE = 384  # px: the photo under the editor's joints, sent as a data URL
 # What ControlNetModel.save_pretrained(safe_serialization=True) writes: an export is complete
 # only when both are there (training writes it under a temporary name, then renames it).
-EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 # A standing person as fractions of the canvas, COCO-17 order (x, y).
 _DEFAULT_PERSON = (
@@ -178,20 +177,11 @@ def _summary(people: np.ndarray, canvas: tuple[int, int]) -> str:
     return f"{who}, {shown}, on a {canvas[0]}x{canvas[1]} canvas"
 
 
-def is_export(folder: Path) -> bool:
-    """A complete ControlNet export: a visible folder (not one of the ``.NAME.*.tmp`` / ``.old``
-    folders an atomic write leaves while it runs or when it is killed) holding ``config.json`` and
-    the weights."""
-    name = folder.name
-    if name.startswith(".") or name.endswith(".tmp"):
-        return False
-    return all((folder / file).is_file() for file in EXPORT_FILES)
-
-
 def default_controlnet(config: Config) -> str:
-    """The run's newest export (``exports/stage2``, then ``stage1``), else :data:`UNTRAINED`."""
+    """The run's newest export (its last stage's, else the one before, ...), else
+    :data:`UNTRAINED`."""
     paths = RunPaths.of(config)
-    for stage in ("stage2", "stage1"):
+    for stage in reversed([s.name for s in config.train.stages]):
         if is_export(paths.export(stage)):
             return str(paths.export(stage))
     return UNTRAINED

@@ -14,6 +14,7 @@ model menu, ``--controlnet``) is one of:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -121,3 +122,16 @@ def load_controlnet(
             f"ControlNet {name!r} ({folder}) could not be loaded: {err}. It must be a folder "
             "written by ControlNetModel.save_pretrained (config.json and weights)."
         ) from None
+
+
+EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def is_export(folder: Path) -> bool:
+    """A complete ControlNet export: a visible folder (not one of the ``.NAME.*.tmp`` / ``.old``
+    folders an atomic write leaves while it runs or when it is killed) holding ``config.json``
+    and the weights."""
+    name = folder.name
+    if name.startswith(".") or name.endswith(".tmp"):
+        return False
+    return all((folder / file).is_file() for file in EXPORT_FILES)

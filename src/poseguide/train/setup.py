@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from poseguide.config import Config
 from poseguide.config.schema import OptimConfig, StageConfig
 from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
-from poseguide.errors import UserError
+from poseguide.errors import TrainingError
 from poseguide.losses import loss_needs
 from poseguide.models import (
     ControlNetRef,
@@ -27,10 +27,6 @@ from poseguide.models import (
 from poseguide.utils.device import MIXED_PRECISION_DTYPES
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(UserError, RuntimeError):
-    """The run cannot go on (bad set-up, diverged loss); the message says which stage and step."""
 
 
 def deepspeed_requested() -> bool:

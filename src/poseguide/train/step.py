@@ -29,7 +29,7 @@ from poseguide.config import Config
 from poseguide.config.schema import StageConfig
 from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import draw_timesteps, sample_torch_generator
-from poseguide.errors import UserError
+from poseguide.errors import TrainingError, UserError
 from poseguide.losses import derived_terms
 from poseguide.text import CaptionCuts
 from poseguide.utils.device import to_device
@@ -236,8 +236,6 @@ def _reward_inputs(trainer: Trainer, stage: StageConfig, batch: dict, inputs: St
         areas, pseudo = batch.get("areas") or [None] * n, batch.get("pseudo") or [False] * n
         missing = [i for i, k in zip(batch["ids"], batch["keypoints"], strict=True) if k is None]
         if missing:
-            from poseguide.train.setup import TrainingError
-
             raise TrainingError(
                 f"row {missing[0]}: no keypoints for stage {stage.name!r}'s reward; rows without "
                 "keypoints take pseudo ground truth stored with the latent cache: set "
