@@ -38,9 +38,9 @@ def export(root: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_file(str(root / "runs/t/exports" / stage / "diffusion_pytorch_model.safetensors"))
 
 
-def _grads(config, weight: float) -> tuple[dict, list]:
+def _grads(config, weight: float) -> tuple[dict, list, object]:
     """One reward-stage batch through the training step's own code, backward: the ControlNet's
-    gradients, and every frozen module's parameters."""
+    gradients, every frozen module's parameters, and the trainer."""
     from poseguide.data.api import checked_source
     from poseguide.data.dataset import PoseDataset, collate
     from poseguide.models.controlnet import untrained_controlnet
@@ -61,21 +61,26 @@ def _grads(config, weight: float) -> tuple[dict, list]:
               *parts.text_encoder.parameters(),
               *trainer.reward_estimator(stage).network.parameters()]  # fmt: skip
     assert float(terms["rewarded"].sum()) == (2 if weight else 0)
-    return {
-        n: p.grad.clone() for n, p in controlnet.named_parameters() if p.grad is not None
-    }, frozen
+    grads = {n: p.grad.clone() for n, p in controlnet.named_parameters() if p.grad is not None}
+    return grads, frozen, trainer
 
 
 def test_gradients_reach_the_controlnet_and_nothing_else(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = load_config(reward_config(tmp_path))
-    with_reward, frozen = _grads(config, 0.5)
+    with_reward, frozen, _ = _grads(config, 0.5)
     assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
-    without, _ = _grads(config, 0.0)
+    without, _, _ = _grads(config, 0.0)
     assert any(g.abs().sum() > 0 for g in with_reward.values())
     # The reward's own gradient reaches the ControlNet: it changes the ControlNet's gradients.
     changed = [n for n in with_reward if not torch.equal(with_reward[n], without[n])]
     assert changed, "the reward term added no gradient to the ControlNet"
+    # With train.gradient_checkpointing the decode is checkpointed too: the same gradients.
+    config = load_config(reward_config(tmp_path, gradient_checkpointing=True))
+    checkpointed, _, trainer = _grads(config, 0.5)
+    assert trainer.frozen.parts.vae.decoder.gradient_checkpointing
+    for name, grad in with_reward.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6)
 
 
 def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path, monkeypatch,
