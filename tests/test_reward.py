@@ -199,3 +199,24 @@ def test_rewarded_samples_add_the_weighted_reward_and_only_they(tiny_sd: str, as
     assert logged["rewarded"] == pytest.approx(2 / 3)
     assert "reward_sum" not in logged and "reward_people" not in logged
     assert derived_terms({"reward_sum": 0.0, "rewarded": 0.0})["reward"] is None
+
+
+def test_an_fp16_vae_decodes_the_reward_in_a_wide_range_copy(tiny_sd: str, astronaut) -> None:
+    """fp16 overflows in a decode with gradients: the reward decodes with one bf16 copy of an
+    fp16 VAE (the copy the stage-2 mask uses too), and its loss stays finite."""
+    from poseguide.models import load_sd_parts
+    from poseguide.models.sd import wide_range_vae
+
+    estimator, _ = astronaut
+    vae = load_sd_parts(tiny_sd, dtype=torch.float16).vae
+    wide = wide_range_vae(vae, "test")
+    assert wide is not vae and wide.dtype == torch.bfloat16 and wide_range_vae(vae, "x") is wide
+    fp32 = load_sd_parts(tiny_sd).vae
+    assert wide_range_vae(fp32, "test") is fp32
+    target = reward_target(_people(np.random.default_rng(3), 1, size=60), None)
+    pred = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    out = stage_loss(LossConfig(kind="reward"), pred, torch.zeros(1, 4, 8, 8),
+                     reward=_reward_inputs([10], [target], estimator, vae))  # fmt: skip
+    assert bool(torch.isfinite(out["loss"]).all()) and float(out["rewarded"][0]) == 1
+    (grad,) = torch.autograd.grad(out["loss"].sum(), pred)
+    assert bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0

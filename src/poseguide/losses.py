@@ -21,9 +21,7 @@ that is then exactly 1.0 (see :func:`heatmap_weighted_loss`).
 
 from __future__ import annotations
 
-import copy
 import logging
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -314,26 +312,18 @@ def predicted_error_mask(
     return {"h_e": h_e, "decoded": decoded, "heatmaps": heatmaps, "h_m": h_m}
 
 
-_MASK_VAES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _mask_vae(vae: Any, cfg: LossConfig) -> tuple[Any, bool]:
     """The VAE for the mask and whether it runs under bf16 autocast.
 
     ``mask_precision`` "bf16" on an fp32 VAE: bf16 autocast (faster, not exact). An fp16 VAE
     never runs the mask in fp16, whatever ``mask_precision`` says: the decode of
     ``diff / scaling_factor`` and the encode of the unnormalised 0..17 mask overflow fp16's
-    range. A bf16 copy runs it (fp32's range; +50 % of the VAE's fp16 memory, made once per
-    VAE), or an fp32 copy where the device has no bf16."""
+    range (:func:`poseguide.models.sd.wide_range_vae`)."""
+    from poseguide.models.sd import wide_range_vae
+
     if vae.dtype != torch.float16:
         return vae, cfg.mask_precision == "bf16" and vae.dtype == torch.float32
-    if vae not in _MASK_VAES:
-        device = vae.device
-        bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        log.info("the stage-2 mask runs a %s copy of the fp16 VAE (fp16 overflows there)", dtype)
-        _MASK_VAES[vae] = copy.deepcopy(vae).to(dtype)
-    return _MASK_VAES[vae], False
+    return wide_range_vae(vae, "the stage-2 mask"), False
 
 
 def _posterior_sample(posterior: Any, generator: Any) -> torch.Tensor:

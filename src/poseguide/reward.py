@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poseguide.models.sd import wide_range_vae
 from poseguide.pose.oks import AREA_EPS, box_area_from_keypoints
 from poseguide.pose.skeleton import COCO17_OKS_SIGMAS, NUM_COCO17
 from poseguide.utils.device import to_device
@@ -266,7 +267,7 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
     index = to_device(torch.tensor(rows), pred.device)
     x0 = predicted_clean_latents(inputs.scheduler, inputs.noisy[index], pred[index],
                                  inputs.timesteps[index])  # fmt: skip
-    images = decode(inputs.vae, x0)
+    images = decode(wide_range_vae(inputs.vae, "the reward's decode"), x0)
     targets = [inputs.targets[i] for i in rows]
     details: list | None = [] if debug else None
     per = reward_terms(images, targets, inputs.estimator, cfg.reward_loss, cfg.reward_resolution,
@@ -283,7 +284,8 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
                                                                   pred.device)))  # fmt: skip
     if debug:
         with torch.no_grad():  # what the noisy input z_t looks like
-            noisy = decode(inputs.vae, inputs.noisy[index].float())
+            noisy = decode(wide_range_vae(inputs.vae, "the reward's decode"),
+                           inputs.noisy[index].float())  # fmt: skip
         out["_debug"].update(reward_images=images.detach(), reward_noisy=noisy,
                              reward_targets=targets, reward_details=details)  # fmt: skip
     return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,3 +91,22 @@ def encode_prompts(parts: SDParts, prompts: list[str], cuts: Any = None) -> torc
     from poseguide.text import encode_captions
 
     return encode_captions(parts.text_encoder, parts.tokenizer, prompts, cuts)
+
+
+_WIDE_VAES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def wide_range_vae(vae: Any, what: str) -> Any:
+    """``vae`` itself unless it is fp16; then a bf16 copy (fp32's range; +50 % of the VAE's fp16
+    memory, made once per VAE and shared by its users), or an fp32 copy where the device has no
+    bf16. The stage-2 mask and the reward's decode with gradients overflow fp16's range."""
+    if vae.dtype != torch.float16:
+        return vae
+    if vae not in _WIDE_VAES:
+        device = vae.device
+        bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        logging.getLogger(__name__).info("%s runs a %s copy of the fp16 VAE (fp16 overflows "
+                                         "there)", what, dtype)  # fmt: skip
+        _WIDE_VAES[vae] = copy.deepcopy(vae).to(dtype)
+    return _WIDE_VAES[vae]
