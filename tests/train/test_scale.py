@@ -81,12 +81,14 @@ from poseguide.train.setup import TrainingError, check_shared
 acc = Accelerator(cpu=True)
 # Two "nodes" without a shared filesystem: each process works in its own folder, so the same
 # relative path names different folders.
+# Each process writes its outcome to its own file (two processes' prints can interleave).
+out = Path(sys.argv[1]).parent / f"rank-{acc.process_index}.txt"
 os.chdir(sys.argv[1] if acc.is_main_process or sys.argv[2] == "shared" else sys.argv[1] + "-b")
 try:
     check_shared(acc, Path("runs/t"), Path("cache"))
-    print(f"rank {acc.process_index}: shared")
+    out.write_text(f"rank {acc.process_index}: shared")
 except TrainingError as err:
-    print(f"rank {acc.process_index}: {err}")
+    out.write_text(f"rank {acc.process_index}: {err}")
 acc.wait_for_everyone()
 acc.end_training()
 """
@@ -104,7 +106,7 @@ def test_processes_without_a_shared_run_folder_stop_together(tmp_path: Path, lay
         env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = sorted(x for x in proc.stdout.splitlines() if x.startswith("rank "))
+    lines = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)]
     if layout == "shared":
         assert lines == ["rank 0: shared", "rank 1: shared"]
     else:  # both raise (rank 0 too), naming the process and both folders
