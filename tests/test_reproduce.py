@@ -73,3 +73,29 @@ def test_the_probe_times_the_step_training_runs(
     measured = probe(load_config("tiny", overrides), "builtin:tiny-sd", steps=2, warmup=1)
     assert calls == [("stage1", True, "AdamW")] * 3 + [("stage2", True, "AdamW")] * 3
     assert set(measured.step_seconds) == {"stage1", "stage2"}
+
+
+def test_a_reward_stage_is_timed_rewarded_and_not_then_weighed_by_its_share(monkeypatch) -> None:
+    """The plan's reward-stage step: the step with every sample rewarded and with none, weighed
+    by the share of timesteps <= reward_timestep_max (201 of 1000 by default)."""
+    from types import SimpleNamespace
+
+    import poseguide.reproduce as reproduce
+    from poseguide.config.schema import LossConfig, StageConfig
+
+    stage = StageConfig(name="stage3", loss=LossConfig(kind="reward"))
+    scheduler = SimpleNamespace(config=SimpleNamespace(num_train_timesteps=1000))
+    config = SimpleNamespace(train=SimpleNamespace(stages=[stage]))
+    parts = SimpleNamespace(scheduler=scheduler)
+    trainer = SimpleNamespace(config=config, frozen=SimpleNamespace(parts=parts))
+    timed = []
+
+    def fake(trainer, index, batch, steps, warmup, stage=None):
+        timed.append(stage.loss)
+        return 10.0 if stage.loss.reward_weight else 2.0
+
+    monkeypatch.setattr(reproduce, "_time_stage", fake)
+    seconds = reproduce._stage_seconds(trainer, 0, {}, 2, 1)
+    assert seconds == pytest.approx(0.201 * 10.0 + 0.799 * 2.0)
+    kinds = [(loss.reward_timestep_max, loss.reward_weight) for loss in timed]
+    assert kinds == [(999, 0.5), (200, 0.0)]

@@ -66,6 +66,8 @@ def _fake_batch(config: Config, parts: Any) -> dict:
     generator = torch.Generator().manual_seed(config.run.seed)
     return {
         "index": torch.arange(b),
+        "rows": list(range(b)),
+        "ids": [f"probe-{i}" for i in range(b)],
         "latent_mean": torch.randn(b, channels, latent, latent, generator=generator),
         "latent_std": torch.full((b, channels, latent, latent), PROBE_LATENT_STD),
         "text_emb": torch.randn(b, tokens, width, generator=generator),
@@ -74,15 +76,16 @@ def _fake_batch(config: Config, parts: Any) -> dict:
     }
 
 
-def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int) -> float:
-    """Seconds per optimizer step of stage ``index``: training's own step
-    (:func:`poseguide.train.step.optimizer_step`) on a fresh stage state (the same optimizer,
-    autocast, gradient checkpointing and clipping as ``poseguide train``)."""
+def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int,
+                stage: Any = None) -> float:  # fmt: skip
+    """Seconds per optimizer step of stage ``index`` (or ``stage`` in its place): training's own
+    step (:func:`poseguide.train.step.optimizer_step`) on a fresh stage state (the same
+    optimizer, autocast, gradient checkpointing and clipping as ``poseguide train``)."""
     from poseguide.train.loop import end_stage, start_stage
     from poseguide.train.step import epoch_key, optimizer_step
     from poseguide.utils.device import synchronize
 
-    stage = trainer.config.train.stages[index]
+    stage = stage or trainer.config.train.stages[index]
     state = start_stage(trainer, index, "unet", None, None, 0, warmup + steps)
     batches = itertools.repeat(batch)
     times = []
@@ -106,7 +109,8 @@ def probe(config: Config, model: str, steps: int = 2, warmup: int = 1) -> Probe:
                      train=replace(config.train, stages=stages))  # fmt: skip
     trainer = make_trainer(config)
     batch = _fake_batch(config, trainer.frozen.parts)
-    seconds = {s.name: _time_stage(trainer, i, batch, steps, warmup) for i, s in enumerate(stages)}
+    seconds = {s.name: _stage_seconds(trainer, i, batch, steps, warmup)
+               for i, s in enumerate(stages)}  # fmt: skip
     parts = trainer.frozen.parts
     pipe = pipeline_from_parts(parts, untrained_controlnet(parts, 0).eval(), config.generate)
     pose = _pose_image(config)
@@ -115,6 +119,24 @@ def probe(config: Config, model: str, steps: int = 2, warmup: int = 1) -> Probe:
     start = time.perf_counter()
     generate(pipe, ["a person"], [pose], [1], config.generate, size=size)
     return Probe(model, str(trainer.frozen.device), seconds, time.perf_counter() - start)
+
+
+def _stage_seconds(trainer: Any, index: int, batch: dict, steps: int, warmup: int) -> float:
+    """A stage's expected seconds per step. A reward stage's step costs more when its samples
+    are rewarded (t <= ``reward_timestep_max``): timed with every sample rewarded and with none,
+    weighed by the share of timesteps rewarded (exact for batch 1, the mean otherwise)."""
+    from poseguide.losses import loss_needs
+
+    stage = trainer.config.train.stages[index]
+    if not loss_needs(stage.loss).reward:
+        return _time_stage(trainer, index, batch, steps, warmup)
+    total = trainer.frozen.parts.scheduler.config.num_train_timesteps
+    share = min(stage.loss.reward_timestep_max + 1, total) / total
+    every = replace(stage, loss=replace(stage.loss, reward_timestep_max=total - 1))
+    none = replace(stage, loss=replace(stage.loss, reward_weight=0.0))
+    rewarded = _time_stage(trainer, index, batch, steps, warmup, every)
+    plain = _time_stage(trainer, index, batch, steps, warmup, none)
+    return share * rewarded + (1 - share) * plain
 
 
 def _usable_stage(config: Config, stage: Any) -> Any:
