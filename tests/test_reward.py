@@ -92,6 +92,49 @@ def test_targets_keep_labelled_people_and_default_their_areas() -> None:
     assert len(target.keypoints) == 2
     np.testing.assert_allclose(target.areas, box_area_from_keypoints(people[[0, 2]]))
     assert reward_target(None, None) is None and reward_target(people[[1]], None) is None
+    # One labelled joint: the default area is 0, every OKS 0 whatever the prediction (no
+    # gradient), so no target; with a real area it is one.
+    single = people[[0]].copy()
+    single[0, 1:, 2] = 0
+    assert reward_target(single, None) is None
+    assert len(reward_target(single, np.array([300.0])).keypoints) == 1
+
+
+class _Anchors:
+    """An estimator whose one anchor has the given box and keypoints (score 1)."""
+
+    conf, heatmap_sigma, heatmap_stride, device = 0.25, 2.0, 4, torch.device("cpu")
+
+    def __init__(self, box: list[float], keypoints: torch.Tensor) -> None:
+        self.box, self.keypoints = box, keypoints
+
+    def anchors(self, images: torch.Tensor):
+        from poseguide.pose.estimator import AnchorPredictions
+
+        b = images.shape[0]
+        kpts = torch.cat([self.keypoints, torch.ones(17, 1)], dim=-1)
+        return AnchorPredictions(torch.tensor([[self.box]] * b), torch.ones(b, 1),
+                                 kpts[None, None].expand(b, 1, 17, 3),
+                                 (images.shape[-1], images.shape[-2]))  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["oks", "heatmap"])
+def test_an_unmatched_person_costs_at_least_the_worst_matched_prediction(kind: str) -> None:
+    """Maximal loss for a person no anchor overlaps: no prediction that is matched, however
+    far its keypoints are from the target's, costs more."""
+    target = reward_target(_people(np.random.default_rng(4), 1, size=60), None)
+    xy = torch.from_numpy(target.keypoints[0, :, :2]).float()
+    images = torch.zeros(1, 3, 128, 128)
+    x0, y0 = xy.min(0).values.tolist()
+    x1, y1 = xy.max(0).values.tolist()
+    costs = {}
+    for name, box, keypoints in (("exact", [x0, y0, x1, y1], xy),
+                                 ("far", [x0, y0, x1, y1], xy + 40.0),
+                                 ("unmatched", [200.0, 200.0, 240.0, 240.0], xy)):  # fmt: skip
+        out = reward_terms(images, [target], _Anchors(box, keypoints), kind, None)
+        costs[name] = float(out["reward"][0])
+        assert float(out["unmatched"][0]) == (1.0 if name == "unmatched" else 0.0)
+    assert costs["exact"] < 1e-6 < costs["far"] <= costs["unmatched"] * (1 + 1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +263,17 @@ def test_an_fp16_vae_decodes_the_reward_in_a_wide_range_copy(tiny_sd: str, astro
     assert bool(torch.isfinite(out["loss"]).all()) and float(out["rewarded"][0]) == 1
     (grad,) = torch.autograd.grad(out["loss"].sum(), pred)
     assert bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0
+
+
+def test_an_end_to_end_pose_model_is_refused_for_the_reward() -> None:
+    """An NMS-free head (YOLO26-style ``end2end``) returns its own top-k, not every anchor: the
+    reward says so in one line instead of misreading the output."""
+    from types import SimpleNamespace
+
+    from poseguide.errors import InputError
+    from poseguide.pose.estimator import YoloPoseEstimator
+
+    estimator = YoloPoseEstimator("yolo26n-pose.pt", device="cpu")
+    estimator._network = SimpleNamespace(end2end=True)
+    with pytest.raises(InputError, match="end-to-end .* YOLOv8 or YOLO11"):
+        estimator.anchors(torch.zeros(1, 3, 64, 64))

@@ -53,19 +53,20 @@ class RewardTarget:
 
 def reward_target(keypoints: np.ndarray | None, areas: np.ndarray | None,
                   pseudo: bool = False) -> RewardTarget | None:  # fmt: skip
-    """The sample's target people (those with a labelled joint), or None when it has none.
-    Without areas, ``0.53 * w * h`` of the labelled joints' box stands in (ultralytics' rule,
-    as the evaluation uses)."""
+    """The sample's target people, or None when it has none. A target has a labelled joint
+    and an area > 0: without areas, ``0.53 * w * h`` of the labelled joints' box stands in
+    (ultralytics' rule, as the evaluation uses), which is 0 for one joint or joints on a line;
+    OKS is then 0 whatever the prediction (no gradient), so such a person is no target."""
     if keypoints is None or len(keypoints) == 0:
         return None
     people = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_COCO17, 3)
-    labelled = (people[..., 2] > 0).any(axis=1)
-    if not labelled.any():
-        return None
     if areas is None:
         areas = box_area_from_keypoints(people)
     areas = np.asarray(areas, dtype=np.float64).reshape(-1)
-    return RewardTarget(people[labelled], areas[labelled], pseudo)
+    kept = (people[..., 2] > 0).any(axis=1) & (areas > 0)
+    if not kept.any():
+        return None
+    return RewardTarget(people[kept], areas[kept], pseudo)
 
 
 def predicted_clean_latents(scheduler: Any, noisy: torch.Tensor, output: torch.Tensor,
@@ -143,31 +144,37 @@ def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
                                           keep_grad=True) for p in people])  # fmt: skip
 
 
-def person_losses(anchors: Any, b: int, target: RewardTarget, reward_loss: str, scale: float,
-                  estimator: Any) -> dict:  # fmt: skip
+def person_losses(anchors: Any, b: int, target: RewardTarget, reward_loss: str,
+                  scale: tuple[float, float], estimator: Any) -> dict:  # fmt: skip
     """Loss, OKS and matched flag per target person of sample ``b`` of ``anchors``
-    (:class:`poseguide.pose.estimator.AnchorPredictions` on an image ``scale`` times the
-    training resolution)."""
+    (:class:`poseguide.pose.estimator.AnchorPredictions` on an image ``scale`` = (x, y) times
+    the training resolution)."""
     device, conf = anchors.keypoints.device, estimator.conf
     heatmap_sigma, heatmap_stride = estimator.heatmap_sigma, estimator.heatmap_stride
     people = to_device(torch.from_numpy(target.keypoints.astype(np.float32)), device)
     areas = to_device(torch.from_numpy(target.areas.astype(np.float32)), device)
-    scaled = torch.cat([people[..., :2] * scale, people[..., 2:]], dim=-1)
+    factor = torch.tensor(scale, dtype=people.dtype, device=device)
+    scaled = torch.cat([people[..., :2] * factor, people[..., 2:]], dim=-1)
     index, best = match_anchors(anchors.boxes[b], anchors.scores[b], scaled, conf)
-    pred_xy = anchors.keypoints[b, index, :, :2] / scale  # back to training pixels
+    pred_xy = anchors.keypoints[b, index, :, :2] / factor  # back to training pixels
     matched = best > 0
     oks = soft_oks(pred_xy, people, areas)
     if reward_loss == "oks":
         loss = torch.where(matched, 1.0 - oks, torch.ones_like(oks))
     else:
         w, h = anchors.image_size
-        size = (round(w / scale), round(h / scale))
+        size = (round(w / scale[0]), round(h / scale[1]))
         grid = (max(size[0] // heatmap_stride, 1), max(size[1] // heatmap_stride, 1))
         labelled = people[..., 2] > 0
         want = _heatmaps(people[..., :2], labelled, size, grid, heatmap_sigma)
         got = _heatmaps(pred_xy, labelled, size, grid, heatmap_sigma)
         per_joint = ((got - want) ** 2).mean(dim=(-1, -2))  # (P, 17)
-        worst = (want**2).mean(dim=(-1, -2))  # the loss of predicting no joint at all
+        # The maximal loss: a prediction whose maps do not overlap the target's costs the two
+        # maps' energies, mean(got^2) + mean(want^2); a predicted map is at most a whole
+        # Gaussian (one drawn at the centre), a target's near the border is cut.
+        centre = torch.tensor([size[0] / 2, size[1] / 2], device=device).expand_as(people[..., :2])
+        whole = _heatmaps(centre, labelled, size, grid, heatmap_sigma)
+        worst = ((whole**2) + want**2).mean(dim=(-1, -2))
         lab = labelled.float()
         loss = torch.where(matched, (per_joint * lab).sum(1), (worst * lab).sum(1)) / lab.sum(1)
     return {"loss": loss, "oks": torch.where(matched, oks, torch.zeros_like(oks)),
@@ -183,10 +190,11 @@ def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: A
     similarity (P, 17; NaN on unlabelled joints) and the matched flags (``explain-loss``)."""
     if reward_loss not in REWARD_LOSSES:
         raise ValueError(f"reward_loss {reward_loss!r}: expected one of {REWARD_LOSSES}")
-    scale = 1.0
+    scale = (1.0, 1.0)
     if resolution is not None and resolution != images.shape[-1]:
-        scale = resolution / images.shape[-1]
-        size = (resolution, round(images.shape[-2] * scale))
+        h, w = images.shape[-2:]
+        size = (resolution, max(round(h * resolution / w), 1))  # (width, height)
+        scale = (size[0] / w, size[1] / h)
         images = F.interpolate(images, size=size[::-1], mode="bilinear", antialias=True,
                                align_corners=False)  # fmt: skip
     anchors = estimator.anchors(images.to(estimator.device))

@@ -245,12 +245,24 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: threads standing in for processes then each compute alone. (Two
+    Python threads in torch's intra-op pool at once can run an op on fewer threads than one
+    alone, which sums in another order: a float difference, not a bug of the build.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_a_build_shared_by_processes_is_the_one_a_single_process_makes(
-    tmp_path: Path, parts, monkeypatch
+    tmp_path: Path, parts, monkeypatch, one_thread
 ) -> None:
     """Processes (threads here) build their shares of the shards: the folder is byte for byte
     the single process's. One that fails stops them all (its error, the others name it); the
-    next shared build finishes the holes it left; a damaged shard is rebuilt by its owner."""
+    next shared build finishes the holes it left; a damaged shard is rebuilt by its owner.
+    (Real processes: tests/train/test_shared.py.)"""
     from helpers import run_as_team
 
     from poseguide.data.record import RowError
@@ -401,12 +413,29 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
 
     dataset = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache)
     batch = collate([dataset[i] for i in range(3)])
-    assert batch["pseudo"] == [False, True, True]
+    # Only the reward reads them: the rows' own keypoints stay None for every other loss.
+    assert batch["keypoints"][0] is not None and batch["keypoints"][1:] == [None, None]
+    assert batch["pseudo_keypoints"][0] is None
     placement = prepare(source.load(1), 1, cfg, "controlnet10", seed=0, epoch=0).placement
-    assert np.array_equal(batch["keypoints"][1], place_keypoints(keypoints, placement))
+    assert np.array_equal(batch["pseudo_keypoints"][1], place_keypoints(keypoints, placement))
     scale = placement.scale[0] * placement.scale[1]
-    assert batch["areas"][1] == pytest.approx(areas * scale)
-    assert batch["keypoints"][2].shape == (0, 17, 3)
+    assert batch["pseudo_areas"][1] == pytest.approx(areas * scale)
+    assert batch["pseudo_keypoints"][2].shape == (0, 17, 3)
+    from poseguide.train.step import _reward_target
+
+    targets = [_reward_target(batch, i, "reward") for i in range(3)]
+    assert [t is not None and t.pseudo for t in targets[:2]] == [False, True]
+    assert targets[2] is None  # nobody found: the row is not rewarded
+
+    # explain-loss computes a row's pseudo ground truth by the cache's own rule.
+    from poseguide.config import Config
+    from poseguide.config.schema import LossConfig, StageConfig, TrainConfig
+    from poseguide.train.explain import _pseudo
+
+    run = Config(data=cfg, train=TrainConfig(stages=[StageConfig(loss=LossConfig(kind="reward"))]))
+    explained = _pseudo(run, source, 1, cfg)
+    assert np.array_equal(explained[0], batch["pseudo_keypoints"][1])
+    assert explained[1] == pytest.approx(batch["pseudo_areas"][1])
 
 
 def test_a_reward_without_keypoints_or_cache_names_the_row(tiny_sd: str) -> None:

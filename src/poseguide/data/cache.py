@@ -295,7 +295,7 @@ def _encode_rows(source: Source, chunk: list[int], cfg: DataConfig, parts: Any, 
         samples = [source.load(i) for i in rows]
         captions += [s.caption for s in samples]
         if estimator is not None:
-            people += _pseudo_rows(estimator, samples)
+            people += pseudo_rows(estimator, samples)
         for flip in variants:
             pixels = torch.stack(
                 [image_to_tensor(prepare(s, i, cfg, style, seed, 0, flip=flip).image)
@@ -312,7 +312,7 @@ def _encode_rows(source: Source, chunk: list[int], cfg: DataConfig, parts: Any, 
     return tensors, captions
 
 
-def _pseudo_rows(estimator: Any, samples: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def pseudo_rows(estimator: Any, samples: list) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per sample: None when it has keypoints of its own, else the estimator's pseudo ground
     truth on its original image (uint8, ultralytics' own preprocessing)."""
     from poseguide.pose.api import pseudo_ground_truth

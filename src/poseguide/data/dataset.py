@@ -16,7 +16,9 @@ key                shape / type                   meaning
 ``text_emb``       (B, 77, D) float32             cached text embedding (cache only)
 ``keypoints``      list[(P, 17, 3) | None]        ground truth in training pixels
 ``areas``          list[(P,) | None]              the people's areas in training pixels^2
-``pseudo``         list[bool]                     keypoints are pseudo ground truth (cache)
+``pseudo_keypoints`` list[(P, 17, 3) | None]      a row without keypoints: pseudo ground truth
+                                                 (cache, reward stages; training pixels)
+``pseudo_areas``   list[(P,) | None]              their areas in training pixels^2
 ``flipped``        (B,) bool                      whether the row was mirrored
 =================  =============================  ===============================================
 
@@ -59,6 +61,15 @@ class LatentLookup(Protocol):
     def pseudo(self, index: int) -> tuple[np.ndarray, np.ndarray] | None: ...
 
 
+def placed(people: tuple[np.ndarray, np.ndarray], placement: Any) -> tuple[np.ndarray, ...]:
+    """Pseudo ground truth ((P, 17, 3) keypoints, (P,) areas in the original image's pixels)
+    moved onto the training canvas like the image (areas scale with both axes)."""
+    from poseguide.pose.transforms import place_keypoints
+
+    sx, sy = placement.scale
+    return place_keypoints(people[0], placement), people[1] * sx * sy
+
+
 class PoseDataset(Dataset):
     """Training examples from a source: prepared images, or cached latents when available (the
     image is then not decoded at all: keypoints, caption, pose image and the size from the
@@ -99,16 +110,13 @@ class PoseDataset(Dataset):
             "areas": item.areas,
             "flipped": item.flipped,
             "replaced": replaced,
-            "pseudo": False,
+            "pseudo_keypoints": None,
+            "pseudo_areas": None,
         }
         own = item.keypoints is not None or self.cache is None
         found = None if own else self.cache.pseudo(index)
-        if found is not None:  # a row without keypoints: the estimator's, placed like the image's
-            from poseguide.pose.transforms import place_keypoints
-
-            sx, sy = item.placement.scale
-            out.update(keypoints=place_keypoints(found[0], item.placement),
-                       areas=found[1] * sx * sy, pseudo=True)  # fmt: skip
+        if found is not None:  # only the reward reads them: keypoints stay None
+            out["pseudo_keypoints"], out["pseudo_areas"] = placed(found, item.placement)
         if self.cache is None:
             out["pixel_values"] = image_to_tensor(item.image, low=-1.0)
         else:
@@ -146,7 +154,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "captions": [it["caption"] for it in items],
         "keypoints": [it["keypoints"] for it in items],
         "areas": [it.get("areas") for it in items],
-        "pseudo": [bool(it.get("pseudo", False)) for it in items],
+        "pseudo_keypoints": [it.get("pseudo_keypoints") for it in items],
+        "pseudo_areas": [it.get("pseudo_areas") for it in items],
         "flipped": torch.tensor([it["flipped"] for it in items], dtype=torch.bool),
         "replaced": [r for it in items for r in it.get("replaced", [])],
     }

@@ -466,6 +466,11 @@ class YoloPoseEstimator:
         from ultralytics.utils import ops
 
         net = self.network
+        if getattr(net, "end2end", False):  # its head returns the top-k after its own selection
+            raise InputError(
+                f"{self.weights}: an end-to-end (NMS-free) pose model has no per-anchor output "
+                "for the reward; use a YOLOv8 or YOLO11 pose model (e.g. yolo11n-pose.pt)"
+            )
         h, w = batch.shape[-2:]
         x = letterbox(batch.float(), self.imgsz, int(net.stride))
         preds = net(x)

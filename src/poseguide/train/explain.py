@@ -74,13 +74,31 @@ def explain_loss(
     source = open_source(config.data.train, config.data.max_image_pixels)
     row = _row(source, sample_id)
     data = replace(config.data, hflip=0.0, caption_dropout=0.0)
-    batch = collate(
-        [PoseDataset(source, [row], data, config.pose.render.style, config.run.seed)[0]]
-    )
+    dataset = PoseDataset(source, [row], data, config.pose.render.style, config.run.seed)
+    item = dataset[0]
+    if item["keypoints"] is None and spec.loss.kind == "reward":
+        item["pseudo_keypoints"], item["pseudo_areas"] = _pseudo(config, source, row, data)
+    batch = collate([item])
     model = _controlnet(config, trainer.frozen, index, controlnet)
     with torch.no_grad():  # the training step's own code, the row's own noise (epoch 0)
         terms = loss_terms(trainer, model, batch, spec, epoch_key(index, 0), timestep, debug=True)
     return _write(out, spec, batch, terms, timestep, sample_id)
+
+
+def _pseudo(config: Config, source: Any, row: int, data: Any) -> tuple[np.ndarray, ...]:
+    """The row's pseudo ground truth on the training canvas, by the latent cache's own rule
+    (:func:`poseguide.data.cache.pseudo_rows`: ``pose.estimator`` on the original image)."""
+    from poseguide.data.cache import pseudo_rows
+    from poseguide.data.dataset import placed
+    from poseguide.data.preprocess import prepare
+    from poseguide.losses import pseudo_estimator_config
+    from poseguide.pose.api import estimator_from_config
+
+    sample = source.load(row)
+    estimator = estimator_from_config(pseudo_estimator_config(config))
+    found = pseudo_rows(estimator, [sample])[0]
+    item = prepare(sample, row, data, config.pose.render.style, config.run.seed, 0)
+    return placed(found, item.placement)
 
 
 def _write(out: str | Path, spec: Any, batch: dict, terms: dict, t: int, sample_id: str) -> dict:

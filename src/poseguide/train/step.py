@@ -228,24 +228,31 @@ def _reward_inputs(trainer: Trainer, stage: StageConfig, batch: dict, inputs: St
 
     if not loss_needs(stage.loss).reward:
         return None
-    from poseguide.reward import RewardInputs, reward_target
+    from poseguide.reward import RewardInputs
 
     targets = batch.get("reward_targets")
     if targets is None:
-        n = len(batch["keypoints"])
-        areas, pseudo = batch.get("areas") or [None] * n, batch.get("pseudo") or [False] * n
-        missing = [i for i, k in zip(batch["ids"], batch["keypoints"], strict=True) if k is None]
-        if missing:
-            raise TrainingError(
-                f"row {missing[0]}: no keypoints for stage {stage.name!r}'s reward; rows without "
-                "keypoints take pseudo ground truth stored with the latent cache: set "
-                "data.cache.enabled=true (or use a source with keypoints)"
-            )
-        targets = [reward_target(k, a, p) for k, a, p in
-                   zip(batch["keypoints"], areas, pseudo, strict=True)]  # fmt: skip
+        targets = [_reward_target(batch, i, stage.name) for i in range(len(batch["keypoints"]))]
     parts = trainer.frozen.parts
     return RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps, targets,
                         trainer.reward_estimator(stage), parts.vae)  # fmt: skip
+
+
+def _reward_target(batch: dict, i: int, stage: str) -> Any:
+    """Row ``i``'s reward target: its keypoints, else its pseudo ground truth (the cache's)."""
+    from poseguide.reward import reward_target
+
+    keypoints, areas = batch["keypoints"][i], batch.get("areas")
+    if keypoints is not None:
+        return reward_target(keypoints, areas[i] if areas else None)
+    pseudo = batch.get("pseudo_keypoints")
+    if pseudo and pseudo[i] is not None:
+        return reward_target(pseudo[i], batch["pseudo_areas"][i], pseudo=True)
+    raise TrainingError(
+        f"row {batch['ids'][i]}: no keypoints for stage {stage!r}'s reward; rows without "
+        "keypoints take pseudo ground truth stored with the latent cache: set "
+        "data.cache.enabled=true (or use a source with keypoints)"
+    )
 
 
 @dataclass
