@@ -246,11 +246,23 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def one_thread():
-    """One intra-op thread: threads standing in for processes then each compute alone. (Two
-    Python threads in torch's intra-op pool at once can run an op on fewer threads than one
-    alone, which sums in another order: a float difference, not a bug of the build.)"""
-    threads = torch.get_num_threads()
+def one_thread(monkeypatch):
+    """Threads standing in for processes share what real processes each have their own of:
+    torch's intra-op pool (two Python threads in it at once can run an op on fewer threads,
+    summing in another order) and the fast tokenizer, which is not thread-safe (its padding
+    state is per tokenizer: concurrent calls fail or pad wrongly). So: one intra-op thread, and
+    the text encoded by one thread at a time."""
+    import threading
+
+    import poseguide.models as models
+
+    threads, real, lock = torch.get_num_threads(), models.encode_prompts, threading.Lock()
+
+    def one_at_a_time(*args, **kwargs):
+        with lock:
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "encode_prompts", one_at_a_time)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
@@ -312,7 +324,7 @@ def test_a_build_shared_by_processes_is_the_one_a_single_process_makes(
 
 
 def test_a_manifest_that_cannot_be_written_stops_every_process(
-    tmp_path: Path, parts, monkeypatch
+    tmp_path: Path, parts, monkeypatch, one_thread
 ) -> None:
     from helpers import run_as_team
 
