@@ -122,16 +122,21 @@ def match_anchors(anchor_boxes: torch.Tensor, scores: torch.Tensor, people: torc
     return index, best
 
 
-def soft_oks(pred_xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
-    """(P,) OKS of predicted (P, 17, 2) positions against target people (P, 17, 3) with areas
-    (P,), differentiable in ``pred_xy``: pycocotools' ``computeOks`` in its order of operations
-    (``d^2 / (2 sigma)^2 / (area + eps) / 2``, labelled joints only)."""
+def joint_similarity(pred_xy: torch.Tensor, people: torch.Tensor,
+                     areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(P, 17) per-joint similarity ``exp(-e)`` of predicted (P, 17, 2) positions to target
+    people (P, 17, 3) with areas (P,), differentiable in ``pred_xy``: pycocotools'
+    ``computeOks`` in its order of operations (``e = d^2 / (2 sigma)^2 / (area + eps) / 2``)."""
     sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=pred_xy.dtype), pred_xy.device)
     variances = (sigmas * 2) ** 2
     dx, dy = pred_xy[..., 0] - people[..., 0], pred_xy[..., 1] - people[..., 1]
-    e = (dx**2 + dy**2) / variances / (areas[:, None] + AREA_EPS) / 2
+    return torch.exp(-((dx**2 + dy**2) / variances / (areas[:, None] + AREA_EPS) / 2))
+
+
+def soft_oks(pred_xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(P,) OKS: :func:`joint_similarity` averaged over each person's labelled joints."""
     labelled = (people[..., 2] > 0).to(pred_xy.dtype)
-    return (torch.exp(-e) * labelled).sum(1) / labelled.sum(1)
+    return (joint_similarity(pred_xy, people, areas) * labelled).sum(1) / labelled.sum(1)
 
 
 def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
@@ -214,12 +219,11 @@ def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: A
 def _details(per: dict) -> dict:
     """What ``explain-loss`` shows of one sample: matched keypoints, per-joint similarity."""
     xy, people = per["keypoints"].detach(), per["people"]
-    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=xy.dtype), xy.device)
-    d2 = ((xy - people[..., :2]) ** 2).sum(-1)
-    similarity = torch.exp(-d2 / (sigmas * 2) ** 2 / (per["areas"][:, None] + AREA_EPS) / 2)
+    similarity = joint_similarity(xy, people, per["areas"])
     labelled = people[..., 2] > 0
-    joint = torch.where(labelled & per["matched"][:, None], similarity, torch.zeros_like(d2))
-    joint = torch.where(labelled, joint, torch.full_like(d2, float("nan")))
+    joint = torch.where(labelled & per["matched"][:, None], similarity,
+                        torch.zeros_like(similarity))  # fmt: skip
+    joint = torch.where(labelled, joint, torch.full_like(similarity, float("nan")))
     return {"keypoints": xy.cpu(), "joint_oks": joint.cpu(), "matched": per["matched"].cpu()}
 
 

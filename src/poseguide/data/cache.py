@@ -325,6 +325,12 @@ def pseudo_rows(estimator: Any, samples: list) -> list[tuple[np.ndarray, np.ndar
     return out
 
 
+def _pseudo_counts(people: torch.Tensor) -> dict[str, int]:
+    """A shard's rows with pseudo ground truth and their people (``pseudo_people``: -1 for a
+    row with keypoints of its own)."""
+    return {"rows": int((people >= 0).sum()), "people": int(people.clamp_min(0).sum())}
+
+
 def _pseudo_tensors(people: list[tuple[np.ndarray, np.ndarray] | None]) -> dict[str, torch.Tensor]:
     """A shard's pseudo ground truth: ``pseudo_people`` (N,) int32 (-1: the row has keypoints
     of its own), ``pseudo_keypoints`` (N, P, 17, 3) and ``pseudo_areas`` (N, P) float32,
@@ -445,20 +451,17 @@ def build_cache(
         return _info(folder, found, 0)
     plan = _Plan(folder, rebuild, team, progress)
 
-    estimator: list = []  # built on the first shard that needs it
+    estimator = None  # its weights load on its first use
+    if pseudo is not None:
+        from poseguide.pose.api import estimator_from_config
+
+        estimator = estimator_from_config(pseudo)
 
     def latents(chunk: list[int]) -> tuple[dict, dict]:
-        if pseudo is not None and not estimator:
-            from poseguide.pose.api import estimator_from_config
-
-            estimator.append(estimator_from_config(pseudo))
-        found = estimator[0] if estimator else None
-        tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed, found)
+        tensors, caps = _encode_rows(source, chunk, cfg, parts, style, seed, estimator)
         meta = {"rows": chunk, "captions": caps, "key": digest}
-        if found is not None:
-            counts = tensors["pseudo_people"]
-            meta["pseudo"] = {"rows": int((counts >= 0).sum()),
-                              "people": int(counts.clamp_min(0).sum())}  # fmt: skip
+        if estimator is not None:
+            meta["pseudo"] = _pseudo_counts(tensors["pseudo_people"])
         return tensors, meta
 
     def text(chunk: list[str]) -> tuple[dict, dict]:
