@@ -166,7 +166,17 @@ class Trainer:
         """The pose estimator the stage's loss needs, on the training device; None if none."""
         from poseguide.losses import stage_estimator_config
 
-        cfg = stage_estimator_config(self.config, stage)
+        return self._estimator(stage_estimator_config(self.config, stage))
+
+    def reward_estimator(self, stage: StageConfig) -> Any:
+        """The pose estimator of the stage's reward (shared with the mask's when the configs
+        are equal); None for a stage without a reward."""
+        from poseguide.losses import reward_estimator_config
+
+        return self._estimator(reward_estimator_config(self.config, stage))
+
+    def _estimator(self, cfg: Any) -> Any:
+        """One estimator per distinct config, built once, on the training device."""
         if cfg is None:
             return None
         key = repr(cfg)
@@ -176,18 +186,6 @@ class Trainer:
             device = str(self.frozen.device)
             self.estimators[key] = estimator_from_config(replace(cfg, device=device))
         return self.estimators[key]
-
-    def reward_estimator(self, stage: StageConfig) -> Any:
-        """The pose estimator of the stage's reward (shared with the mask's when the configs
-        are equal); None for a stage without a reward."""
-        from poseguide.losses import reward_estimator_config
-
-        cfg = reward_estimator_config(self.config, stage)
-        if cfg is None:
-            return None
-        return self.estimator(replace(stage, loss=replace(stage.loss, kind="heatmap",
-                                                          source="predicted_error",
-                                                          estimator=cfg)))  # fmt: skip
 
 
 def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfig, key: int,
