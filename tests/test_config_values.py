@@ -204,9 +204,19 @@ def test_the_first_stage_cannot_start_from_a_previous_one() -> None:
     assert subset.stages[0].name == "stage2"
 
 
-@pytest.mark.parametrize("init", ["stage:stage1", "originals", "", "  ", "stage:"])
+@pytest.mark.parametrize("init", ["originals", "", "  ", "stage:"])
 def test_stage_init_refuses_what_cannot_start_a_stage(init: str) -> None:
     _refused([f"train.stages.stage2.init='{init}'"], "train.stages.1.init:", repr(init))
+
+
+def test_stage_init_may_name_an_earlier_stage_only() -> None:
+    config = load_config("mini")
+    assert [s.init for s in config.train.stages[1:]] == ["stage:stage1"] * 3
+    assert load_config("tiny", ["train.stages.stage2.init=stage:stage1"]).train.stages[1].init
+    _refused(["train.stages.stage2.init=stage:stage2"], "train.stages.1.init:",
+             "not an earlier stage", "['stage1']")  # fmt: skip
+    _refused(["train.stages.stage1.init=stage:stage2"], "train.stages.0.init:", "none")
+    _refused(["train.stages.stage2.init=stage:nope"], "'stage:nope'")
 
 
 @pytest.mark.parametrize(

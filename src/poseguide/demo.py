@@ -144,11 +144,31 @@ def _banner(text: str) -> None:
     print(f"\n=== poseguide demo: {text} ===", flush=True)
 
 
+def _cell(summary: dict | None, digits: int, ci: bool = True) -> str:
+    """``mean [low, high]`` of a metrics.json summary, ``n/a`` when missing."""
+    if not summary or summary.get("mean") is None or summary["mean"] != summary["mean"]:
+        return "n/a"
+    text = f"{summary['mean']:.{digits}f}"
+    low, high = summary.get("ci_low"), summary.get("ci_high")
+    if ci and low is not None and high is not None and low == low:
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
 def _print_table(metrics: dict) -> None:
-    print(f"\n{'model':<12} {'CLIP score ↑':>14} {'LPIPS ↓':>9} {'OKS ↑':>7}  (n)")
+    """The terminal summary: per model OKS and pose-specific OKS with 95% intervals, detection
+    rate, CLIP and LPIPS; then the configured paired comparisons."""
+    header = (f"\n{'model':<10} {'OKS ↑ [95% CI]':>22} {'pose-specific ↑':>22} {'detected':>9} "
+              f"{'CLIP':>7} {'LPIPS':>7}  (n)")  # fmt: skip
+    print(header)
     for name, m in metrics["models"].items():
-        cells = []
-        for key, width, digits in (("clip", 14, 2), ("lpips", 9, 3), ("oks", 7, 3)):
-            value = m[key]["mean"]
-            cells.append(f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}")
-        print(f"{name:<12} {' '.join(cells)}  ({m['n']})")
+        print(f"{name:<10} {_cell(m.get('oks'), 3):>22} "
+              f"{_cell(m.get('pose_specific_oks'), 3):>22} "
+              f"{_cell(m.get('detection_rate'), 2, ci=False):>9} "
+              f"{_cell(m.get('clip'), 2, ci=False):>7} {_cell(m.get('lpips'), 3, ci=False):>7}"
+              f"  ({m['n']})")  # fmt: skip
+    for c in metrics.get("comparisons") or []:
+        print(
+            f"  {c['model']} − {c['against']}: ΔOKS {_cell(c['oks'], 3)}, "
+            f"Δ pose-specific {_cell(c['pose_specific_oks'], 3)}"
+        )

@@ -301,7 +301,7 @@ def run_generate(
     if pose_input.kind == "photo" and estimator is None:
         estimator = estimator_from_config(config.pose.estimator)
     render = config.pose.render
-    cond = pose_condition(pose_input, size, render.style, estimator, render.min_score)
+    cond = pose_condition(pose_input, size, render, estimator, render.min_score)
     target = (cond.source_size or size) if output_size == "source" else output_size
     device = resolve_device(config.run.device)
     model = config.model

@@ -452,3 +452,20 @@ def test_a_pose_file_size_must_be_whole_numbers(tmp_path, width) -> None:
     json_file = _pose_file(tmp_path / "p.json", person, width=width, height=64)
     with pytest.raises(KeypointError, match="must be two whole numbers"):
         read_pose(json_file)
+
+
+def test_render_section_sets_the_limb_and_joint_sizes() -> None:
+    """A ``pose.render`` section draws with its own sizes; its defaults are the annotators'."""
+    from poseguide.config.schema import RenderConfig
+    from poseguide.synth import make_sample
+
+    people = make_sample(1, 0, (128, 128), 0.0).keypoints
+    for style in ("controlnet10", "controlnet_aux"):
+        plain = render_skeleton(people, (128, 128), style)
+        assert np.array_equal(render_skeleton(people, (128, 128), RenderConfig(style=style)), plain)
+        thin = render_skeleton(people, (128, 128), RenderConfig(style=style, limb_width=1,
+                                                                   joint_radius=1))  # fmt: skip
+        drawn, thin_drawn = (plain.max(-1) > 0).sum(), (thin.max(-1) > 0).sum()
+        assert 0 < thin_drawn < 0.6 * drawn
+        # every thin pixel lies inside the thick drawing (same skeleton, smaller pen)
+        assert ((thin.max(-1) > 0) & (plain.max(-1) == 0)).sum() == 0

@@ -219,3 +219,21 @@ def test_it_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(losses) == 200
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last <= 0.7 * first, (first, last)
+
+
+def test_arms_branch_from_an_earlier_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``init: stage:NAME`` starts from that stage's export, not from the previous stage's."""
+    monkeypatch.chdir(tmp_path)
+    stages = [
+        {"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 1, "lr": 1e-3},
+        {"name": "far", "loss": {"kind": "denoising"}, "epochs": 1, "lr": 0.5},
+        {"name": "arm", "init": "stage:stage1", "loss": {"kind": "denoising"}, "epochs": 1,
+         "lr": 1e-12},
+    ]  # fmt: skip
+    write_config(tmp_path, train={"stages": stages, "batch_size": 4})
+    assert main(["train", "config.yaml"]) == 0
+    stage1, far, arm = (export_weights(tmp_path, s) for s in ("stage1", "far", "arm"))
+    moved = [k for k in stage1 if not torch.allclose(stage1[k], far[k], atol=1e-4)]
+    assert moved  # the big-lr stage moved away from stage 1
+    for key in stage1:  # the arm took a negligible step from stage 1's export
+        torch.testing.assert_close(arm[key], stage1[key], atol=1e-6, rtol=0)

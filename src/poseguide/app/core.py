@@ -269,7 +269,7 @@ class AppBackend:
         if len(people) > MAX_PEOPLE:
             raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
         render = self.config.pose.render
-        cond = pose_condition(PoseInput.keypoints(people, canvas), self.size, render.style)
+        cond = pose_condition(PoseInput.keypoints(people, canvas), self.size, render)
         data = pose_to_json(people, size=canvas)
         text = json.dumps(data)
         # One file per distinct pose: the download keeps the name pose.json.
@@ -302,7 +302,7 @@ class AppBackend:
         start = time.perf_counter()
         render = self.config.pose.render
         found = pose_condition(
-            PoseInput.photo(image, source=name), image.size, render.style, self.estimator,
+            PoseInput.photo(image, source=name), image.size, render, self.estimator,
             render.min_score,
         )  # fmt: skip
         people = found.people[(found.people[..., 2] > 0).any(axis=1)]

@@ -73,12 +73,17 @@ class EstimatorConfig:
 class RenderConfig:
     style: RenderStyle = "controlnet10"  # ControlNet 1.0 annotator or controlnet_aux drawing
     min_score: float = 0.3  # estimated joints below this confidence are not drawn
+    # Sizes in canvas pixels; the annotators' 4 and 4 suit 512 px, small images want thinner.
+    limb_width: int = 4  # limb half-width (the annotators' stickwidth)
+    joint_radius: int = 4
     # Larger skeleton canvases are refused (40000 x 40000 would be a 4.8 GB image).
     max_canvas_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
         _unit_interval("min_score", self.min_score)
         _positive("max_canvas_pixels", self.max_canvas_pixels)
+        _positive("limb_width", self.limb_width)
+        _positive("joint_radius", self.joint_radius)
 
 
 @dataclass
@@ -233,7 +238,9 @@ class StageConfig:
     warmup_steps: int = 0
     # Where the ControlNet starts: "unet" (ControlNetModel.from_unet), "previous" (the previous
     # stage's final weights), or a ControlNet folder or hub id (e.g. the baseline
-    # lllyasviel/sd-controlnet-openpose). null = "unet" for the first stage, else "previous".
+    # lllyasviel/sd-controlnet-openpose), or "stage:NAME" (the final weights of an earlier stage
+    # NAME of this run: arms that branch from one stage). null = "unet" for the first stage,
+    # else "previous".
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -264,11 +271,12 @@ class StageConfig:
         if self.init is None:
             return
         text = self.init.strip()
-        if text in NOT_STAGE_INITS or text.startswith(STAGE_REF_PREFIX) or not text:
+        if text in NOT_STAGE_INITS or text == STAGE_REF_PREFIX or not text:
             raise _invalid("init", f"{self.init!r} cannot start a stage: use "
                            f"'{UNTRAINED_INIT}', '{PREVIOUS_INIT}' (the previous stage's "
-                           "export), a ControlNet folder (another run's exports/NAME) or a hub "
-                           "id, or null for the default")  # fmt: skip
+                           f"export), '{STAGE_REF_PREFIX}NAME' (an earlier stage's export), a "
+                           "ControlNet folder (another run's exports/NAME) or a hub id, or null "
+                           "for the default")  # fmt: skip
 
 
 @dataclass
@@ -405,6 +413,9 @@ class EvalConfig:
     fid: bool = False  # also FID and KID against the originals (torchmetrics)
     bootstrap: int = 1000  # resamples for the confidence intervals
     confidence: float = 0.95
+    # [model, against] pairs: the per-row paired difference of OKS and pose-specific OKS with a
+    # bootstrap interval (an arm against its control, a stage against the baseline)
+    compare: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -417,6 +428,11 @@ class EvalConfig:
         _positive("bootstrap", self.bootstrap, allow_zero=True)
         if not 0 < self.confidence < 1:
             raise _invalid("confidence", f"must be in (0, 1), got {self.confidence!r}")
+        for pair in self.compare:
+            unknown = [name for name in pair if name not in names]
+            if unknown or len(pair) != 2 or pair[0] == pair[1]:
+                raise _invalid("compare", f"{list(pair)}: name two different models of "
+                               f"evaluate.models ({names})")  # fmt: skip
 
 
 @dataclass
@@ -440,3 +456,12 @@ class Config:
             raise _invalid("train.stages.0.init", f"the first stage ({first.name!r}) has no "
                            f"previous stage to start from; use '{UNTRAINED_INIT}', a ControlNet "
                            "folder or a hub id")  # fmt: skip
+        names = [stage.name for stage in self.train.stages]
+        for index, stage in enumerate(self.train.stages):
+            text = (stage.init or "").strip()
+            if text.startswith(STAGE_REF_PREFIX):
+                ref = text[len(STAGE_REF_PREFIX) :]
+                if ref not in names[:index]:
+                    raise _invalid(f"train.stages.{index}.init", f"{text!r}: stage {ref!r} is "
+                                   f"not an earlier stage of this run (earlier: "
+                                   f"{names[:index] or 'none'})")  # fmt: skip

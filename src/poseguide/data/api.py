@@ -80,7 +80,7 @@ def build_train_cache(config: Config, progress: bool = True) -> dict:
         report.valid,
         config.data,
         parts,
-        config.pose.render.style,
+        config.pose.render,
         config.run.seed,
         progress,
         pseudo=pseudo_estimator_config(config),

@@ -282,7 +282,7 @@ def _shard_meta(path: Path) -> dict:
         return json.loads(handle.metadata()["poseguide"])
 
 
-def _encode_rows(source: Source, chunk: list[int], cfg: DataConfig, parts: Any, style: str,
+def _encode_rows(source: Source, chunk: list[int], cfg: DataConfig, parts: Any, style: Any,
                  seed: int, estimator: Any = None) -> tuple[dict, list[str]]:  # fmt: skip
     """Latent distributions of ``chunk`` rows (and of their mirror images when flips are on);
     with an ``estimator``, the pseudo ground truth of the rows without keypoints too."""
@@ -425,7 +425,7 @@ def build_cache(
     rows: list[int],
     cfg: DataConfig,
     parts: Any,
-    style: str,
+    style: Any,
     seed: int,
     progress: bool = True,
     team: Team = SOLO,

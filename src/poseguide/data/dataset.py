@@ -84,7 +84,7 @@ class PoseDataset(Dataset):
         source: Source,
         rows: Sequence[int],
         cfg: DataConfig,
-        style: str,
+        style: Any,
         seed: int,
         cache: LatentLookup | None = None,
     ) -> None:

@@ -8,6 +8,7 @@ same way whatever the process count, worker count or resume point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ def augment_choices(cfg: DataConfig, seed: int, epoch: int, index: int) -> tuple
 
 
 def _pose_image(sample: Sample, keypoints: np.ndarray | None, placement: Placement,
-                render: bool, style: str) -> Image.Image:  # fmt: skip
+                render: bool, style: Any) -> Image.Image:  # fmt: skip
     if render or sample.pose_image is None:
         if keypoints is None:
             raise RowError(
@@ -89,7 +90,7 @@ def prepare(
     sample: Sample,
     index: int,
     cfg: DataConfig,
-    style: str,
+    style: Any,
     seed: int,
     epoch: int,
     flip: bool | None = None,

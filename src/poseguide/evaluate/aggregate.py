@@ -27,6 +27,7 @@ def _oks_inputs(record: dict, min_oks: float) -> dict:
 
 def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str) -> dict:
     """One model's aggregates from its per-sample rows (see docs/evaluation-format.md)."""
+    from poseguide.evaluate.controls import placement_summary
     from poseguide.evaluate.metrics import aggregate_oks, summarize
     from poseguide.pose.skeleton import COCO17_NAMES
 
@@ -51,6 +52,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
         "fid": None,
         "kid": None,
+        **placement_summary(records, **stats),
     }
     if e.fid:
         out.update(_fid(records, paths, model))

@@ -131,6 +131,38 @@ def main_table(run: EvalRun) -> Table:
     return ranked_table(run.models, [c[1:] for c in MAIN_COLUMNS], values)
 
 
+# (metrics.json key, column title, better, decimals): is the model following the pose, or only
+# placing a person? (poseguide.evaluate.controls)
+PLACEMENT_COLUMNS = (
+    ("pose_specific_oks", "pose-specific OKS ↑", "max", 3),
+    ("moved_pose_oks", "OKS vs another pose moved there", None, 3),
+    ("detection_rate", "detected ↑", "max", 2),
+    ("person_count_error", "person-count error ↓", "min", 2),
+)
+
+
+def placement_table(run: EvalRun) -> Table | None:
+    """``Model | pose-specific OKS | OKS vs a moved pose | detected | person-count error``;
+    None when no model has these figures (metrics written before they existed)."""
+    if not any(run.entry(m).get("pose_specific_oks") for m in run.models):
+        return None
+    values = [[_summary(run.entry(m), key) for key, *_ in PLACEMENT_COLUMNS] for m in run.models]
+    return ranked_table(run.models, [c[1:] for c in PLACEMENT_COLUMNS], values)
+
+
+def comparisons_table(run: EvalRun) -> Table | None:
+    """``model − against | ΔOKS | Δ pose-specific OKS``: the paired per-row differences with
+    their intervals (``evaluate.compare``); None when none was configured."""
+    found = run.metrics.get("comparisons") or []
+    if not found:
+        return None
+    labels = [f"{c['model']} − {c['against']}" for c in found]
+    values = [[_summary(c, "oks"), _summary(c, "pose_specific_oks")] for c in found]
+    columns = [("Δ OKS", None, 3), ("Δ pose-specific OKS", None, 3)]
+    header, rows = ranked_table(labels, columns, values)
+    return ["Paired difference", *header[1:]], rows
+
+
 def coco_table(run: EvalRun) -> Table:
     """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, and FID/KID when present."""
     columns: list[tuple[str, str | None, int]] = [("rows", None, 0), ("GT people", None, 0)]
@@ -258,7 +290,7 @@ def _setup_items(run: EvalRun) -> list[str]:
         f"Seeds: {seeds}",
         "Generation: " + (", ".join(f"{k}={v}" for k, v in generate.items()) or "not recorded"),
         f"Resolution: {get('resolution')}",
-        f"Pose estimator (OKS): {get('estimator')}",
+        f"Pose estimator (OKS): {get('estimator')}; {_judge_note(s)}",
         f"LPIPS: {get('lpips')}",
         f"CLIP score: {get('clip')}",
         f"OKS ground truth: {get('ground_truth')}; matching: {get('matching')}; "
@@ -268,6 +300,31 @@ def _setup_items(run: EvalRun) -> list[str]:
         f"Reward-stage targets (training): {_reward_targets(run)}",
         f"Confidence intervals: {ci}",
     ]
+
+
+def _judge_note(setup: dict) -> str:
+    """Whether the evaluation's estimator is the one a reward stage trained against (same
+    weights and input size): then the OKS measures what the reward optimised, not an
+    independent judge."""
+    config = setup.get("config") if isinstance(setup.get("config"), dict) else {}
+    judge = (config.get("evaluate") or {}).get("estimator") or {}
+    default = (config.get("pose") or {}).get("estimator") or {}
+    stages = (config.get("train") or {}).get("stages") or []
+    rewarded = [(st.get("loss") or {}).get("reward_estimator") or default
+                for st in stages if (st.get("loss") or {}).get("kind") == "reward"]  # fmt: skip
+    if not rewarded or not judge:
+        return "no reward stage trained against a pose estimator"
+    same = [
+        r
+        for r in rewarded
+        if (r.get("weights"), r.get("imgsz")) == (judge.get("weights"), judge.get("imgsz"))
+    ]
+    where = f"{judge.get('weights')} at imgsz {judge.get('imgsz')}"
+    if same:
+        return (f"NOT an independent judge: the reward stage trained against the same model "
+                f"and input size ({where})")  # fmt: skip
+    others = ", ".join(sorted({f"{r.get('weights')} at imgsz {r.get('imgsz')}" for r in rewarded}))
+    return f"judge {where}; the reward trained against {others}"
 
 
 def _reward_targets(run: EvalRun) -> str:
@@ -351,7 +408,30 @@ def _results_blocks(run: EvalRun, problems: list[str]) -> list[Block]:
         ("p", check),
     ]
     blocks += [("ul", problems)] if problems else []
+    placement = placement_table(run)
+    if placement is not None:
+        blocks += [("h2", "Following the pose, or placing a person?"), ("p", PLACEMENT_TEXT),
+                   ("table", placement)]  # fmt: skip
+    comparisons = comparisons_table(run)
+    if comparisons is not None:
+        blocks += [("h2", "Effects, paired by row"), ("p", COMPARISON_TEXT),
+                   ("table", comparisons)]  # fmt: skip
     return blocks + _invalid_blocks(run)
+
+
+COMPARISON_TEXT = (
+    "Each line: the first model minus the second on the same rows (same prompt, pose and seed); "
+    "mean of the per-row differences [bootstrap interval]. An interval that excludes 0 is an "
+    "effect at that confidence; an arm against its control (the same extra steps of the plain "
+    "denoising loss) isolates what the arm's loss adds."
+)
+PLACEMENT_TEXT = (
+    "OKS rewards a person of the right size in the right place as well as the right pose. "
+    "Pose-specific OKS: per row, OKS against the requested pose minus OKS against the next eval "
+    "row's pose moved onto it (same centre and size); about 0 for a model that only places a "
+    "person. Detected: rows where the estimator finds anybody. Person-count error: "
+    "|detected people - ground-truth people|. Each cell: mean [95% bootstrap interval]."
+)
 
 
 def _invalid_blocks(run: EvalRun) -> list[Block]:

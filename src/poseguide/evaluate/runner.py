@@ -30,6 +30,7 @@ import numpy as np
 from poseguide.config import Config
 from poseguide.errors import UserError
 from poseguide.evaluate.aggregate import _plain, aggregate
+from poseguide.evaluate.controls import paired_effect
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
@@ -77,7 +78,7 @@ def _prepare_rows(config: Config, source: Any, indices: list[int], paths: EvalPa
     rows = []
     for index in indices:
         sample = source.load(index)
-        item = prepare(sample, index, plain, config.pose.render.style, config.run.seed, 0)
+        item = prepare(sample, index, plain, config.pose.render, config.run.seed, 0)
         if not paths.pose(sample.id).is_file():
             atomic_save_image(paths.pose(sample.id), item.pose)
         if not paths.original(sample.id).is_file():
@@ -400,7 +401,10 @@ def _finish(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str) -> di
     rows = len({r["id"] for r in records})
     setup = _setup(config, run, scorers, gt_kind, rows)
     setup["captions"] = _caption_cuts(config, scorers, records)
-    metrics = _plain({"models": models, "setup": setup})
+    e = config.evaluate
+    stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
+    comparisons = [paired_effect(records, a, b, **stats) for a, b in e.compare]
+    metrics = _plain({"models": models, "comparisons": comparisons, "setup": setup})
     atomic_write_json(paths.metrics, metrics)
     return metrics
 

@@ -66,14 +66,34 @@ class ControlNetRef:
         return {"untrained": UNTRAINED, "previous": PREVIOUS, "originals": ORIGINALS}[self.kind]
 
 
-def build_controlnet(unet: Any, init: str | None = None, revision: str | None = None) -> Any:
+# diffusers' conditioning embedding widths (SD1.5's ControlNets): 3 stride-2 convolutions take
+# the 512 px skeleton to the 64 px latent grid.
+CONDITIONING_CHANNELS = (16, 32, 96, 256)
+
+
+def conditioning_channels(latent_factor: int) -> tuple[int, ...]:
+    """Conditioning embedding widths whose log2(factor) stride-2 convolutions map the skeleton
+    image onto a latent grid ``latent_factor`` times smaller (SD1.5: 8 -> diffusers' default)."""
+    downsamplings = int(latent_factor).bit_length() - 1
+    if latent_factor < 1 or 2**downsamplings != latent_factor:
+        raise ValueError(f"latent factor must be a power of two, got {latent_factor}")
+    if downsamplings >= len(CONDITIONING_CHANNELS):
+        extra = (CONDITIONING_CHANNELS[-1],) * (downsamplings + 1 - len(CONDITIONING_CHANNELS))
+        return CONDITIONING_CHANNELS + extra
+    return CONDITIONING_CHANNELS[:downsamplings] + CONDITIONING_CHANNELS[-1:]
+
+
+def build_controlnet(
+    unet: Any, init: str | None = None, revision: str | None = None, latent_factor: int = 8
+) -> Any:
     """A trainable fp32 ControlNet on the UNet's device: copied from the UNet's encoder
-    (``init=None``; the conditioning embedding draws from torch's global RNG) or loaded
-    (:func:`load_controlnet`)."""
+    (``init=None``; the conditioning embedding, sized for a VAE that downsamples by
+    ``latent_factor``, draws from torch's global RNG) or loaded (:func:`load_controlnet`)."""
     from diffusers import ControlNetModel
 
     if init is None:
-        controlnet = ControlNetModel.from_unet(unet)
+        widths = conditioning_channels(latent_factor)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths)
     else:
         controlnet = load_controlnet(init, revision=revision)
     # Master weights stay fp32 whatever the frozen parts use (fp16 ControlNet training diverges).
@@ -101,9 +121,11 @@ def untrained_controlnet(parts: Any, seed: int) -> Any:
         unet = UNet2DConditionModel.from_pretrained(
             parts.source, subfolder="unet", torch_dtype=torch.float32, **kw
         )
+    from poseguide.models.sd import vae_scale_factor
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        controlnet = build_controlnet(unet)
+        controlnet = build_controlnet(unet, latent_factor=vae_scale_factor(parts.vae))
     del unet
     return controlnet.to(parts.unet.device)
 

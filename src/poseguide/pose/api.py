@@ -108,7 +108,7 @@ def estimate_file(
         summary += " (scores " + ", ".join(f"{s:.2f}" for s in found.scores) + ")"
     summary += f"; wrote {out_json}"
     if render is not None:
-        atomic_save_image(render, render_skeleton(people, image.size, cfg.render.style))
+        atomic_save_image(render, render_skeleton(people, image.size, cfg.render))
         summary += f" and {render}"
     return summary
 

@@ -164,7 +164,7 @@ def _scaled(people: np.ndarray, canvas: tuple[int, int] | None, size: tuple[int,
 def pose_condition(
     pose: PoseInput | Image.Image | dict | np.ndarray | str | Path,
     size: tuple[int, int] = DEFAULT_SIZE,
-    style: str = DEFAULT_RENDER_STYLE,
+    style: Any = DEFAULT_RENDER_STYLE,
     estimator: PoseEstimator | None = None,
     min_score: float = RenderConfig.min_score,
 ) -> PoseCondition:

@@ -45,9 +45,10 @@ MAX_CANVAS_PIXELS = RenderConfig.max_canvas_pixels
 # e.g. 1e300, are a units mistake and overflow OpenCV's integer drawing).
 OFF_CANVAS_LIMIT = 10
 
-# Absolute sizes in pixels, whatever the canvas size (the annotators' `stickwidth` and radius).
-LIMB_HALF_WIDTH = 4
-JOINT_RADIUS = 4
+# Absolute sizes in pixels, whatever the canvas size (the annotators' `stickwidth` and radius);
+# pose.render.limb_width / joint_radius set others (thinner skeletons for small images).
+LIMB_HALF_WIDTH = RenderConfig.limb_width
+JOINT_RADIUS = RenderConfig.joint_radius
 # ControlNet 1.0: canvas = 0.4 * canvas + 0.6 * canvas_with_the_limb.
 LIMB_BLEND_WEIGHT = 0.6
 # controlnet_aux: limbs are filled with int(0.6 * colour).
@@ -62,21 +63,23 @@ def check_style(style: str) -> str:
     return style
 
 
-def limb_polygon(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+def limb_polygon(
+    start: np.ndarray, end: np.ndarray, half_width: int = LIMB_HALF_WIDTH
+) -> np.ndarray:
     """Outline of the filled ellipse drawn for a limb from ``start`` to ``end``.
 
     ``start`` and ``end`` are ``(x, y)`` in pixels (extra entries are ignored). The ellipse is
     centred on the midpoint, has half-length ``|end - start| / 2`` and half-width
-    :data:`LIMB_HALF_WIDTH`, and is rotated to the limb angle; centre, half-length and angle (in
-    degrees) are truncated with ``int()`` like the reference annotators. Returns (N, 2) int32
-    vertices for ``cv2.fillConvexPoly``.
+    ``half_width`` (the annotators': :data:`LIMB_HALF_WIDTH`), and is rotated to the limb angle;
+    centre, half-length and angle (in degrees) are truncated with ``int()`` like the reference
+    annotators. Returns (N, 2) int32 vertices for ``cv2.fillConvexPoly``.
     """
     x0, y0, x1, y1 = float(start[0]), float(start[1]), float(end[0]), float(end[1])
     mid_x, mid_y = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     length = ((x0 - x1) ** 2 + (y0 - y1) ** 2) ** 0.5
     angle = math.degrees(math.atan2(y0 - y1, x0 - x1))
     return cv2.ellipse2Poly(
-        (int(mid_x), int(mid_y)), (int(length / 2), LIMB_HALF_WIDTH), int(angle), 0, 360, 1
+        (int(mid_x), int(mid_y)), (int(length / 2), int(half_width)), int(angle), 0, 360, 1
     )
 
 
@@ -162,22 +165,31 @@ def _blend_limb(canvas: np.ndarray, polygon: np.ndarray, color: tuple[int, int, 
     )
 
 
-def _draw_controlnet10(canvas: np.ndarray, people18: np.ndarray) -> None:
+def drawing(style: Any) -> tuple[str, int, int]:
+    """(style name, limb half-width, joint radius) of a style name (the annotators' sizes) or a
+    ``pose.render`` section (:class:`~poseguide.config.schema.RenderConfig`: its own sizes)."""
+    if isinstance(style, str):
+        return check_style(style), LIMB_HALF_WIDTH, JOINT_RADIUS
+    return check_style(style.style), int(style.limb_width), int(style.joint_radius)
+
+
+def _draw_controlnet10(canvas: np.ndarray, people18: np.ndarray, limb: int, radius: int) -> None:
     """ControlNet 1.0 order: every circle (joint-major), then every limb (limb-major), blended."""
     present = _present(people18, (canvas.shape[1], canvas.shape[0]))
     for joint in range(NUM_OPENPOSE18):
         for person, ok in zip(people18, present[:, joint], strict=True):
             if ok:
                 center = (int(person[joint, 0]), int(person[joint, 1]))
-                cv2.circle(canvas, center, JOINT_RADIUS, OPENPOSE18_COLORS[joint], thickness=-1)
-    for limb in range(OPENPOSE18_DRAWN_LIMBS):
-        a, b = OPENPOSE18_LIMBS[limb]
+                cv2.circle(canvas, center, radius, OPENPOSE18_COLORS[joint], thickness=-1)
+    for index in range(OPENPOSE18_DRAWN_LIMBS):
+        a, b = OPENPOSE18_LIMBS[index]
         for person, ok in zip(people18, present[:, a] & present[:, b], strict=True):
             if ok:
-                _blend_limb(canvas, limb_polygon(person[a], person[b]), OPENPOSE18_COLORS[limb])
+                polygon = limb_polygon(person[a], person[b], limb)
+                _blend_limb(canvas, polygon, OPENPOSE18_COLORS[index])
 
 
-def _draw_controlnet_aux(canvas: np.ndarray, people18: np.ndarray) -> None:
+def _draw_controlnet_aux(canvas: np.ndarray, people18: np.ndarray, limb: int, radius: int) -> None:
     """controlnet_aux order: person by person, dimmed limbs (overwriting), then full circles."""
     present = _present(people18, (canvas.shape[1], canvas.shape[0]))
     height, width = canvas.shape[:2]
@@ -185,21 +197,21 @@ def _draw_controlnet_aux(canvas: np.ndarray, people18: np.ndarray) -> None:
     # controlnet_aux keeps x / W and y / H and multiplies back: reproduce the float round trip.
     points = people18[..., :2] / scale * scale
     for person, ok in zip(points, present, strict=True):
-        for limb in range(OPENPOSE18_DRAWN_LIMBS):
-            a, b = OPENPOSE18_LIMBS[limb]
+        for index in range(OPENPOSE18_DRAWN_LIMBS):
+            a, b = OPENPOSE18_LIMBS[index]
             if ok[a] and ok[b]:
-                color = aux_limb_color(OPENPOSE18_COLORS[limb])
-                cv2.fillConvexPoly(canvas, limb_polygon(person[a], person[b]), color)
+                color = aux_limb_color(OPENPOSE18_COLORS[index])
+                cv2.fillConvexPoly(canvas, limb_polygon(person[a], person[b], limb), color)
         for joint in range(NUM_OPENPOSE18):
             if ok[joint]:
                 center = (int(person[joint, 0]), int(person[joint, 1]))
-                cv2.circle(canvas, center, JOINT_RADIUS, OPENPOSE18_COLORS[joint], thickness=-1)
+                cv2.circle(canvas, center, radius, OPENPOSE18_COLORS[joint], thickness=-1)
 
 
 def render_openpose18(
     people18: np.ndarray,
     size: tuple[int, int],
-    style: str = DEFAULT_RENDER_STYLE,
+    style: Any = DEFAULT_RENDER_STYLE,
     canvas: np.ndarray | None = None,
     max_pixels: int = MAX_CANVAS_PIXELS,
 ) -> np.ndarray:
@@ -209,27 +221,28 @@ def render_openpose18(
         people18: (P, 18, 3) or (18, 3) float ``(x, y, v)`` in pixels, OpenPose-18 order; a joint
             is drawn when ``v > 0`` (its coordinates are ignored otherwise). Any P, including 0.
         size: ``(width, height)`` of the image in pixels.
-        style: one of :data:`RENDER_STYLES` (see the module docstring).
+        style: one of :data:`RENDER_STYLES` (see the module docstring), or a ``pose.render``
+            section, which also sets the limb half-width and joint radius (:func:`drawing`).
         canvas: optional (H, W, 3) uint8 RGB image to draw on (not modified); black if None.
         max_pixels: the largest canvas accepted (:func:`check_canvas_size`).
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
-    check_style(style)
+    name, limb, radius = drawing(style)
     people18 = as_people(people18, NUM_OPENPOSE18)
     out = _new_canvas(size, canvas, max_pixels)
-    if style == "controlnet10":
-        _draw_controlnet10(out, people18)
+    if name == "controlnet10":
+        _draw_controlnet10(out, people18, limb, radius)
     else:
-        _draw_controlnet_aux(out, people18)
+        _draw_controlnet_aux(out, people18, limb, radius)
     return out
 
 
 def render_skeleton(
     people: np.ndarray,
     size: tuple[int, int],
-    style: str = DEFAULT_RENDER_STYLE,
+    style: Any = DEFAULT_RENDER_STYLE,
     min_score: float = 0.0,
     max_pixels: int = MAX_CANVAS_PIXELS,
 ) -> np.ndarray:
@@ -240,13 +253,14 @@ def render_skeleton(
             joint is drawn when ``v > min_score``. The neck is the shoulder midpoint and is drawn,
             with its limbs, only when both shoulders are.
         size: ``(width, height)`` of the image in pixels.
-        style: one of :data:`RENDER_STYLES`; default ControlNet 1.0.
+        style: one of :data:`RENDER_STYLES` (default ControlNet 1.0), or a ``pose.render``
+            section (:func:`drawing`).
         min_score: visibility or confidence threshold (0 keeps every labelled joint).
         max_pixels: the largest canvas accepted (``pose.render.max_canvas_pixels``).
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
-    check_style(style)
+    drawing(style)
     people18 = coco17_to_openpose18(people, min_score)
     return render_openpose18(people18, size, style, max_pixels=max_pixels)

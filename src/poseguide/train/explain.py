@@ -74,7 +74,7 @@ def explain_loss(
     source = open_source(config.data.train, config.data.max_image_pixels)
     row = _row(source, sample_id)
     data = replace(config.data, hflip=0.0, caption_dropout=0.0)
-    dataset = PoseDataset(source, [row], data, config.pose.render.style, config.run.seed)
+    dataset = PoseDataset(source, [row], data, config.pose.render, config.run.seed)
     item = dataset[0]
     if item["keypoints"] is None and spec.loss.kind == "reward":
         item["pseudo_keypoints"], item["pseudo_areas"] = _pseudo(config, source, row, data)
@@ -97,7 +97,7 @@ def _pseudo(config: Config, source: Any, row: int, data: Any) -> tuple[np.ndarra
     sample = source.load(row)
     estimator = estimator_from_config(pseudo_estimator_config(config))
     found = pseudo_rows(estimator, [sample])[0]
-    item = prepare(sample, row, data, config.pose.render.style, config.run.seed, 0)
+    item = prepare(sample, row, data, config.pose.render, config.run.seed, 0)
     return placed(found, item.placement)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from poseguide.config import Config, save_config, to_dict
 from poseguide.data.api import checked_source
+from poseguide.models.controlnet import STAGE_PREFIX
 from poseguide.paths import RunPaths
 from poseguide.text import count_cuts
 from poseguide.train.checkpoint import (
@@ -110,7 +111,7 @@ def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts:
     from poseguide.losses import pseudo_estimator_config
 
     pseudo = pseudo_estimator_config(config)
-    build_cache(source, rows, config.data, parts, config.pose.render.style, config.run.seed,
+    build_cache(source, rows, config.data, parts, config.pose.render, config.run.seed,
                 progress=team.is_main, team=team, pseudo=pseudo)  # fmt: skip
     cache = find_cache(source, rows, config.data, parts, pseudo)
     if pseudo is not None and team.is_main:
@@ -274,6 +275,8 @@ def _train(run: Run, index: int, loaded: Loaded | None, global_step: int) -> tup
     stages = run.config.train.stages
     init = stages[index].init or ("unet" if index == 0 else "previous")
     previous = run.paths.export(stages[index - 1].name) if index else None
+    if init.strip().startswith(STAGE_PREFIX):  # an earlier stage's export: a branching arm
+        previous, init = run.paths.export(init.strip()[len(STAGE_PREFIX) :]), "previous"
     if loaded is None:  # a fresh start of this stage: no metrics rows from an earlier attempt
         run.metrics.truncate_after(global_step)
     export, global_step = train_stage(run, index, init, previous, loaded, global_step)

@@ -227,9 +227,7 @@ def make_loader(
     config: Config, source: Any, rows: list[int], cache: Any, rank: int, world: int
 ) -> tuple[PoseDataset, ShardedSampler, DataLoader]:
     """Dataset, sharded sampler and DataLoader for this process."""
-    dataset = PoseDataset(
-        source, rows, config.data, config.pose.render.style, config.run.seed, cache
-    )
+    dataset = PoseDataset(source, rows, config.data, config.pose.render, config.run.seed, cache)
     sampler = ShardedSampler(len(rows), config.run.seed, rank, world)
     loader = DataLoader(
         dataset,

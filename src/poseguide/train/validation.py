@@ -33,7 +33,7 @@ def _samples(cfg: Config, source: Any, rows: list[int] | None) -> list[tuple[Any
     out = []
     for index in indices:  # the grids show the pose and the generated image: no pixels needed
         sample = source.load(index, image=False)
-        item = prepare(sample, index, plain, cfg.pose.render.style, cfg.run.seed, 0)
+        item = prepare(sample, index, plain, cfg.pose.render, cfg.run.seed, 0)
         out.append((item.pose, item.caption))
     return out
 
