@@ -96,9 +96,9 @@ def vit_l14_clip() -> object:
     """CLIPModel with openai/clip-vit-large-patch14's architecture (its config.json's values)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from poseguide.tiny import _byte_vocab
+    from poseguide.tiny import byte_vocab
 
-    vocab = len(_byte_vocab())  # ids of the tiny tokenizer; the real vocabulary has 49408
+    vocab = len(byte_vocab())  # ids of the tiny tokenizer; the real vocabulary has 49408
     text = dict(
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu",

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from poseguide.config.schema import RenderConfig, SynthConfig
 from poseguide.errors import OOM_HINT
@@ -100,6 +101,25 @@ def _train(args: argparse.Namespace) -> None:
     print(f"finished at step {result['global_step']}; run folder {result['run_dir']}")
     for stage, folder in result["exports"].items():
         print(f"  {stage}: {folder}")
+
+
+def _base_train(args: argparse.Namespace) -> None:
+    from poseguide.base.builtin import MINI_SD, PRESET, build_into_cache
+    from poseguide.base.config import load_base_config
+    from poseguide.base.train import train_base
+
+    if args.config == MINI_SD:  # the built-in itself: trained into the cache it is read from
+        print(f"{MINI_SD}: {build_into_cache(load_base_config(PRESET, args.overrides))}")
+        return
+    train_base(load_base_config(args.config, args.overrides), resume=args.resume)
+
+
+def _base_ship(args: argparse.Namespace) -> None:
+    from poseguide.base.builtin import SHIPPED, ship
+
+    folder = ship(Path(args.pipeline), Path(args.dest) if args.dest else SHIPPED)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"shipped {args.pipeline} as {folder} ({size / 2**20:.1f} MiB, fp16)")
 
 
 def _explain_loss(args: argparse.Namespace) -> None:
@@ -273,6 +293,23 @@ def _train_commands(commands: argparse._SubParsersAction) -> None:
         "--resume", metavar="latest|PATH",
         help="continue from the latest checkpoint of the run, or from a checkpoint folder",
     )  # fmt: skip
+    base = commands.add_parser("base", help="train the mini world's base from scratch")
+    base = base.add_subparsers(dest="base_command", required=True, metavar="ACTION")
+    base_train = _add(base, "train", _base_train, "train a small SD base on synthetic people")
+    base_train.add_argument(
+        "config",
+        help="base config path or preset (configs/base/NAME.yaml)"
+        ", or builtin:mini-sd to build the built-in into its cache",
+    )
+    base_train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. unet.steps=100")
+    base_train.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="continue from the latest checkpoint, or a checkpoint folder",
+    )
+    ship = _add(base, "ship", _base_ship, "write a trained base as the package's fp16 copy")
+    ship.add_argument("pipeline", help="the trained run's pipeline/ folder")
+    ship.add_argument("--dest", help="target folder (default: the package's assets/mini-sd)")
     explain = _add(commands, "explain-loss", _explain_loss,
                    "what a stage's loss weighs (Fig. 4.2) or rewards for one sample")  # fmt: skip
     _add_config_args(explain)

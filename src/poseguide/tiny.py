@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ SD15_ARCH: dict[str, dict[str, Any]] = {
 }
 
 
-def _byte_vocab() -> dict[str, int]:
+def byte_vocab() -> dict[str, int]:
     """CLIP's byte-level alphabet, each symbol plain and word-final (``</w>``), plus specials."""
     visible = (
         list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
@@ -121,12 +122,17 @@ def _byte_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def tiny_tokenizer(folder: Path) -> object:
-    """A CLIP tokenizer over single characters (no merges): every caption fits, spelled out."""
+def tiny_tokenizer(folder: Path | None = None) -> object:
+    """A CLIP tokenizer over single characters (no merges): every caption fits, spelled out.
+
+    Its two files are written to ``folder`` (a temporary folder, removed again, when None)."""
     from transformers import CLIPTokenizer
 
+    if folder is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return tiny_tokenizer(Path(tmp))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(_byte_vocab()))
+    (folder / "vocab.json").write_text(json.dumps(byte_vocab()))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
@@ -151,7 +157,7 @@ def _components(arch: dict[str, dict[str, Any]]) -> dict:
 
     unet = UNet2DConditionModel(**arch["unet"])
     vae = AutoencoderKL(in_channels=3, out_channels=3, **arch["vae"])
-    vocab = _byte_vocab()
+    vocab = byte_vocab()
     # The specials are the byte tokenizer's ids, which any vocabulary size >= its own covers.
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     text = {"vocab_size": len(vocab), **arch["text"]}
@@ -165,27 +171,29 @@ def _build(folder: Path, arch: dict[str, dict[str, Any]], seed: int) -> Path:
     """Build (once) a pipeline folder of ``arch`` with seeded random weights at ``folder``."""
     if (folder / "model_index.json").is_file():
         return folder
-    from diffusers import StableDiffusionPipeline
-
     log.info("building a random-weight SD pipeline in %s", folder)
     with atomic_directory(folder) as tmp:
-        parts = random_components(arch, seed)
-        tokenizer = tiny_tokenizer(tmp / "_tok")
-        pipe = StableDiffusionPipeline(
-            **parts,
-            tokenizer=tokenizer,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        # Keep every key of SD1.5's scheduler file (PNDM drops clip_sample, which DDPM reads).
-        scheduler_file = tmp / "scheduler" / "scheduler_config.json"
-        saved = json.loads(scheduler_file.read_text())
-        scheduler_file.write_text(json.dumps({**saved, **SD15_SCHEDULER}, indent=2))
-        for leftover in (tmp / "_tok").iterdir():
-            leftover.unlink()
-        (tmp / "_tok").rmdir()
+        save_pipeline(tmp, random_components(arch, seed), tiny_tokenizer())
+    return folder
+
+
+def save_pipeline(folder: Path, parts: dict, tokenizer: Any) -> Path:
+    """Write ``parts`` (vae, unet, text_encoder, scheduler) and ``tokenizer`` as a diffusers
+    ``StableDiffusionPipeline`` folder (safetensors, no safety checker) into ``folder``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **parts,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # Keep every key of SD1.5's scheduler file (PNDM drops clip_sample, which DDPM reads).
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    saved = json.loads(scheduler_file.read_text())
+    scheduler_file.write_text(json.dumps({**saved, **SD15_SCHEDULER}, indent=2))
     return folder
 
 
@@ -227,7 +235,7 @@ def build_tiny_clip(folder: str | Path | None = None, seed: int = 0) -> Path:
     folder = Path(folder) if folder else cache_root() / "models" / f"tiny-clip-v1-s{seed}"
     if (folder / "config.json").is_file():
         return folder
-    vocab = _byte_vocab()
+    vocab = byte_vocab()
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     text = {**TINY_CLIP_ARCH["text"], "vocab_size": len(vocab), "bos_token_id": bos,
             "eos_token_id": eos, "pad_token_id": eos}  # fmt: skip
@@ -236,10 +244,7 @@ def build_tiny_clip(folder: str | Path | None = None, seed: int = 0) -> Path:
     with atomic_directory(folder) as tmp, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         CLIPModel(config).save_pretrained(tmp, safe_serialization=True)
-        tiny_tokenizer(tmp / "_tok").save_pretrained(tmp)
+        tiny_tokenizer().save_pretrained(tmp)
         size = TINY_CLIP_ARCH["vision"]["image_size"]
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size=size).save_pretrained(tmp)
-        for leftover in (tmp / "_tok").iterdir():
-            leftover.unlink()
-        (tmp / "_tok").rmdir()
     return folder

@@ -5,7 +5,9 @@ path that loads SD1.5 on a GPU machine is the one the tests run on tiny models s
 Built-ins (:data:`BUILTINS`): ``builtin:tiny-sd`` builds (once) a tiny SD-architecture pipeline
 folder with random weights, so everything runs offline on a CPU; ``builtin:sd15-random`` SD1.5's
 full-size architecture with random weights (~4 GB on disk), for benchmarks;
-``builtin:tiny-clip`` a tiny random CLIP for the offline CLIP-score code path.
+``builtin:tiny-clip`` a tiny random CLIP for the offline CLIP-score code path;
+``builtin:mini-sd`` the mini world's base trained from scratch on synthetic people (shipped, or
+trained on first use: :mod:`poseguide.base.builtin`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 TINY_SD = "builtin:tiny-sd"
 SD15_RANDOM = "builtin:sd15-random"
 TINY_CLIP = "builtin:tiny-clip"  # a tiny random CLIP for the offline CLIP-score code path
-BUILTINS = (TINY_SD, SD15_RANDOM, TINY_CLIP)
+MINI_SD = "builtin:mini-sd"  # the mini world's base, trained here (poseguide.base.builtin)
+BUILTINS = (TINY_SD, SD15_RANDOM, TINY_CLIP, MINI_SD)
 
 
 class ModelNotFoundError(NotFoundError):
@@ -54,9 +57,10 @@ def resolve_pretrained(
     """
     if name in BUILTINS:
         from poseguide import tiny
+        from poseguide.base.builtin import mini_sd
 
         builders = {TINY_SD: tiny.build_tiny_sd, SD15_RANDOM: tiny.build_random_sd15,
-                    TINY_CLIP: tiny.build_tiny_clip}  # fmt: skip
+                    TINY_CLIP: tiny.build_tiny_clip, MINI_SD: mini_sd}  # fmt: skip
         return str(builders[name]())
     path = Path(name).expanduser()
     if path.exists():

@@ -142,7 +142,7 @@ def save_checkpoint(
         for rank, rng in enumerate(rngs):
             torch.save(rng, tmp / f"rng-{rank}.pt")
         meta = {"position": asdict(state.position), "world_size": world_size, "config": config,
-                "files": _file_sizes(tmp)}  # fmt: skip
+                "files": file_sizes(tmp)}  # fmt: skip
         atomic_write_json(tmp / STATE_FILE, meta)  # written last: its presence means complete
     atomic_write_text(root / LATEST, target.name + "\n")
     rotate(root, keep)
@@ -161,7 +161,7 @@ def rotate(root: Path, keep: int) -> list[Path]:
     return removed
 
 
-def _file_sizes(folder: Path) -> dict[str, int]:
+def file_sizes(folder: Path) -> dict[str, int]:
     """Every file below ``folder`` (relative path -> bytes): what a later check compares."""
     return {str(p.relative_to(folder)): p.stat().st_size
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
