@@ -364,7 +364,9 @@ def _reproduce_command(commands: argparse._SubParsersAction) -> None:
                        "model, or builtin:sd15-random when it cannot be reached)")  # fmt: skip
     repro.add_argument("--probe-steps", type=int, default=2, help="timed steps per stage")
     demo = _add(commands, "demo", _demo, "the offline end-to-end demo (see README)")
-    demo.add_argument("--config", default="tiny", help="config path or preset (default: tiny)")
+    demo.add_argument(
+        "--config", default="mini", help="config path or preset (default: mini, the mini world)"
+    )
     demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run.seed=1")
 
 

@@ -1,11 +1,12 @@
 """``poseguide demo``: the whole method, offline on a CPU, in one command.
 
-With the tiny preset (the default) it runs, in order, each step reusing what an earlier run
-finished:
+With the mini preset (the default: ``configs/mini.yaml``, the shipped base ``builtin:mini-sd``
+trained here from scratch) it runs, in order, each step reusing what an earlier run finished:
 
 1. the pose toolkit on a real photo (scikit-image's astronaut): the pose estimated by the offline
    YOLO11n-pose model, the skeleton in both ControlNet styles, heatmaps and the stage-2 masks;
-2. synthetic people, the latent cache, stage 1 and stage 2 of training (tiny random-weight SD);
+2. synthetic people, the latent cache, the config's stages (mini: stage 1, then stage 2, the
+   reward and the control arm, each branching from stage 1 with the same extra steps);
 3. generation and evaluation of every configured model (OKS with the real YOLO11n-pose);
 4. the report (``report.md`` and ``report.html``), and a summary table on the console.
 """
@@ -128,7 +129,8 @@ def run_demo(config: Config) -> dict:
     folder = run.root
     _banner("1/4 pose toolkit on a real photo")
     pose_demo(config, run.pose_demo)
-    _banner("2/4 synthetic data, latent cache, training (stage 1, stage 2)")
+    stages = ", ".join(stage.name for stage in config.train.stages)
+    _banner(f"2/4 synthetic data, latent cache, training ({stages})")
     train_or_resume(config)
     _banner("3/4 generation and evaluation")
     metrics = run_evaluation(config)

@@ -26,7 +26,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run whose stage 1 is trained (stage 2 is not needed here)."""
     root = tmp_path_factory.mktemp("eval")
     write_config(root, train={"stages": [{"name": "stage1", "epochs": 1, "lr": 1e-3}]},
-                 evaluate={"models": MODELS, "bootstrap": 50})  # fmt: skip
+                 evaluate={"models": MODELS, "bootstrap": 50,
+                           "compare": [["stage1", "baseline"]]})  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         run_training(load_config("config.yaml"))
@@ -65,6 +66,22 @@ def test_evaluation_end_to_end(trained: Path, monkeypatch: pytest.MonkeyPatch, c
     assert {r["seed"] for r in samples if r["model"] == "baseline"} == {
         r["seed"] for r in samples if r["model"] == "stage1"
     }
+    from poseguide.evaluate.controls import pose_specific_rows
+
+    for name in ("baseline", "stage1"):  # placement controls, recomputed from the stored rows
+        mine, m = [r for r in samples if r["model"] == name], metrics["models"][name]
+        detected = np.mean([r["num_dets"] > 0 for r in mine])
+        assert m["detection_rate"]["mean"] == pytest.approx(detected)
+        count = np.mean([abs(r["num_dets"] - r["num_gt"]) for r in mine])
+        assert m["person_count_error"]["mean"] == pytest.approx(count)
+        specific = [x["pose_specific"] for x in pose_specific_rows(mine)]
+        assert m["pose_specific_oks"]["n"] == len(specific) == 4
+        assert m["pose_specific_oks"]["mean"] == pytest.approx(np.mean(specific))
+    (paired,) = metrics["comparisons"]
+    assert (paired["model"], paired["against"]) == ("stage1", "baseline")
+    by = {(r["model"], r["id"]): r["oks"] for r in samples}
+    diffs = [by["stage1", i] - by["baseline", i] for (m_, i) in by if m_ == "stage1"]
+    assert paired["oks"]["mean"] == pytest.approx(np.mean(diffs)) and paired["oks"]["n"] == 4
     setup = metrics["setup"]
     assert setup["ground_truth"] == "dataset" and "RANDOM" in setup["lpips"]
     assert setup["estimator"] == "yolo11n-pose.pt"
@@ -74,6 +91,8 @@ def test_evaluation_end_to_end(trained: Path, monkeypatch: pytest.MonkeyPatch, c
     assert f"{metrics['models']['stage1']['lpips']['mean']:.3f}" in report
     assert f"{metrics['models']['baseline']['clip']['mean']:.2f}" in report
     assert (eval_dir / "report.html").read_text().count("data:image/png;base64,") >= 3
+    assert "Following the pose, or placing a person?" in report
+    assert "stage1 − baseline" in report and "Effects, paired by row" in report
 
 
 def test_resume_skips_done_rows_and_regenerates_a_corrupt_image(
