@@ -457,3 +457,20 @@ def test_an_fp16_vae_never_runs_the_mask_in_fp16(tiny_sd) -> None:
     assert torch.isfinite(out["h_e"]).all() and out["h_e"].dtype == torch.float32
     rel = (out["h_e"] - ref["h_e"]).norm() / ref["h_e"].norm()
     assert rel < 0.05, rel
+
+
+def test_the_log_says_how_often_the_mask_saw_anybody(vae):
+    class Nobody(StubEstimator):
+        def heatmaps(self, images, heatmap_size=None):
+            return super().heatmaps(images, heatmap_size) * 0.0
+
+    pred, target = _pair(shape=(2, 4, 8, 8), seed=11)
+    seen = stage_loss(_heatmap_cfg(), pred, target, vae=vae, estimator=StubEstimator(),
+                      generator=_gen())  # fmt: skip
+    assert torch.equal(seen["mask_detected"], torch.ones(2))
+    empty = stage_loss(_heatmap_cfg(), pred, target, vae=vae, estimator=Nobody(),
+                       generator=_gen())  # fmt: skip
+    assert torch.equal(empty["mask_detected"], torch.zeros(2))
+    gt = stage_loss(LossConfig(kind="heatmap", source="ground_truth"), pred, target,
+                    keypoints=[None, None], image_size=(64, 64))  # fmt: skip
+    assert "mask_detected" not in gt  # no estimator: nothing to report

@@ -98,4 +98,4 @@ def test_a_reward_stage_is_timed_rewarded_and_not_then_weighed_by_its_share(monk
     seconds = reproduce._stage_seconds(trainer, 0, {}, 2, 1)
     assert seconds == pytest.approx(0.201 * 10.0 + 0.799 * 2.0)
     kinds = [(loss.reward_timestep_max, loss.reward_weight) for loss in timed]
-    assert kinds == [(999, 0.5), (200, 0.0)]
+    assert kinds == [(999, 1.0), (200, 0.0)]  # the default reward_weight, then none

@@ -233,7 +233,9 @@ def test_rewarded_samples_add_the_weighted_reward_and_only_they(tiny_sd: str, as
     assert out["rewarded"].tolist() == [1.0, 0.0, 1.0]  # t <= 200 only
     assert torch.equal(out["loss"][1], base[1])
     reward = out["reward_sum"]
-    torch.testing.assert_close(out["loss"][[0, 2]], base[[0, 2]] + 0.5 * reward[[0, 2]])
+    # ControlNet++'s normalisation: 2 of 3 rewarded, the batch mean adds 0.5 x their mean
+    torch.testing.assert_close(out["loss"][[0, 2]], base[[0, 2]] + 0.5 * 1.5 * reward[[0, 2]])
+    torch.testing.assert_close(out["loss"].mean(), base.mean() + 0.5 * reward[[0, 2]].mean())
     assert (reward[[0, 2]] > 0).all() and float(reward[1]) == 0
     (grad,) = torch.autograd.grad(out["loss"][0], pred)
     assert grad[0].abs().sum() > 0 and float(grad[1:].abs().sum()) == 0

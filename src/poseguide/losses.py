@@ -312,6 +312,16 @@ def predicted_error_mask(
     return {"h_e": h_e, "decoded": decoded, "heatmaps": heatmaps, "h_m": h_m}
 
 
+def mask_detected(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B,) 1.0 where the estimator found anybody in the decoded error image, else 0.0.
+
+    YOLO draws heatmaps only for people it keeps (NMS, conf): where it finds nobody H is 0
+    everywhere, H_M is the same for every pixel (17 for "not_detected"/"sum") and H_E carries
+    no pose, so stage 2 is stage 1 with a near-constant reweighting on those samples. The
+    training log's ``mask_detected`` is the fraction of samples where this did not happen."""
+    return (heatmaps.detach().flatten(1).amax(dim=1) > 0).float()
+
+
 def _mask_vae(vae: Any, cfg: LossConfig) -> tuple[Any, bool]:
     """The VAE for the mask and whether it runs under bf16 autocast.
 
@@ -474,6 +484,8 @@ def stage_loss(
         raise ValueError(f"loss.kind must be one of {', '.join(map(repr, LOSS_KINDS))}")
     debug = _mask_for(cfg, pred, target, vae, estimator, keypoints, image_size, generator)
     out = heatmap_weighted_loss(pred, target, debug["h_e"], cfg.weight)
+    if "heatmaps" in debug:
+        out["mask_detected"] = mask_detected(debug["heatmaps"])
     if return_debug:
         out["_debug"] = debug
     return out

@@ -20,8 +20,11 @@ For a training sample whose timestep is at most ``reward_timestep_max`` (Control
    heatmaps drawn at the chosen keypoints (differentiable in them) and at the target's, over its
    labelled joints. A sample's reward loss is the mean over its target people.
 
-The stage's loss (:func:`poseguide.losses.stage_loss`) is ``base + reward_weight * reward`` for
-rewarded samples and the base loss (``base_loss``: denoising or heatmap) alone for the others.
+The stage's loss (:func:`poseguide.losses.stage_loss`) is ``base + reward_weight * (B / n) *
+reward`` for the n rewarded samples of a (micro-)batch of B and the base loss (``base_loss``:
+denoising or heatmap) alone for the others, so the batch mean is ``mean(base) + reward_weight *
+mean(reward over the rewarded samples)``: ControlNet++'s ``(mask * r).sum() / mask.sum()``
+weighted by its ``--grad_scale`` (default 1).
 """
 
 from __future__ import annotations
@@ -264,8 +267,10 @@ def rewarded_rows(cfg: Any, inputs: RewardInputs) -> list[int]:
 
 def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
                debug: bool = False) -> dict:  # fmt: skip
-    """The base loss terms plus the reward: ``loss = base + reward_weight * reward`` on the
-    rewarded samples, the base loss unchanged (bitwise) on the others."""
+    """The base loss terms plus the reward: ``loss = base + reward_weight * (B / n) * reward``
+    on the n rewarded samples of the B (so the batch mean adds ``reward_weight`` times their
+    mean reward, ControlNet++'s normalisation), the base loss unchanged (bitwise) on the
+    others."""
     batch = pred.shape[0]
     zeros = torch.zeros(batch, device=pred.device)
     terms = dict.fromkeys(("reward_sum", "reward_oks_sum", "rewarded", "unmatched",
@@ -286,8 +291,10 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
                        details)  # fmt: skip
     chosen = torch.zeros(batch, dtype=torch.bool, device=pred.device).index_fill(0, index, True)
     spread = {k: zeros.index_put((index,), v.to(zeros.dtype)) for k, v in per.items()}
-    out["loss"] = torch.where(chosen, base["loss"] + cfg.reward_weight * spread["reward"],
-                              base["loss"])  # fmt: skip
+    # ControlNet++'s normalisation ((mask * r).sum() / mask.sum()): the batch mean of these
+    # per-sample losses is mean(base) + reward_weight * (the mean reward of the rewarded rows).
+    scale = cfg.reward_weight * batch / len(rows)
+    out["loss"] = torch.where(chosen, base["loss"] + scale * spread["reward"], base["loss"])
     pseudo = [float(inputs.targets[i].pseudo) for i in rows]
     out.update(reward_sum=spread["reward"].detach(), reward_oks_sum=spread["oks"].detach(),
                rewarded=chosen.float(), unmatched=spread["unmatched"],

@@ -111,11 +111,11 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
     rows = [json.loads(line) for line in (tmp_path / "runs/t/metrics.jsonl").open()]
     reward_rows = [r for r in rows if r["stage"] == "stage3"]
     assert len(reward_rows) == 4
-    for r in reward_rows:  # every sample rewarded (t <= 999); the loss is mse + 0.5 reward
+    for r in reward_rows:  # every sample rewarded (t <= 999); the loss is mse + 1.0 reward
         assert r["rewarded"] == 1.0 and 0 < r["reward"] <= 1 and 0 <= r["reward_oks"] <= 1
         assert r["reward"] + r["reward_oks"] == pytest.approx(1.0, abs=1e-5)  # 1 - OKS, matched
         assert r["unmatched_fraction"] == 0.0 and r["reward_pseudo_fraction"] == 0.0
-        assert r["loss"] == pytest.approx(r["mse"] + 0.5 * r["reward"], rel=1e-5)
+        assert r["loss"] == pytest.approx(r["mse"] + 1.0 * r["reward"], rel=1e-5)
     assert all("reward" not in r for r in rows if r["stage"] == "stage1")
     targets = json.loads((tmp_path / "runs/t/reward_targets.json").read_text())
     assert targets["dataset_keypoints"] == 8 and targets["pseudo_ground_truth"] == 0

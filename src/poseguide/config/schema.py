@@ -204,8 +204,10 @@ class LossConfig:
     gt_mask: Literal["skeleton", "keypoints"] = "skeleton"
     gt_limb_width: float = 1.0  # latent pixels (1 latent px = 8 image px = OpenPose's limb width)
     gt_sigma: float = 1.0  # latent pixels, for gt_mask: keypoints
-    # kind "reward" (defaults after ControlNet++, Li et al. 2024: lambda 0.5, rewarded t <= 200):
-    reward_weight: float = 0.5  # lambda: loss = base + lambda * reward on rewarded samples
+    # kind "reward" (defaults after ControlNet++, Li et al. 2024: rewarded t <= 200):
+    # lambda: the batch loss is mean(base) + lambda * the mean reward over the rewarded samples
+    # (ControlNet++'s normalisation; its --grad_scale, default 1)
+    reward_weight: float = 1.0
     reward_timestep_max: int = 200  # only samples with t <= this get the reward term
     # "oks": 1 - a differentiable OKS per target person; "heatmap": MSE of Gaussian heatmaps at
     # the predicted keypoints against the targets'.
