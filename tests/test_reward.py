@@ -4,6 +4,7 @@ with the real yolo11n-pose, and its place in the stage loss."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from poseguide.losses import denoising_loss, derived_terms, stage_loss
 from poseguide.pose.oks import box_area_from_keypoints, oks
 from poseguide.reward import (
     RewardInputs,
-    match_anchors,
+    match_as_evaluation,
+    person_losses,
     predicted_clean_latents,
     reward_target,
     reward_terms,
@@ -67,21 +69,82 @@ def test_the_differentiable_oks_is_the_metric() -> None:
     assert (toward[labelled] > 0).all()
 
 
-def test_each_person_gets_the_confident_anchor_that_overlaps_it_best() -> None:
+def _predictions(boxes: list, scores: list, keypoints: torch.Tensor, keep: list[int]):
+    from poseguide.pose.estimator import AnchorPredictions
+
+    kpts = torch.cat([keypoints, torch.ones(*keypoints.shape[:-1], 1)], dim=-1)
+    return AnchorPredictions(torch.tensor([boxes]), torch.tensor([scores]), kpts[None],
+                             (128, 128), [torch.tensor(keep)])  # fmt: skip
+
+
+def test_people_take_the_kept_detections_as_the_evaluation_matches() -> None:
+    """Kept detections, best score first, each take the unmatched person of highest OKS (not
+    the anchor of best box overlap); a person no kept detection overlaps takes the anchor that
+    overlaps it best, whatever its score, and is unmatched."""
+    rng = np.random.default_rng(7)
+    a, b = _people(rng, 2, size=40)
+    b[..., :2] += 60  # two people apart
+    a[..., 2] = b[..., 2] = 2
+    people = torch.tensor(np.stack([a, b]), dtype=torch.float32)
+    area = torch.full((2,), 1600.0)
+
+    def box(p: np.ndarray, pad: float = 0) -> list[float]:
+        return [p[:, 0].min() - pad, p[:, 1].min() - pad, p[:, 0].max() + pad, p[:, 1].max() + pad]
+
+    xy = people[..., :2]
+    keypoints = torch.stack([xy[0] + 30, xy[0] + 1, xy[1], xy[1] + 1])  # anchor 0: a far off
+    boxes = [box(a), box(a, 3), box(b), box(b)]
+    found = _predictions(boxes, [0.6, 0.8, 0.7, 0.95], keypoints, keep=[3, 1, 0])
+    index, matched = match_as_evaluation(found, 0, people, area, min_iou=0.1)
+    assert index.tolist() == [1, 3] and matched.tolist() == [True, True]
+    # COCOeval's order: the higher-scored detection takes the person first, even far off
+    found = _predictions(boxes, [0.9, 0.8, 0.7, 0.95], keypoints, keep=[3, 0, 1])
+    index, _ = match_as_evaluation(found, 0, people, area, min_iou=0.1)
+    assert index.tolist() == [0, 3]
+    # b's kept detection gone, and anchor 0's box moved away from a: b takes its best-overlap
+    # anchor (2, not kept), unmatched
+    found = _predictions(boxes, [0.9, 0.8, 0.7, 0.95], keypoints, keep=[1])
+    index, matched = match_as_evaluation(found, 0, people, area, min_iou=0.1)
+    assert index.tolist()[0] == 1 and matched.tolist() == [True, False]
+    assert index.tolist()[1] in (2, 3)
+    # a kept detection whose box does not overlap the person by min_iou does not match it
+    far = [box(a + 100.0)] * 4
+    found = _predictions(far, [0.9] * 4, keypoints, keep=[1])
+    _, matched = match_as_evaluation(found, 0, people, area, min_iou=0.1)
+    assert matched.tolist() == [False, False]
+
+
+def test_a_joint_far_off_still_gets_a_gradient() -> None:
+    """150 px off on a 100 x 200 px person: OKS's exponent is flat there, the normalised
+    distance term is not; and a missed person gets a gradient on its anchor's score."""
+    from poseguide.config.schema import EstimatorConfig
+
     person = np.zeros((1, 17, 3))
-    person[0, :, :2] = [[20 + i, 20 + 2 * i] for i in range(17)]  # joints span 20..36 x 20..52
+    person[0, :, 0] = np.linspace(100, 200, 17)
+    person[0, :, 1] = np.linspace(100, 300, 17)
     person[0, :, 2] = 2
-    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0],  # overlaps, IoU small
-                          [19.0, 19.0, 37.0, 53.0],  # overlaps best, but not confident
-                          [18.0, 18.0, 40.0, 56.0],  # the best confident one
-                          [60.0, 60.0, 90.0, 90.0]])  # fmt: skip
-    scores = torch.tensor([0.9, 0.1, 0.8, 0.9])
-    index, best = match_anchors(boxes, scores, torch.tensor(person, dtype=torch.float32), 0.25)
-    assert index.tolist() == [2] and 0.5 < float(best[0]) < 1
-    far = person.copy()
-    far[0, :, :2] += 200  # no anchor overlaps: IoU 0 (the caller gives it the maximal loss)
-    _, best = match_anchors(boxes, scores, torch.tensor(far, dtype=torch.float32), 0.25)
-    assert float(best[0]) == 0
+    target = reward_target(person, np.array([0.53 * 100 * 200]))
+    estimator = EstimatorConfig()
+    for weight, nonzero in ((0.0, False), (0.1, True)):
+        xy = torch.tensor(person[0, :, :2], dtype=torch.float32)
+        xy[9] += torch.tensor([150.0, 0.0])  # the left wrist 150 px off
+        xy.requires_grad_(True)
+        found = _predictions([[100.0, 100.0, 200.0, 300.0]], [0.9], xy[None], keep=[0])
+        cfg = LossConfig(kind="reward", reward_distance_weight=weight)
+        loss = person_losses(found, 0, target, cfg, (1.0, 1.0), estimator)["loss"].sum()
+        (grad,) = torch.autograd.grad(loss, xy)
+        assert (float(grad[9].abs().sum()) > 1e-4) is nonzero, (weight, grad[9])
+    scores = torch.tensor([[0.05]], requires_grad=True)
+    from poseguide.pose.estimator import AnchorPredictions
+
+    far = torch.tensor(person[0, :, :2], dtype=torch.float32)[None, None] + 500
+    found = AnchorPredictions(torch.tensor([[[600.0, 600.0, 700.0, 800.0]]]), scores,
+                              torch.cat([far, torch.ones(1, 1, 17, 1)], -1), (128, 128),
+                              [torch.tensor([0])])  # fmt: skip
+    out = person_losses(found, 0, target, LossConfig(kind="reward"), (1.0, 1.0), estimator)
+    assert out["matched"].tolist() == [False]
+    (grad,) = torch.autograd.grad(out["loss"].sum(), scores)
+    assert float(grad) < 0  # raising the missed person's score lowers the loss
 
 
 def test_targets_keep_labelled_people_and_default_their_areas() -> None:
@@ -113,28 +176,32 @@ class _Anchors:
 
         b = images.shape[0]
         kpts = torch.cat([self.keypoints, torch.ones(17, 1)], dim=-1)
-        return AnchorPredictions(torch.tensor([[self.box]] * b), torch.ones(b, 1),
+        return AnchorPredictions(torch.tensor([[self.box]] * b), torch.ones(b, 1) * 0.5,
                                  kpts[None, None].expand(b, 1, 17, 3),
-                                 (images.shape[-1], images.shape[-2]))  # fmt: skip
+                                 (images.shape[-1], images.shape[-2]),
+                                 [torch.tensor([0])] * b)  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["oks", "heatmap"])
-def test_an_unmatched_person_costs_at_least_the_worst_matched_prediction(kind: str) -> None:
-    """Maximal loss for a person no anchor overlaps: no prediction that is matched, however
-    far its keypoints are from the target's, costs more."""
+def test_costs_grow_with_the_error_and_a_missed_person_costs_more(kind: str) -> None:
+    """Exact keypoints cost nothing; 40 px off costs more, 80 px off more again (no
+    saturation); a person no kept detection overlaps costs the most (its -log(score) term)."""
     target = reward_target(_people(np.random.default_rng(4), 1, size=60), None)
     xy = torch.from_numpy(target.keypoints[0, :, :2]).float()
     images = torch.zeros(1, 3, 128, 128)
     x0, y0 = xy.min(0).values.tolist()
     x1, y1 = xy.max(0).values.tolist()
     costs = {}
+    cfg = LossConfig(kind="reward", reward_loss=kind)
     for name, box, keypoints in (("exact", [x0, y0, x1, y1], xy),
                                  ("far", [x0, y0, x1, y1], xy + 40.0),
+                                 ("farther", [x0, y0, x1, y1], xy + 80.0),
                                  ("unmatched", [200.0, 200.0, 240.0, 240.0], xy)):  # fmt: skip
-        out = reward_terms(images, [target], _Anchors(box, keypoints), kind, None)
+        out = reward_terms(images, [target], _Anchors(box, keypoints), cfg)
         costs[name] = float(out["reward"][0])
         assert float(out["unmatched"][0]) == (1.0 if name == "unmatched" else 0.0)
-    assert costs["exact"] < 1e-6 < costs["far"] <= costs["unmatched"] * (1 + 1e-6)
+    assert costs["exact"] < 1e-6 < costs["far"] < costs["farther"]
+    assert costs["unmatched"] > costs["exact"] + 0.5  # -log(0.5) = 0.69 on top
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +237,7 @@ def test_the_reward_moves_a_real_photo_toward_its_targets(astronaut: tuple, kind
     first = None
     for _ in range(3):
         x.requires_grad_(True)
-        terms = reward_terms(x, [target], estimator, kind, None)
+        terms = reward_terms(x, [target], estimator, LossConfig(kind="reward", reward_loss=kind))
         first = float(terms["oks"][0]) if first is None else first
         (grad,) = torch.autograd.grad(terms["reward"].sum(), x)
         with torch.no_grad():
@@ -279,3 +346,38 @@ def test_an_end_to_end_pose_model_is_refused_for_the_reward() -> None:
     estimator._network = SimpleNamespace(end2end=True)
     with pytest.raises(InputError, match="end-to-end .* YOLOv8 or YOLO11"):
         estimator.anchors(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_the_chosen_anchor_is_the_nms_winner_on_real_photos(astronaut: tuple) -> None:
+    """Targets: the detection path's own people (ultralytics' NMS on the same network output)
+    on real photos; the reward matches each to exactly that detection's anchor, and keypoints
+    outside the image keep their unclipped position (ultralytics' scale_coords clips them)."""
+    import matplotlib
+    from PIL import Image
+    from skimage import data
+    from ultralytics.utils import ops
+
+    from poseguide.pose.estimator import unclipped_coords
+
+    estimator, _ = astronaut
+    hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    photos = [data.astronaut(), np.asarray(hopper.convert("RGB")),
+              np.stack([data.camera()] * 3, axis=-1), data.coffee()]  # fmt: skip
+    for photo in photos:
+        image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float()[None] / 255
+        with torch.no_grad():
+            found = estimator.detect(image)[0]
+            anchors = estimator.anchors(image)
+        people = found.keypoints.clone()
+        people[..., 2] = 2.0
+        areas = (found.boxes[:, 2:] - found.boxes[:, :2]).prod(1) * 0.53
+        index, matched = match_as_evaluation(anchors, 0, people, areas, min_iou=0.1)
+        assert matched.all() and len(index) == len(found.scores)
+        torch.testing.assert_close(anchors.boxes[0, index], found.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(anchors.scores[0, index], found.scores, atol=1e-5, rtol=0)
+    shape, coords = (640, 640), torch.tensor([[[-50.0, 700.0, 1.0], [320.0, 320.0, 1.0]]])
+    clipped = ops.scale_coords(shape, coords.clone(), (512, 256))
+    free = unclipped_coords(shape, coords, (512, 256))
+    torch.testing.assert_close(free[0, 1], clipped[0, 1])  # inside: the same mapping
+    assert float(free[0, 0, 0]) < 0 and float(clipped[0, 0, 0]) == 0  # outside: not clipped

@@ -11,14 +11,19 @@ For a training sample whose timestep is at most ``reward_timestep_max`` (Control
    (frozen weights, activations kept; the decoder is gradient-checkpointed when
    ``train.gradient_checkpointing`` is on), resized to ``reward_resolution`` if set.
 3. The YOLO-pose network on that image (:meth:`poseguide.pose.estimator.YoloPoseEstimator.anchors`:
-   every anchor's box and keypoints before NMS; frozen, gradients reach its input only).
-4. Per target person, the anchor whose box overlaps the person's box best (box IoU; the target's
-   box is the tight box of its labelled joints). The choice is not differentiable, the chosen
-   keypoints are. A person no anchor overlaps gets the maximal loss and is counted.
-5. ``reward_loss`` ``oks``: ``1 - OKS`` of the chosen keypoints against the person (pycocotools'
-   formula, COCO sigmas, the person's area); ``heatmap``: the mean squared difference of Gaussian
-   heatmaps drawn at the chosen keypoints (differentiable in them) and at the target's, over its
-   labelled joints. A sample's reward loss is the mean over its target people.
+   every anchor's box, score and keypoints before NMS, keypoints not clipped to the image, and
+   which anchors ultralytics' NMS keeps; frozen, gradients reach its input only).
+4. Matching as the evaluation matches (:func:`match_as_evaluation`): the kept detections,
+   greedily by score, each take the unmatched target person of highest OKS (COCOeval's rule),
+   counting only above ``reward_min_iou`` box overlap; the gradient flows through the kept
+   anchor. A person left unmatched takes the anchor overlapping it best, whatever its score.
+5. Per person (:func:`person_losses`): ``1 - OKS`` (``reward_loss: oks``, pycocotools'
+   formula, COCO sigmas, the person's area) or the heatmap MSE over its worst case
+   (``heatmap``), plus ``reward_distance_weight`` x the mean Huber of the OKS-normalised joint
+   distances (which does not saturate: a limb 150 px off still gets a gradient), plus, for an
+   unmatched person, ``reward_presence_weight`` x ``-log(score)``. A sample's reward loss is
+   the mean over its target people; the targets are the row's keypoints, from which the
+   condition is drawn (``data.pose_image: render``), or pseudo ground truth (see the README).
 
 The stage's loss (:func:`poseguide.losses.stage_loss`) is ``base + reward_weight * (B / n) *
 reward`` for the n rewarded samples of a (micro-)batch of B and the base loss (``base_loss``:
@@ -111,18 +116,43 @@ def _target_boxes(people: torch.Tensor) -> torch.Tensor:
     return torch.cat([lo - grow, hi + grow], dim=1)
 
 
-def match_anchors(anchor_boxes: torch.Tensor, scores: torch.Tensor, people: torch.Tensor,
-                  conf: float) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """(index of the best-overlapping anchor per person, that IoU): ``anchor_boxes`` (A, 4) and
-    their person ``scores`` (A,), ``people`` (P, 17, 3) in the same pixels. The candidates are
-    the anchors the estimator would keep before NMS (score >= ``conf``); IoU 0 means none
-    overlaps the person."""
+def match_as_evaluation(anchors: Any, b: int, people: torch.Tensor, areas: torch.Tensor,
+                        min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(anchor index, matched) per target person of image ``b``, chosen as the evaluation
+    chooses: among the anchors ultralytics' NMS keeps (``anchors.keep``), greedily by detection
+    score, each taking the unmatched person of highest OKS (:func:`poseguide.pose.oks.
+    match_greedy`, COCOeval's rule), a match counting only where the boxes overlap by
+    ``min_iou``. A person left unmatched gets the anchor whose box overlaps its box best,
+    whatever its score, so that its keypoints and score still get a gradient."""
     from torchvision.ops import box_iou
 
-    iou = box_iou(_target_boxes(people).to(anchor_boxes.dtype), anchor_boxes.detach())  # (P, A)
-    iou = iou * (scores.detach() >= conf)[None]
-    best, index = iou.max(dim=1)
-    return index, best
+    from poseguide.pose.oks import match_greedy
+
+    target_boxes = _target_boxes(people).to(anchors.boxes.dtype)
+    iou_all = box_iou(target_boxes, anchors.boxes[b].detach())  # (P, A)
+    index = iou_all.argmax(dim=1)
+    matched = torch.zeros(len(people), dtype=torch.bool, device=index.device)
+    kept = anchors.keep[b] if anchors.keep is not None else None
+    if kept is None or len(kept) == 0:
+        return index, matched
+    kept = kept.to(index.device)
+    preds = anchors.keypoints[b, kept].detach().double().cpu().numpy()
+    scores = anchors.scores[b, kept].detach().double().cpu().numpy()
+    found = match_greedy(preds, scores, people.detach().double().cpu().numpy(),
+                         areas.detach().double().cpu().numpy())  # fmt: skip
+    for person, k in enumerate(found.pred_index.tolist()):
+        if k >= 0 and float(iou_all[person, kept[k]]) >= min_iou:
+            index[person], matched[person] = kept[k], True
+    return index, matched
+
+
+def normalized_distance(pred_xy: torch.Tensor, people: torch.Tensor,
+                        areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(P, 17) ``u = d / (sqrt(area) * 2 sigma)`` per joint: OKS's own scale, so that a joint's
+    similarity is ``exp(-u^2 / 2)``; unlike that similarity, ``u`` keeps growing with the error."""
+    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=pred_xy.dtype), pred_xy.device)
+    d = torch.linalg.vector_norm(pred_xy - people[..., :2], dim=-1)
+    return d / ((areas[:, None] + AREA_EPS).sqrt() * 2 * sigmas)
 
 
 def joint_similarity(pred_xy: torch.Tensor, people: torch.Tensor,
@@ -152,53 +182,71 @@ def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
                                           keep_grad=True) for p in people])  # fmt: skip
 
 
-def person_losses(anchors: Any, b: int, target: RewardTarget, reward_loss: str,
+def person_losses(anchors: Any, b: int, target: RewardTarget, cfg: Any,
                   scale: tuple[float, float], estimator: Any) -> dict:  # fmt: skip
     """Loss, OKS and matched flag per target person of sample ``b`` of ``anchors``
     (:class:`poseguide.pose.estimator.AnchorPredictions` on an image ``scale`` = (x, y) times
-    the training resolution)."""
-    device, conf = anchors.keypoints.device, estimator.conf
-    heatmap_sigma, heatmap_stride = estimator.heatmap_sigma, estimator.heatmap_stride
+    the training resolution), for the stage's loss config ``cfg``.
+
+    Per person: the pose term (``oks``: 1 - OKS; ``heatmap``: the heatmap MSE divided by its
+    worst case, in [0, 1]), plus ``reward_distance_weight`` times the mean Huber of the
+    normalised joint distances (:func:`normalized_distance`: its gradient does not vanish for
+    a limb far off), plus, for a person the detections miss, ``reward_presence_weight`` times
+    ``-log(score)`` of its anchor (so a missing person is taught to appear)."""
+    device = anchors.keypoints.device
     people = to_device(torch.from_numpy(target.keypoints.astype(np.float32)), device)
     areas = to_device(torch.from_numpy(target.areas.astype(np.float32)), device)
     factor = torch.tensor(scale, dtype=people.dtype, device=device)
     scaled = torch.cat([people[..., :2] * factor, people[..., 2:]], dim=-1)
-    index, best = match_anchors(anchors.boxes[b], anchors.scores[b], scaled, conf)
+    index, matched = match_as_evaluation(anchors, b, scaled, areas * scale[0] * scale[1],
+                                         cfg.reward_min_iou)  # fmt: skip
     pred_xy = anchors.keypoints[b, index, :, :2] / factor  # back to training pixels
-    matched = best > 0
+    labelled = (people[..., 2] > 0).to(pred_xy.dtype)
     oks = soft_oks(pred_xy, people, areas)
-    if reward_loss == "oks":
-        loss = torch.where(matched, 1.0 - oks, torch.ones_like(oks))
+    if cfg.reward_loss == "oks":
+        pose = 1.0 - oks
     else:
-        w, h = anchors.image_size
-        size = (round(w / scale[0]), round(h / scale[1]))
-        grid = (max(size[0] // heatmap_stride, 1), max(size[1] // heatmap_stride, 1))
-        labelled = people[..., 2] > 0
-        want = _heatmaps(people[..., :2], labelled, size, grid, heatmap_sigma)
-        got = _heatmaps(pred_xy, labelled, size, grid, heatmap_sigma)
-        per_joint = ((got - want) ** 2).mean(dim=(-1, -2))  # (P, 17)
-        # The maximal loss: a prediction whose maps do not overlap the target's costs the two
-        # maps' energies, mean(got^2) + mean(want^2); a predicted map is at most a whole
-        # Gaussian (one drawn at the centre), a target's near the border is cut.
-        centre = torch.tensor([size[0] / 2, size[1] / 2], device=device).expand_as(people[..., :2])
-        whole = _heatmaps(centre, labelled, size, grid, heatmap_sigma)
-        worst = ((whole**2) + want**2).mean(dim=(-1, -2))
-        lab = labelled.float()
-        loss = torch.where(matched, (per_joint * lab).sum(1), (worst * lab).sum(1)) / lab.sum(1)
+        pose = _heatmap_term(pred_xy, people, labelled, anchors.image_size, scale, estimator)
+    huber = F.huber_loss(normalized_distance(pred_xy, people, areas),
+                         torch.zeros_like(labelled), reduction="none", delta=1.0)  # fmt: skip
+    distance = (huber * labelled).sum(1) / labelled.sum(1)
+    presence = -torch.log(anchors.scores[b, index].clamp_min(1e-4))
+    loss = pose + cfg.reward_distance_weight * distance
+    loss = loss + torch.where(
+        matched, torch.zeros_like(loss), cfg.reward_presence_weight * presence
+    )
     return {"loss": loss, "oks": torch.where(matched, oks, torch.zeros_like(oks)),
             "matched": matched, "keypoints": pred_xy, "people": people, "areas": areas}  # fmt: skip
 
 
-def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: Any,
-                 reward_loss: str, resolution: int | None,
+def _heatmap_term(pred_xy: torch.Tensor, people: torch.Tensor, labelled: torch.Tensor,
+                  image_size: tuple[int, int], scale: tuple[float, float],
+                  estimator: Any) -> torch.Tensor:  # fmt: skip
+    """(P,) the heatmap MSE over labelled joints divided by its worst case (maps that overlap
+    nowhere: the two maps' energies; a predicted map is at most a whole Gaussian), in [0, 1]."""
+    w, h = image_size
+    size = (round(w / scale[0]), round(h / scale[1]))
+    stride, sigma = estimator.heatmap_stride, estimator.heatmap_sigma
+    grid = (max(size[0] // stride, 1), max(size[1] // stride, 1))
+    mask = labelled > 0
+    want = _heatmaps(people[..., :2], mask, size, grid, sigma)
+    got = _heatmaps(pred_xy, mask, size, grid, sigma)
+    centre = torch.tensor([size[0] / 2, size[1] / 2], device=pred_xy.device)
+    whole = _heatmaps(centre.expand_as(people[..., :2]), mask, size, grid, sigma)
+    per_joint = ((got - want) ** 2).mean(dim=(-1, -2))
+    worst = ((whole**2) + want**2).mean(dim=(-1, -2)).clamp_min(1e-12)
+    return ((per_joint / worst).clamp(max=1.0) * labelled).sum(1) / labelled.sum(1)
+
+
+def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: Any, cfg: Any,
                  details: list | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per-sample (B,) reward loss, mean OKS and unmatched-person count for decoded images
     (B, 3, H, W) in [0, 1] with one :class:`RewardTarget` each (differentiable in ``images``).
     ``details``, a list, receives per sample the matched keypoints (P, 17, 2), the per-joint
     similarity (P, 17; NaN on unlabelled joints) and the matched flags (``explain-loss``)."""
-    if reward_loss not in REWARD_LOSSES:
-        raise ValueError(f"reward_loss {reward_loss!r}: expected one of {REWARD_LOSSES}")
-    scale = (1.0, 1.0)
+    if cfg.reward_loss not in REWARD_LOSSES:
+        raise ValueError(f"reward_loss {cfg.reward_loss!r}: expected one of {REWARD_LOSSES}")
+    resolution, scale = cfg.reward_resolution, (1.0, 1.0)
     if resolution is not None and resolution != images.shape[-1]:
         h, w = images.shape[-2:]
         size = (resolution, max(round(h * resolution / w), 1))  # (width, height)
@@ -209,7 +257,7 @@ def reward_terms(images: torch.Tensor, targets: list[RewardTarget], estimator: A
     device = anchors.boxes.device
     out: dict[str, list[torch.Tensor]] = {"reward": [], "oks": [], "unmatched": [], "people": []}
     for b, target in enumerate(targets):
-        per = person_losses(anchors, b, target, reward_loss, scale, estimator)
+        per = person_losses(anchors, b, target, cfg, scale, estimator)
         out["reward"].append(per["loss"].mean())
         out["oks"].append(per["oks"].mean())
         out["unmatched"].append((~per["matched"]).float().sum())
@@ -287,8 +335,7 @@ def add_reward(cfg: Any, base: dict, pred: torch.Tensor, inputs: RewardInputs,
     images = decode(wide_range_vae(inputs.vae, "the reward's decode"), x0)
     targets = [inputs.targets[i] for i in rows]
     details: list | None = [] if debug else None
-    per = reward_terms(images, targets, inputs.estimator, cfg.reward_loss, cfg.reward_resolution,
-                       details)  # fmt: skip
+    per = reward_terms(images, targets, inputs.estimator, cfg, details)
     chosen = torch.zeros(batch, dtype=torch.bool, device=pred.device).index_fill(0, index, True)
     spread = {k: zeros.index_put((index,), v.to(zeros.dtype)) for k, v in per.items()}
     # ControlNet++'s normalisation ((mask * r).sum() / mask.sum()): the batch mean of these

@@ -112,9 +112,11 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
     reward_rows = [r for r in rows if r["stage"] == "stage3"]
     assert len(reward_rows) == 4
     for r in reward_rows:  # every sample rewarded (t <= 999); the loss is mse + 1.0 reward
-        assert r["rewarded"] == 1.0 and 0 < r["reward"] <= 1 and 0 <= r["reward_oks"] <= 1
-        assert r["reward"] + r["reward_oks"] == pytest.approx(1.0, abs=1e-5)  # 1 - OKS, matched
-        assert r["unmatched_fraction"] == 0.0 and r["reward_pseudo_fraction"] == 0.0
+        assert r["rewarded"] == 1.0 and r["reward"] > 0 and 0 <= r["reward_oks"] <= 1
+        # 1 - OKS, plus 0.1 x the mean Huber of the normalised joint distances (and -log(score)
+        # for people the random tiny model misses)
+        assert r["reward"] >= 1.0 - r["reward_oks"] - 1e-5
+        assert 0.0 <= r["unmatched_fraction"] <= 1.0 and r["reward_pseudo_fraction"] == 0.0
         assert r["loss"] == pytest.approx(r["mse"] + 1.0 * r["reward"], rel=1e-5)
     assert all("reward" not in r for r in rows if r["stage"] == "stage1")
     targets = json.loads((tmp_path / "runs/t/reward_targets.json").read_text())

@@ -209,6 +209,10 @@ class LossConfig:
     # (ControlNet++'s normalisation; its --grad_scale, default 1)
     reward_weight: float = 1.0
     reward_timestep_max: int = 200  # only samples with t <= this get the reward term
+    # + this x the mean Huber of the joints' OKS-normalised distances (no saturation far off)
+    reward_distance_weight: float = 0.1
+    reward_presence_weight: float = 1.0  # + this x -log(score) for a person nobody detects
+    reward_min_iou: float = 0.1  # a kept detection matches a target only above this box IoU
     # "oks": 1 - a differentiable OKS per target person; "heatmap": MSE of Gaussian heatmaps at
     # the predicted keypoints against the targets'.
     reward_loss: Literal["oks", "heatmap"] = "oks"
@@ -224,6 +228,9 @@ class LossConfig:
         _positive("gt_limb_width", self.gt_limb_width)
         _positive("gt_sigma", self.gt_sigma)
         _positive("reward_weight", self.reward_weight, allow_zero=True)
+        _positive("reward_distance_weight", self.reward_distance_weight, allow_zero=True)
+        _positive("reward_presence_weight", self.reward_presence_weight, allow_zero=True)
+        _unit_interval("reward_min_iou", self.reward_min_iou)
         _positive("reward_timestep_max", self.reward_timestep_max, allow_zero=True)
         if self.reward_resolution is not None:
             _positive("reward_resolution", self.reward_resolution)

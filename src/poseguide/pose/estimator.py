@@ -471,26 +471,46 @@ class YoloPoseEstimator:
                 f"{self.weights}: an end-to-end (NMS-free) pose model has no per-anchor output "
                 "for the reward; use a YOLOv8 or YOLO11 pose model (e.g. yolo11n-pose.pt)"
             )
+        from ultralytics.utils.nms import non_max_suppression
+
         h, w = batch.shape[-2:]
         x = letterbox(batch.float(), self.imgsz, int(net.stride))
         preds = net(x)
         preds = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + K*3, A)
-        preds = preds.transpose(1, 2)
         nc = len(net.names)
+        # Which anchors the detection path keeps: ultralytics' own NMS on the detached output.
+        _, keep = non_max_suppression(preds.detach(), self.conf, self.iou, max_det=self.max_det,
+                                      nc=nc, return_idxs=True)  # fmt: skip
+        preds = preds.transpose(1, 2)
         boxes = ops.scale_boxes(x.shape[2:], ops.xywh2xyxy(preds[..., :4]), (h, w))
-        kpts = preds[..., 4 + nc :].reshape(*preds.shape[:2], *tuple(net.kpt_shape)).clone()
-        kpts = ops.scale_coords(x.shape[2:], kpts, (h, w))
-        return AnchorPredictions(boxes, preds[..., 4 : 4 + nc].amax(-1), kpts, (int(w), int(h)))
+        kpts = preds[..., 4 + nc :].reshape(*preds.shape[:2], *tuple(net.kpt_shape))
+        kpts = unclipped_coords(x.shape[2:], kpts, (h, w))  # gradients outside the image too
+        return AnchorPredictions(boxes, preds[..., 4 : 4 + nc].amax(-1), kpts, (int(w), int(h)),
+                                 [k.long() for k in keep])  # fmt: skip
+
+
+def unclipped_coords(letterboxed: Any, coords: torch.Tensor, original: Any) -> torch.Tensor:
+    """ultralytics' ``scale_coords`` (letterboxed pixels -> the original's) without its in-place
+    clip to the image: a joint predicted outside the image keeps its position and gradient."""
+    (h1, w1), (h0, w0) = tuple(letterboxed)[:2], tuple(original)[:2]
+    gain = min(h1 / h0, w1 / w0)
+    new_h, new_w = (max(round(v * gain), 1) for v in (h0, w0))  # LetterBox rounds each side
+    pad_x, pad_y = round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1)
+    x = (coords[..., 0] - pad_x) / (new_w / w0)
+    y = (coords[..., 1] - pad_y) / (new_h / h0)
+    return torch.cat([torch.stack([x, y], dim=-1), coords[..., 2:]], dim=-1)
 
 
 @dataclass(frozen=True)
 class AnchorPredictions:
-    """Every anchor's box, person score and keypoints, before NMS (tensors with gradients)."""
+    """Every anchor's box, person score and keypoints, before NMS (tensors with gradients), and
+    which anchors the detection path's NMS keeps."""
 
     boxes: torch.Tensor  # (B, A, 4) x0, y0, x1, y1 in the input's pixels
     scores: torch.Tensor  # (B, A)
-    keypoints: torch.Tensor  # (B, A, 17, 3) x, y, confidence
+    keypoints: torch.Tensor  # (B, A, 17, 3) x, y, confidence (not clipped to the image)
     image_size: tuple[int, int]
+    keep: list[torch.Tensor] | None = None  # per image, the kept anchors, best score first
 
 
 @dataclass(frozen=True)
