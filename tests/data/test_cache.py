@@ -439,6 +439,20 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
     assert [t is not None and t.pseudo for t in targets[:2]] == [False, True]
     assert targets[2] is None  # nobody found: the row is not rewarded
 
+    # A reward stage draws a pseudo row's condition from its targets: the same pose by
+    # construction; rows with their own keypoints keep their condition.
+    from poseguide.pose.render import render_skeleton
+
+    drawn = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache,
+                        condition_from_pseudo=True)  # fmt: skip
+    redrawn = collate([drawn[i] for i in range(3)])
+    size = (cfg.resolution, cfg.resolution)
+    want = render_skeleton(batch["pseudo_keypoints"][1], size, "controlnet10")
+    got = (redrawn["conditioning"][1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(got, want)
+    assert not torch.equal(redrawn["conditioning"][1], batch["conditioning"][1])
+    assert torch.equal(redrawn["conditioning"][0], batch["conditioning"][0])
+
     # explain-loss computes a row's pseudo ground truth by the cache's own rule.
     from poseguide.config import Config
     from poseguide.config.schema import LossConfig, StageConfig, TrainConfig

@@ -213,6 +213,10 @@ class LossConfig:
     reward_distance_weight: float = 0.1
     reward_presence_weight: float = 1.0  # + this x -log(score) for a person nobody detects
     reward_min_iou: float = 0.1  # a kept detection matches a target only above this box IoU
+    # Rows whose targets are pseudo ground truth (no dataset keypoints): "targets" draws their
+    # condition from those keypoints (condition and targets agree by construction), "source"
+    # keeps the dataset's pose image (which may show other people or joints)
+    reward_condition: Literal["targets", "source"] = "targets"
     # "oks": 1 - a differentiable OKS per target person; "heatmap": MSE of Gaussian heatmaps at
     # the predicted keypoints against the targets'.
     reward_loss: Literal["oks", "heatmap"] = "oks"

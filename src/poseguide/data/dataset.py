@@ -37,12 +37,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from poseguide.config.schema import DataConfig
 from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import RowError, Source
 from poseguide.errors import InputError
+from poseguide.pose.render import render_skeleton
 
 # The epoch's data order draws from its own stream of (run.seed, epoch key): a number no other
 # per-row stream uses, so the order is independent of the rows' noise and flips.
@@ -87,9 +89,13 @@ class PoseDataset(Dataset):
         style: Any,
         seed: int,
         cache: LatentLookup | None = None,
+        condition_from_pseudo: bool = False,
     ) -> None:
         self.source, self.rows, self.cfg = source, list(rows), cfg
         self.style, self.seed, self.cache = style, seed, cache
+        # A reward stage's rows with pseudo targets: draw the condition from those keypoints,
+        # so that the condition and the reward's targets are the same pose by construction.
+        self.condition_from_pseudo = condition_from_pseudo
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,7 +122,16 @@ class PoseDataset(Dataset):
         own = item.keypoints is not None or self.cache is None
         found = None if own else self.cache.pseudo(index)
         if found is not None:  # only the reward reads them: keypoints stay None
-            out["pseudo_keypoints"], out["pseudo_areas"] = placed(found, item.placement)
+            people, areas = placed(found, item.placement)
+            if item.flipped:  # the image was mirrored: so are its people
+                from poseguide.pose.skeleton import flip_keypoints
+
+                people = flip_keypoints(people, self.cfg.resolution)
+            out["pseudo_keypoints"], out["pseudo_areas"] = people, areas
+            if self.condition_from_pseudo:
+                size = (self.cfg.resolution, self.cfg.resolution)
+                drawn = Image.fromarray(render_skeleton(people, size, self.style))
+                out["conditioning"] = image_to_tensor(drawn, low=0.0)
         if self.cache is None:
             out["pixel_values"] = image_to_tensor(item.image, low=-1.0)
         else:

@@ -332,9 +332,11 @@ def _reward_targets(run: EvalRun) -> str:
     path = RunPaths(run.run_dir).reward_targets
     try:
         t = json.loads(path.read_text())
+        condition = t.get("pseudo_rows_condition", "the dataset's pose image")
         return (f"{t['dataset_keypoints']} of {t['rows']} rows with the dataset's keypoints, "
                 f"{t['pseudo_ground_truth']} with pseudo ground truth ({t['pseudo_people']} "
-                f"people found by {t['estimator']} on the original images)")  # fmt: skip
+                f"people found by {t['estimator']} on the original images; their condition: "
+                f"{condition})")  # fmt: skip
     except FileNotFoundError:
         return "none (no reward stage)"
     except (OSError, ValueError, KeyError, TypeError):

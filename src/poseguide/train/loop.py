@@ -216,7 +216,8 @@ def train_stage(
     ``global_step`` is the optimizer-step count before this stage (when not resuming)."""
     cfg, acc = run.config, run.accelerator
     stage = cfg.train.stages[index]
-    data = make_loader(cfg, run.source, run.rows, run.cache, acc.process_index, acc.num_processes)
+    data = make_loader(cfg, run.source, run.rows, run.cache, acc.process_index, acc.num_processes,
+                       stage)  # fmt: skip
     per_epoch = steps_per_epoch(data[1], cfg)
     total = min(stage.epochs * per_epoch, stage.max_steps or NO_STEP_LIMIT)
     state = start_stage(run, index, init, previous, loaded, global_step, total)

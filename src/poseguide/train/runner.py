@@ -116,13 +116,18 @@ def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts:
     cache = find_cache(source, rows, config.data, parts, pseudo)
     if pseudo is not None and team.is_main:
         found = cache.manifest.get("pseudo", {})
+        drawn = {st.loss.reward_condition for st in config.train.stages
+                 if st.loss.kind == "reward"}  # fmt: skip
+        names = {"targets": "drawn from the pseudo targets", "source": "the dataset's pose image"}
+        condition = names[drawn.pop()] if len(drawn) == 1 else "per stage"
         targets = {"rows": len(rows), "dataset_keypoints": len(rows) - found.get("rows", 0),
                    "pseudo_ground_truth": found.get("rows", 0), "estimator": pseudo.weights,
-                   "pseudo_people": found.get("people", 0)}  # fmt: skip
+                   "pseudo_people": found.get("people", 0),
+                   "pseudo_rows_condition": condition}  # fmt: skip
         log.info("reward targets: %d row(s) with the dataset's keypoints, %d with pseudo ground "
-                 "truth (%d people found by pose.estimator %s on the original images)",
-                 targets["dataset_keypoints"], targets["pseudo_ground_truth"],
-                 targets["pseudo_people"], pseudo.weights)  # fmt: skip
+                 "truth (%d people found by pose.estimator %s on the original images; their "
+                 "condition: %s)", targets["dataset_keypoints"], targets["pseudo_ground_truth"],
+                 targets["pseudo_people"], pseudo.weights, condition)  # fmt: skip
         atomic_write_json(paths.reward_targets, targets)
     return cache
 

@@ -224,10 +224,20 @@ def make_lr_scheduler(optimizer: Any, stage: StageConfig, total_steps: int) -> A
 
 
 def make_loader(
-    config: Config, source: Any, rows: list[int], cache: Any, rank: int, world: int
+    config: Config,
+    source: Any,
+    rows: list[int],
+    cache: Any,
+    rank: int,
+    world: int,
+    stage: StageConfig | None = None,
 ) -> tuple[PoseDataset, ShardedSampler, DataLoader]:
-    """Dataset, sharded sampler and DataLoader for this process."""
-    dataset = PoseDataset(source, rows, config.data, config.pose.render, config.run.seed, cache)
+    """Dataset, sharded sampler and DataLoader for this process (for ``stage``: a reward stage
+    with ``reward_condition: targets`` draws its pseudo-target rows' condition from them)."""
+    redraw = stage is not None and stage.loss.kind == "reward" and (
+        stage.loss.reward_condition == "targets")  # fmt: skip
+    dataset = PoseDataset(source, rows, config.data, config.pose.render, config.run.seed, cache,
+                          condition_from_pseudo=redraw)  # fmt: skip
     sampler = ShardedSampler(len(rows), config.run.seed, rank, world)
     loader = DataLoader(
         dataset,
