@@ -167,6 +167,6 @@ def test_the_cli_trains_resumes_and_ships(tmp_path: Path, capsys) -> None:
     from safetensors import safe_open
 
     with safe_open(str(dest / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
     assert recorded_hash(dest) == config_hash(small(tmp_path))
     assert config_hash(load_base_config(dest / "base-config.yaml")) == config_hash(small(tmp_path))
