@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunPaths.of(config)
     report = make_report(run.root)
     grid = Path(args.out) / "learning_grid.png"
-    shutil.copyfile(run.root / "report_grid.png", grid)
+    shutil.copyfile(Path(report["md"]).parent / "report_grid.png", grid)
     setup = metrics["setup"]
     lines = [
         f"# Mini world, Table 4.1 layout ({args.eval_rows} held-out poses, 95% bootstrap "
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Judge: {setup.get('estimator')} (imgsz {config.evaluate.estimator.imgsz}); the mask "
         f"and reward estimator: {config.pose.estimator.weights} (imgsz "
         f"{config.pose.estimator.imgsz}). LPIPS and CLIP: random backbones (plumbing).",
-        f"Wall time: training {trained - start:.0f} s, evaluation {evaluated - trained:.0f} s, "
+        f"Wall time of this call (a resumed run skips what is done): training "
+        f"{trained - start:.0f} s, evaluation {evaluated - trained:.0f} s, "
         f"report {time.perf_counter() - evaluated:.0f} s; torch threads "
         f"{__import__('torch').get_num_threads()}.",
         f"Grid: {grid}; report: {report['html']}",
