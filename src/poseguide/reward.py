@@ -63,7 +63,8 @@ def reward_target(keypoints: np.ndarray | None, areas: np.ndarray | None,
                   pseudo: bool = False) -> RewardTarget | None:  # fmt: skip
     """The sample's target people, or None when it has none. A target has a labelled joint
     and an area > 0: without areas, ``0.53 * w * h`` of the labelled joints' box stands in
-    (ultralytics' rule, as the evaluation uses), which is 0 for one joint or joints on a line;
+    (poseguide's stand-in for ultralytics' rule, which takes the annotated box; the evaluation
+    uses the same stand-in for keypoints without areas), 0 for one joint or joints on a line;
     OKS is then 0 whatever the prediction (no gradient), so such a person is no target."""
     if keypoints is None or len(keypoints) == 0:
         return None
