@@ -288,3 +288,9 @@ def test_direct_construction_refuses_non_finite_and_out_of_range_values() -> Non
         OptimConfig(max_grad_norm=-1.0)
     with pytest.raises(ConfigError, match="eps: must be a finite number > 0, got inf"):
         OptimConfig(eps=float("inf"))
+
+
+@pytest.mark.parametrize("decay", ["0", "1", "1.5", "-0.1"])
+def test_ema_decay_is_a_fraction_or_null(decay: str) -> None:
+    _refused([f"train.stages.stage1.ema_decay={decay}"], "ema_decay", "(0, 1)")
+    assert load_config("tiny", ["train.stages.stage1.ema_decay=0.99"]).train.stages[0].ema_decay

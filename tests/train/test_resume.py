@@ -115,3 +115,39 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path: Path) -> None:
         for k in a:
             rel = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12))
             assert rel < 1e-3, f"{name}: {k} differs by {rel:.2e} (relative norm)"
+
+
+EMA_STAGES = [
+    {"name": "stage1", "loss": {"kind": "denoising"}, "epochs": 2, "lr": 1e-3, "ema_decay": 0.8},
+    {"name": "stage2", "loss": {"kind": "heatmap", "source": "predicted_error"}, "epochs": 1,
+     "lr": 1e-3, "ema_decay": 0.8},
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_ema_is_exported_and_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """With ``ema_decay`` the export is the EMA of the weights (the final checkpoint's
+    ``ema.pt``), not the raw weights; a run killed in stage 1 and resumed exports the same."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_config(reference, train={"stages": EMA_STAGES})
+    run_cli(reference)
+    final = sorted((reference / "runs/t/checkpoints").glob("step-*"))[-1]
+    raw = load_file(str(final / "controlnet.safetensors"))
+    shadow = torch.load(final / "ema.pt", weights_only=True)["shadow_params"]
+    exported = weights(reference, "stage2")
+    assert any(not torch.equal(raw[k], exported[k]) for k in raw)  # not the raw weights
+    from diffusers import ControlNetModel
+
+    model = ControlNetModel.from_pretrained(str(reference / "runs/t/exports/stage2"))
+    for param, value in zip(model.parameters(), shadow, strict=True):
+        assert torch.equal(param.detach(), value)
+    write_config(tmp_path, train={"stages": EMA_STAGES})
+    proc = start_cli("train", "config.yaml", cwd=tmp_path)
+    wait_for_step(tmp_path, proc, "stage1", 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_cli(tmp_path, "--resume", "latest")
+    for name in STAGES:
+        ref, got = weights(reference, name), weights(tmp_path, name)
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name

@@ -249,6 +249,9 @@ class StageConfig:
     lr: float = 5e-7
     lr_scheduler: str = "constant"  # any diffusers get_scheduler name
     warmup_steps: int = 0
+    # An EMA of the trainable weights with this decay (diffusers' EMAModel, ControlNet++'s
+    # recipe), exported as the stage's model; null = none (the raw weights are exported)
+    ema_decay: float | None = None
     # Where the ControlNet starts: "unet" (ControlNetModel.from_unet), "previous" (the previous
     # stage's final weights), or a ControlNet folder or hub id (e.g. the baseline
     # lllyasviel/sd-controlnet-openpose), or "stage:NAME" (the final weights of an earlier stage
@@ -263,6 +266,8 @@ class StageConfig:
             _positive("max_steps", self.max_steps)
         _positive("lr", self.lr)
         _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise _invalid("ema_decay", f"must be in (0, 1) or null, got {self.ema_decay}")
         self._check_scheduler()
         self._check_init()
 

@@ -7,6 +7,7 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/`` holding
 * ``optimizer.pt``, ``lr_scheduler.pt``, ``scaler.pt`` (fp16 only): state dicts, loaded with
   ``torch.load(weights_only=True)``; under DeepSpeed ZeRO the optimizer state is partitioned
   across processes and saved by DeepSpeed itself in ``deepspeed/`` instead of ``optimizer.pt``;
+* ``ema.pt``: the EMA of the weights, when the stage keeps one (``ema_decay``);
 * ``rng-<rank>.pt``: Python, NumPy, torch CPU and CUDA generator states of each process;
 * ``state.json``: the position (stage, global step, step within the stage, epoch, step within the
   epoch), whether the stage is finished, the world size, and the run's config as plain data.
@@ -41,6 +42,7 @@ LATEST = "latest"
 PREFIX = "step-"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "controlnet.safetensors"
+EMA_FILE = "ema.pt"  # the EMA of the weights, when the stage keeps one (stage.ema_decay)
 # What every checkpoint holds (besides optimizer.pt or DeepSpeed's deepspeed/ folder); checked
 # for checkpoints written before state.json recorded its files and their sizes.
 REQUIRED_FILES = (WEIGHTS_FILE, "config.json", "lr_scheduler.pt")
@@ -73,6 +75,7 @@ class TrainState:
     scheduler: Any
     position: Position
     scaler: Any = None
+    ema: Any = None  # diffusers EMAModel of the trainable weights (stage.ema_decay), or None
 
     def count_step(self) -> None:
         """One optimizer step was taken."""
@@ -139,6 +142,8 @@ def save_checkpoint(
         torch.save(state.scheduler.state_dict(), tmp / "lr_scheduler.pt")
         if state.scaler is not None:
             torch.save(state.scaler.state_dict(), tmp / "scaler.pt")
+        if state.ema is not None:
+            torch.save(state.ema.state_dict(), tmp / EMA_FILE)
         for rank, rng in enumerate(rngs):
             torch.save(rng, tmp / f"rng-{rank}.pt")
         meta = {"position": asdict(state.position), "world_size": world_size, "config": config,
@@ -283,6 +288,18 @@ class Loaded:
         model.load_state_dict(self.controlnet_state)
         return model.to(device=device, dtype=torch.float32).train()
 
+    def ema_weights_into(self, model: Any) -> bool:
+        """Copy the checkpoint's EMA weights (when it holds one) into ``model``'s trainable
+        parameters, in their order; returns whether it did."""
+        if not (self.path / EMA_FILE).is_file():
+            return False
+        shadow = _load(self.path / EMA_FILE)["shadow_params"]
+        with torch.no_grad():
+            for param, value in zip([p for p in model.parameters() if p.requires_grad], shadow,
+                                    strict=True):  # fmt: skip
+                param.copy_(value.to(param.device, param.dtype))
+        return True
+
     def load_into(self, state: TrainState, rank: int) -> None:
         """Restore the optimizer, LR scheduler, grad scaler, position and this process's RNG
         states into ``state``."""
@@ -292,6 +309,14 @@ class Loaded:
         state.scheduler.load_state_dict(_load(path / "lr_scheduler.pt"))
         if state.scaler is not None and (path / "scaler.pt").is_file():
             state.scaler.load_state_dict(_load(path / "scaler.pt"))
+        if state.ema is not None:
+            if not (path / EMA_FILE).is_file():
+                raise CheckpointError(
+                    f"{path} holds no {EMA_FILE} but the stage keeps an EMA "
+                    "(ema_decay); resume with the config it was written with"
+                )
+            state.ema.load_state_dict(_load(path / EMA_FILE))
+            state.ema.to(device=next(state.model.parameters()).device)  # loaded on the CPU
         state.position = self.position
         rng_file = self.path / f"rng-{rank}.pt"
         if rng_file.is_file():

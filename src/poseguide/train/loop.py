@@ -3,6 +3,7 @@ except through the loss it asks for (:func:`poseguide.train.step.loss_terms`).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -83,11 +84,12 @@ def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train.optim, stage.lr)
     scheduler = make_lr_scheduler(optimizer, stage, total)
+    ema = _ema(trainer, stage, params)
     if cfg.train.compile:
         model = torch.compile(model)
     model, optimizer = acc.prepare(model, optimizer)
     position = Position(index, stage.name, global_step=global_step)
-    state = TrainState(model, optimizer, scheduler, position, getattr(acc, "scaler", None))
+    state = TrainState(model, optimizer, scheduler, position, getattr(acc, "scaler", None), ema)
     if loaded is not None:
         loaded.load_into(state, acc.process_index)
         if is_deepspeed(acc):
@@ -96,11 +98,25 @@ def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
     return state
 
 
+def _ema(trainer: Trainer, stage: StageConfig, params: list) -> Any:
+    """The stage's EMA of its trainable weights (diffusers' EMAModel), or None."""
+    if stage.ema_decay is None:
+        return None
+    if is_deepspeed(trainer.accelerator):
+        raise TrainingError(
+            f"train.stages.{stage.name}.ema_decay: no EMA under DeepSpeed (its "
+            "weights are partitioned); set it to null or train without ZeRO"
+        )
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=stage.ema_decay)
+
+
 def end_stage(trainer: Trainer, state: TrainState) -> None:
     """Release everything of a finished stage: accelerate's references to its model and
     optimizer (and DeepSpeed's engine), the state itself, the stage's pose estimators."""
     trainer.accelerator.free_memory()
-    state.model = state.optimizer = state.scheduler = state.scaler = None
+    state.model = state.optimizer = state.scheduler = state.scaler = state.ema = None
     trainer.estimators.clear()
 
 
@@ -180,13 +196,29 @@ def _deepspeed_save(run: Run, state: TrainState) -> Path | None:
     return folder
 
 
+@contextlib.contextmanager
+def _ema_weights(state: TrainState, controlnet: Any) -> Any:
+    """Inside: ``controlnet`` holds the stage's EMA weights (when it keeps one); after: its own."""
+    if state.ema is None:
+        yield
+        return
+    params = [p for p in controlnet.parameters() if p.requires_grad]
+    state.ema.store(params)
+    state.ema.copy_to(params)
+    try:
+        yield
+    finally:
+        state.ema.restore(params)
+
+
 def export(run: Run, state: TrainState, stage: str) -> Path:
-    """The stage's ControlNet as a diffusers folder (``save_pretrained``, safetensors)."""
+    """The stage's ControlNet as a diffusers folder (``save_pretrained``, safetensors): its EMA
+    weights when the stage keeps an EMA (``ema_decay``), else its raw weights."""
     acc, target = run.accelerator, run.paths.export(stage)
     controlnet = plain_controlnet(run, state)  # collective under DeepSpeed: every process
     if acc.is_main_process:
         try:
-            with atomic_directory(target) as tmp:
+            with atomic_directory(target) as tmp, _ema_weights(state, controlnet):
                 controlnet.save_pretrained(tmp, safe_serialization=True)
         except WRITE_FAILURES as err:
             if is_out_of_memory(err):

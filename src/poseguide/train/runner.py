@@ -302,6 +302,7 @@ def _export_from_checkpoint(run: Run, loaded: Loaded) -> dict:
         log.info("%s: exporting its final checkpoint %s (the export was missing)",
                  pos.stage_name, loaded.path.name)  # fmt: skip
         controlnet = loaded.build_controlnet(torch.device("cpu"))
+        loaded.ema_weights_into(controlnet)  # the stage kept an EMA: that is its export
         with atomic_directory(run.paths.export(pos.stage_name)) as tmp:
             controlnet.save_pretrained(tmp, safe_serialization=True)
     acc.wait_for_everyone()

@@ -393,4 +393,6 @@ def optimizer_step(trainer: Trainer, stage: StageConfig, state: Any, batches: It
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.step([p for p in model.parameters() if p.requires_grad])
     return StepResult(local_terms(logged), torch.isfinite(total), replaced)
