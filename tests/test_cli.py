@@ -102,10 +102,12 @@ def test_pose_estimate_unreadable_image(tmp_path: Path, capsys: pytest.CaptureFi
 def test_demo_runs_the_whole_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, caplog
 ) -> None:
-    """`make demo` on a fresh folder: pose toolkit, training, evaluation, report; then reused."""
+    """The demo's pipeline on a fresh folder, with the fast tiny preset (the default, mini,
+    takes about 8 minutes: tests/train/test_science.py checks that it learns): pose toolkit,
+    training, evaluation, report; then reused."""
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)
-    assert main(["demo"]) == 0
+    assert main(["demo", "--config", "tiny"]) == 0
     captured = capsys.readouterr()
     printed = captured.out
     # The synthetic captions are longer than 77 tokens: cut once, quietly, and counted once.
@@ -133,5 +135,12 @@ def test_demo_runs_the_whole_pipeline(
         assert any(row.startswith(line) for row in printed.splitlines())
     # Running it again reuses everything: no training step, no generation.
     stamp = (run / "metrics.jsonl").stat().st_mtime_ns
-    assert main(["demo"]) == 0
+    assert main(["demo", "--config", "tiny"]) == 0
     assert (run / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_the_demo_runs_the_mini_world_by_default() -> None:
+    from poseguide.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.config == "mini"
