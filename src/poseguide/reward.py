@@ -120,31 +120,53 @@ def _target_boxes(people: torch.Tensor) -> torch.Tensor:
 def match_as_evaluation(anchors: Any, b: int, people: torch.Tensor, areas: torch.Tensor,
                         min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(anchor index, matched) per target person of image ``b``, chosen as the evaluation
-    chooses: among the anchors ultralytics' NMS keeps (``anchors.keep``), greedily by detection
-    score, each taking the unmatched person of highest OKS (:func:`poseguide.pose.oks.
-    match_greedy`, COCOeval's rule), a match counting only where the boxes overlap by
-    ``min_iou``. A person left unmatched gets the anchor whose box overlaps its box best,
-    whatever its score, so that its keypoints and score still get a gradient."""
+    chooses: the anchors ultralytics' NMS keeps (``anchors.keep``), best score first, each take
+    the unmatched person of highest OKS (COCOeval's rule, as
+    :func:`poseguide.pose.oks.match_greedy`: OKS > 0, the last person among equal bests), a
+    detection taking only people its box overlaps by ``min_iou``. A person left unmatched gets
+    the anchor whose box overlaps its box best, whatever its score, so that its keypoints and
+    score still get a gradient. All on the device: no host read."""
     from torchvision.ops import box_iou
 
-    from poseguide.pose.oks import match_greedy
-
-    target_boxes = _target_boxes(people).to(anchors.boxes.dtype)
-    iou_all = box_iou(target_boxes, anchors.boxes[b].detach())  # (P, A)
-    index = iou_all.argmax(dim=1)
-    matched = torch.zeros(len(people), dtype=torch.bool, device=index.device)
+    iou_all = box_iou(_target_boxes(people).to(anchors.boxes.dtype), anchors.boxes[b].detach())
+    index = iou_all.argmax(dim=1)  # (P,) the fallback: best overlap, any score
     kept = anchors.keep[b] if anchors.keep is not None else None
-    if kept is None or len(kept) == 0:
-        return index, matched
+    if kept is None or kept.numel() == 0:
+        return index, torch.zeros(len(people), dtype=torch.bool, device=index.device)
     kept = kept.to(index.device)
-    preds = anchors.keypoints[b, kept].detach().double().cpu().numpy()
-    scores = anchors.scores[b, kept].detach().double().cpu().numpy()
-    found = match_greedy(preds, scores, people.detach().double().cpu().numpy(),
-                         areas.detach().double().cpu().numpy())  # fmt: skip
-    for person, k in enumerate(found.pred_index.tolist()):
-        if k >= 0 and float(iou_all[person, kept[k]]) >= min_iou:
-            index[person], matched[person] = kept[k], True
+    kept = kept[anchors.scores[b, kept].detach().argsort(descending=True, stable=True)]
+    # float64 as pycocotools: a far prediction's OKS stays > 0 (float32 underflows to 0)
+    xy = anchors.keypoints[b, kept, :, :2].detach().double()  # (K, 17, 2)
+    similarity = _oks_pairs(xy, people.double(), areas.double())  # (P, K)
+    similarity = torch.where(iou_all[:, kept] >= min_iou, similarity, torch.zeros_like(similarity))
+    assigned = _greedy(similarity)
+    matched = assigned >= 0
+    index = torch.where(matched, kept[assigned.clamp_min(0)], index)
     return index, matched
+
+
+def _oks_pairs(xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(P, K) OKS of K predicted (K, 17, 2) people against P targets (pycocotools' formula)."""
+    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=xy.dtype), xy.device)
+    d2 = ((xy[None] - people[:, None, :, :2]) ** 2).sum(-1)  # (P, K, 17)
+    e = d2 / (sigmas * 2) ** 2 / (areas[:, None, None] + AREA_EPS) / 2
+    labelled = (people[..., 2] > 0).to(xy.dtype)[:, None]  # (P, 1, 17)
+    return (torch.exp(-e) * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
+
+
+def _greedy(similarity: torch.Tensor) -> torch.Tensor:
+    """(P,) the detection (column, in score order) each person takes, -1 for none: column by
+    column, the untaken person of highest similarity > 0, the last one among equal bests."""
+    people = similarity.shape[0]
+    rows = torch.arange(people, device=similarity.device)
+    assigned = torch.full((people,), -1, dtype=torch.long, device=similarity.device)
+    for k in range(similarity.shape[1]):  # the column count is a shape: no host read
+        column = torch.where(assigned >= 0, torch.full_like(similarity[:, k], -1.0),
+                             similarity[:, k])  # fmt: skip
+        best = people - 1 - column.flip(0).argmax()
+        take = (rows == best) & (column.amax() > 0)
+        assigned = torch.where(take, torch.full_like(assigned, k), assigned)
+    return assigned
 
 
 def normalized_distance(pred_xy: torch.Tensor, people: torch.Tensor,

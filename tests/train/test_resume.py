@@ -38,12 +38,27 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
     return out
 
 
+# A known bug, found on 2026-12-07 and present before that day's changes (reproduced on commit
+# b8942c6): killed at stage 2 step 2 with grad_accum 2, the resumed stage-2 weights differ from
+# an uninterrupted run's by up to 4e-7 (float summation order somewhere in the stage-2 path after
+# a resume); stage 1 and grad_accum 1 are exact. strict: the mark fails once it is fixed.
+KNOWN_STAGE2_ACCUM = pytest.mark.xfail(strict=True, reason="stage-2 resume with grad_accum 2 "
+                                       "differs by ~4e-7 (known bug, see the comment)")  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [False, True], ids=["accum1", "accum2"])
 @pytest.mark.parametrize(("stage", "last_step"), [("stage1", 7), ("stage2", 3)])
 def test_sigkill_then_resume_gives_identical_weights(
-    references: dict[bool, Path], tmp_path: Path, stage: str, last_step: int, accumulate: bool
+    references: dict[bool, Path],
+    tmp_path: Path,
+    stage: str,
+    last_step: int,
+    accumulate: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if stage == "stage2" and accumulate:
+        request.applymarker(KNOWN_STAGE2_ACCUM)
     write_config(tmp_path, train=ACCUMULATE if accumulate else {})
     # Any step (checkpoints are written every step), drawn from a seed fixed by the test id so
     # that a failure happens again on a rerun; the step is printed (shown on failure).
