@@ -93,9 +93,10 @@ def _cache_build(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from poseguide.config import load_config
-    from poseguide.train.runner import run_training
+    from poseguide.train.runner import ResumeRules, run_training
 
-    result = run_training(load_config(args.config, args.overrides), args.stage, args.resume)
+    rules = ResumeRules(args.allow_config_change, args.accept_data_change)
+    result = run_training(load_config(args.config, args.overrides), args.stage, args.resume, rules)
     if os.environ.get("RANK", "0") != "0":  # one summary per launch, not per process
         return
     print(f"finished at step {result['global_step']}; run folder {result['run_dir']}")
@@ -292,6 +293,15 @@ def _train_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--resume", metavar="latest|PATH",
         help="continue from the latest checkpoint of the run, or from a checkpoint folder",
+    )  # fmt: skip
+    train.add_argument(
+        "--allow-config-change", action="store_true",
+        help="with --resume: let a stage's lr, max_steps or epochs, or train.mixed_precision, "
+        "differ from the checkpoint's config (after a divergence, for example)",
+    )  # fmt: skip
+    train.add_argument(
+        "--accept-data-change", action="store_true",
+        help="with --resume: continue although the training rows changed since the checkpoint",
     )  # fmt: skip
     base = commands.add_parser("base", help="train the mini world's base from scratch")
     base = base.add_subparsers(dest="base_command", required=True, metavar="ACTION")

@@ -44,8 +44,10 @@ from poseguide.base.parts import (
 )
 from poseguide.config.core import to_dict
 from poseguide.errors import UserError
-from poseguide.train.checkpoint import LATEST, PREFIX, file_sizes, rotate
+from poseguide.train.checkpoint import LATEST, PREFIX, rotate
+from poseguide.utils.checksum import file_records, files_problem
 from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+from poseguide.utils.lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def save_checkpoint(paths: BasePaths, phase: Phase, config: BaseConfig) -> Path:
         if phase.ema is not None:
             torch.save(phase.ema.state_dict(), tmp / "ema.pt")
         state = {"phase": phase.name, "step": phase.step, "seconds": phase.seconds,
-                 "hash": config_hash(config), "files": file_sizes(tmp)}  # fmt: skip
+                 "hash": config_hash(config), "files": file_records(tmp)}  # fmt: skip
         atomic_write_json(tmp / STATE_FILE, state)  # last: its presence means complete
     atomic_write_text(paths.checkpoints / LATEST, target.name + "\n")
     rotate(paths.checkpoints, config.keep_checkpoints)
@@ -122,7 +124,8 @@ def save_checkpoint(paths: BasePaths, phase: Phase, config: BaseConfig) -> Path:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from (missing, unfinished, truncated), or None."""
+    """Why ``path`` cannot be resumed from (missing, unfinished, truncated, a file that does not
+    match its recorded SHA-256), or None."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
         return f"{state_file} is missing (the checkpoint was not finished)"
@@ -131,10 +134,7 @@ def checkpoint_problem(path: Path) -> str | None:
         files = dict(state["files"])
     except (ValueError, KeyError, TypeError) as err:
         return f"{state_file} is damaged ({type(err).__name__}: {err})"
-    for name, size in files.items():
-        if not (path / name).is_file() or (path / name).stat().st_size != size:
-            return f"{path / name} is missing or not the {size} bytes it was saved with"
-    return None
+    return files_problem(path, files)
 
 
 def latest_checkpoint(paths: BasePaths) -> Path | None:
@@ -307,16 +307,22 @@ def train_unet(paths: BasePaths, config: BaseConfig, models: dict, latents: Late
 
 def train_base(config: BaseConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Train (or finish) the base of ``config``; returns its pipeline folder."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-
-    from poseguide.tiny import SD15_SCHEDULER, save_pipeline
-
     paths, started = BasePaths.of(config), time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     if _built(paths, config):
         log.info("base %s is built: %s", config.name, paths.pipeline)
         return paths.pipeline
+    with run_lock(paths.root, "base train"):  # one writer: nothing is written before it
+        return _train_parts(config, paths, resume, progress, started)
+
+
+def _train_parts(config: BaseConfig, paths: BasePaths, resume: str | None, progress: bool,
+                 started: float) -> Path:  # fmt: skip
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+
+    from poseguide.tiny import SD15_SCHEDULER, save_pipeline
+
     at, checkpoint = _phase_of(_resume_point(paths, resume))
     _claim(paths, config)
     models, seconds = new_models(config), {}

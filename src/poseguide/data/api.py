@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -46,6 +47,32 @@ def checked_source(
             out_dir or RunPaths.of(config).root,
         )  # fmt: skip
     return source, report
+
+
+def data_identity(source: Source, report: ScanReport) -> dict:
+    """What a checkpoint records of the rows it was trained on: the source, the scan's content
+    fingerprint (the files' bytes or sizes and times, the dataset's Arrow fingerprint), how many
+    rows are used and a hash of their ids in order."""
+    ids = source.ids()
+    used = "\n".join(str(ids[i]) for i in report.valid)
+    return {"source": source.name, "fingerprint": report.fingerprint, "rows": len(report.valid),
+            "ids_sha256": hashlib.sha256(used.encode()).hexdigest()[:16]}  # fmt: skip
+
+
+def data_change(before: dict, now: dict) -> str | None:
+    """What differs between two :func:`data_identity` records, in words (None: nothing)."""
+    changes = []
+    if before.get("source") != now.get("source"):
+        changes.append(f"source {before.get('source')!r} -> {now.get('source')!r}")
+    if before.get("rows") != now.get("rows"):
+        changes.append(f"{before.get('rows')} -> {now.get('rows')} rows")
+    elif before.get("ids_sha256") != now.get("ids_sha256"):
+        changes.append(f"the same number of rows ({now.get('rows')}) with other ids or order")
+    if not changes and before.get("fingerprint") != now.get("fingerprint"):
+        changes.append("the same rows with changed content (captions, images, keypoints or "
+                       f"their files: fingerprint {before.get('fingerprint')} -> "
+                       f"{now.get('fingerprint')})")  # fmt: skip
+    return "; ".join(changes) or None
 
 
 def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = SOLO) -> Source:

@@ -34,6 +34,7 @@ from poseguide.evaluate.controls import paired_effect
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.utils.lock import team_lock
 from poseguide.utils.team import Team, team_of
 
 log = logging.getLogger(__name__)
@@ -413,12 +414,18 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     """Evaluate every configured model on the eval split; returns what metrics.json holds."""
     from accelerate import PartialState
 
-    from poseguide.data.api import checked_source
     from poseguide.utils.device import wants_cpu
 
     state = PartialState(cpu=wants_cpu(config.run.device))
     team = team_of(state)
     run = RunPaths.of(config)
+    with team_lock(run.root, "evaluate", team):  # nothing is written before it is held
+        return _evaluate(config, limit, state, team, run)
+
+
+def _evaluate(config: Config, limit: int | None, state: Any, team: Team, run: RunPaths) -> dict:
+    from poseguide.data.api import checked_source
+
     paths = run.eval
     problems = preflight(config, run)
     if problems:

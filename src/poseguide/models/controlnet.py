@@ -21,6 +21,7 @@ import torch
 
 from poseguide.errors import InputError
 from poseguide.models.hub import ModelNotFoundError, resolve_pretrained
+from poseguide.utils.checksum import folder_problem
 
 UNTRAINED = "unet"
 PREVIOUS = "previous"
@@ -137,6 +138,10 @@ def load_controlnet(
     from diffusers import ControlNetModel
 
     folder = resolve_pretrained(name, revision, what="ControlNet")
+    damaged = folder_problem(Path(folder)) if Path(folder).is_dir() else None
+    if damaged is not None:  # an export whose files no longer match its checksums.json
+        raise ModelNotFoundError(f"ControlNet {name!r}: {damaged}: its files changed after it "
+                                 "was written; restore them or train it again")  # fmt: skip
     try:
         return ControlNetModel.from_pretrained(folder, torch_dtype=dtype)
     except (OSError, ValueError) as err:

@@ -10,7 +10,9 @@ A checkpoint is a folder ``<run>/checkpoints/step-XXXXXXXX/`` holding
 * ``ema.pt``: the EMA of the weights, when the stage keeps one (``ema_decay``);
 * ``rng-<rank>.pt``: Python, NumPy, torch CPU and CUDA generator states of each process;
 * ``state.json``: the position (stage, global step, step within the stage, epoch, step within the
-  epoch), whether the stage is finished, the world size, and the run's config as plain data.
+  epoch), whether the stage is finished, the world size, the run's config as plain data, the
+  training data's identity (rows, their ids, the source's content fingerprint) and every other
+  file's size and SHA-256 (written last: a resume recomputes them, so a flipped byte is noticed).
 
 The folder is built under a temporary name and renamed into place, then ``checkpoints/latest``
 is rewritten to name it; the oldest step checkpoints beyond ``train.keep_checkpoints`` are
@@ -34,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from poseguide.errors import UserError
+from poseguide.utils.checksum import file_records, files_problem
 from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -126,10 +129,12 @@ def save_checkpoint(
     keep: int,
     world_size: int = 1,
     deepspeed_dir: Path | None = None,
+    data: dict | None = None,
 ) -> Path:
     """Write a complete checkpoint of ``state`` atomically, point ``latest`` at it, and rotate
     old ones. ``controlnet`` is the unwrapped diffusers ControlNetModel (fp32 master weights);
-    ``rngs`` every process's RNG states; ``deepspeed_dir`` DeepSpeed's own partitioned files."""
+    ``rngs`` every process's RNG states; ``deepspeed_dir`` DeepSpeed's own partitioned files;
+    ``data`` the training data's identity (:func:`poseguide.train.runner.data_identity`)."""
     target = root / checkpoint_name(state.position.global_step)
     with atomic_directory(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
@@ -147,7 +152,7 @@ def save_checkpoint(
         for rank, rng in enumerate(rngs):
             torch.save(rng, tmp / f"rng-{rank}.pt")
         meta = {"position": asdict(state.position), "world_size": world_size, "config": config,
-                "files": file_sizes(tmp)}  # fmt: skip
+                "data": data, "files": file_records(tmp)}  # fmt: skip
         atomic_write_json(tmp / STATE_FILE, meta)  # written last: its presence means complete
     atomic_write_text(root / LATEST, target.name + "\n")
     rotate(root, keep)
@@ -166,16 +171,11 @@ def rotate(root: Path, keep: int) -> list[Path]:
     return removed
 
 
-def file_sizes(folder: Path) -> dict[str, int]:
-    """Every file below ``folder`` (relative path -> bytes): what a later check compares."""
-    return {str(p.relative_to(folder)): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
 def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint folder ``path`` cannot be resumed from, or None when it is intact:
-    ``state.json`` parses; every file it lists exists with the size recorded at save time (older
-    checkpoints: the required files exist); the weights' safetensors header reads."""
+    ``state.json`` parses; every file it lists exists with the size and SHA-256 recorded at save
+    time (older checkpoints: the size, or only that the required files exist); the weights'
+    safetensors header reads."""
     state_file = path / STATE_FILE
     if not state_file.is_file():
         return f"{state_file} is missing (the checkpoint was not finished)"
@@ -184,12 +184,10 @@ def checkpoint_problem(path: Path) -> str | None:
         Position(**state["position"])
     except (ValueError, KeyError, TypeError) as err:
         return f"{state_file} is damaged ({type(err).__name__}: {err})"
-    for name, size in state.get("files", dict.fromkeys(REQUIRED_FILES, None)).items():
-        file = path / name
-        if not file.is_file():
-            return f"{file} is missing"
-        if size is not None and file.stat().st_size != size:
-            return f"{file} is {file.stat().st_size} bytes, {size} when it was saved (truncated?)"
+    recorded = state.get("files", dict.fromkeys(REQUIRED_FILES, None))
+    problem = files_problem(path, recorded) if isinstance(recorded, dict) else "files: damaged"
+    if problem is not None:
+        return problem
     try:
         with safe_open(str(path / WEIGHTS_FILE), framework="pt") as handle:
             if not list(handle.keys()):
@@ -274,6 +272,7 @@ class Loaded:
     world_size: int
     config: dict
     controlnet_state: dict[str, torch.Tensor]
+    data: dict | None = None  # the training data's identity (None: written before it was kept)
 
     @property
     def deepspeed(self) -> bool:
@@ -345,4 +344,4 @@ def load_checkpoint(path: Path) -> Loaded:
     except Exception as err:  # a header that parses but data that does not
         raise CheckpointError(f"cannot resume from {path}: {path / WEIGHTS_FILE}: {err}") from None
     return Loaded(path, Position(**state["position"]), state["world_size"], state["config"],
-                  weights)  # fmt: skip
+                  weights, state.get("data"))  # fmt: skip

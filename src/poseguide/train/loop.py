@@ -39,6 +39,7 @@ from poseguide.train.step import (
     epoch_key,
     optimizer_step,
 )
+from poseguide.utils.checksum import write_checksums
 from poseguide.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Run(Trainer):
     cache: Any = None
     metrics: MetricsLog | None = None
     validator: Any = None
+    data: dict | None = None  # the training data's identity, kept in every checkpoint
     replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (this rank)
 
 
@@ -95,7 +97,23 @@ def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
         if is_deepspeed(acc):
             model.load_checkpoint(str(loaded.path / "deepspeed"), tag="state",
                                   load_lr_scheduler_states=False)  # fmt: skip
+        _follow_lr(state, stage.lr)
     return state
+
+
+def _follow_lr(state: TrainState, lr: float) -> None:
+    """A resume with a new ``lr`` (``--allow-config-change``): the loaded LR schedule and the
+    optimizer's current rates rescaled to it, so the schedule goes on from where it was."""
+    base = state.scheduler.base_lrs
+    if all(b == lr for b in base):
+        return
+    ratios = [lr / b if b else 1.0 for b in base]
+    state.scheduler.base_lrs = [lr] * len(base)
+    for group, ratio in zip(state.optimizer.param_groups, ratios, strict=True):
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] = lr
+    log.info("learning rate rescaled to %g from the checkpoint's %g", lr, base[0])
 
 
 def _ema(trainer: Trainer, stage: StageConfig, params: list) -> Any:
@@ -135,7 +153,7 @@ def save(run: Run, state: TrainState, done: bool = False) -> Path | None:
             path = write_checkpoint(
                 run.paths.checkpoints, state, controlnet, rngs=rngs,
                 config=to_dict(run.config), keep=run.config.train.keep_checkpoints,
-                world_size=acc.num_processes, deepspeed_dir=ds_dir,
+                world_size=acc.num_processes, deepspeed_dir=ds_dir, data=run.data,
             )  # fmt: skip
         except WRITE_FAILURES as err:
             if is_out_of_memory(err):
@@ -220,6 +238,7 @@ def export(run: Run, state: TrainState, stage: str) -> Path:
         try:
             with atomic_directory(target) as tmp, _ema_weights(state, controlnet):
                 controlnet.save_pretrained(tmp, safe_serialization=True)
+                write_checksums(tmp)
         except WRITE_FAILURES as err:
             if is_out_of_memory(err):
                 raise
@@ -278,10 +297,18 @@ def _check_disk(run: Run, state: TrainState) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < need:
-        log.warning("%s has %.1f GB free; %s's checkpoints need about %.1f GB (checkpoint %.1f "
-                    "GB, export %.1f GB): free space or a full disk will stop the run at a "
-                    "checkpoint", folder, free / 1e9, state.position.stage_name, need / 1e9,
-                    checkpoint / 1e9, params * FP32_BYTES / 1e9)  # fmt: skip
+        log.warning("%s has %s free; %s's checkpoints need about %s (checkpoint %s, export %s): "
+                    "free space or a full disk will stop the run at a checkpoint", folder,
+                    human_bytes(free), state.position.stage_name, human_bytes(need),
+                    human_bytes(checkpoint), human_bytes(params * FP32_BYTES))  # fmt: skip
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes with a unit that keeps a digit or two before the point (kB, MB, GB, TB)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _report_replaced(run: Run, stage: str) -> None:
@@ -369,20 +396,29 @@ def _stop_if_diverged(run: Run, stage: StageConfig, state: TrainState, seen: Any
         f"stage {stage.name!r}: the loss was NaN or Inf at global step {seen.first_bad} (noticed "
         f"at step {state.position.global_step}: train.check_finite=log reads it at log and "
         f"checkpoint steps); the weights were updated with it, so nothing after it is saved. "
-        f"{_intact(run).capitalize()}: resume with --resume latest (maybe with a lower learning "
-        "rate or train.mixed_precision=bf16); train.check_finite=every_step stops before the bad "
+        f"{_after_divergence(run, stage)}; train.check_finite=every_step stops before the bad "
         "update"
     )
+
+
+def _after_divergence(run: Run, stage: StageConfig) -> str:
+    """What to do after a divergence, by what exists: resuming with the same config would
+    diverge the same way, so the advice changes what training does."""
+    lower = f"train.stages.{stage.name}.lr={stage.lr / 10:g}"
+    if not (run.paths.checkpoints / LATEST).is_file():
+        return (f"No checkpoint was written: train again with a lower learning rate ({lower}) "
+                "or train.mixed_precision=bf16, under another run.name or after removing "
+                f"{run.paths.root}")  # fmt: skip
+    return (f"{_intact(run).capitalize()}: continue from it with a lower learning rate, "
+            f"`poseguide train CONFIG {lower} --resume latest --allow-config-change` "
+            "(or train.mixed_precision=bf16 the same way)")  # fmt: skip
 
 
 def _step(run: Run, stage: StageConfig, state: TrainState, batches: Any, key: int) -> StepResult:
     try:
         return optimizer_step(run, stage, state, batches, key)
     except DivergedError as err:
-        raise TrainingError(
-            f"{err}. The last checkpoint in {run.paths.checkpoints} is still valid (resume with "
-            "--resume latest, maybe with a lower learning rate or train.mixed_precision=bf16)."
-        ) from None
+        raise TrainingError(f"{err}. {_after_divergence(run, stage)}.") from None
 
 
 def _periodic(run: Run, stage: StageConfig, state: TrainState, total: int, stop: bool) -> None:

@@ -9,15 +9,17 @@ of processes or on where a run was resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from poseguide.config import Config, save_config, to_dict
-from poseguide.data.api import checked_source
+from poseguide.data.api import checked_source, data_change, data_identity
 from poseguide.models.controlnet import STAGE_PREFIX
 from poseguide.paths import RunPaths
 from poseguide.text import count_cuts
@@ -32,7 +34,9 @@ from poseguide.train.checkpoint import (
 from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
+from poseguide.utils.checksum import write_checksums
 from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
+from poseguide.utils.lock import team_lock
 from poseguide.utils.team import Team, team_of
 
 log = logging.getLogger(__name__)
@@ -47,17 +51,50 @@ RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "
                "train.compile", "pose.render.max_canvas_pixels"}  # fmt: skip
 
 
+# Keys that --allow-config-change lets differ from the checkpoint's config (a lower learning
+# rate after a divergence, another precision, a longer or shorter stage): the run continues from
+# the checkpoint with the new values (a new learning rate rescales the LR schedule from there on).
+ADJUSTABLE = ("train.stages.*.lr", "train.stages.*.max_steps", "train.stages.*.epochs",
+              "train.mixed_precision")  # fmt: skip
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of nested config data; a list of named entries (``train.stages``) is keyed
+    by name (``train.stages.stage1.lr``), any other list by position."""
     if isinstance(d, dict):
         out: dict[str, Any] = {}
         for k, v in d.items():
             out.update(_flatten(v, f"{prefix}{k}."))
         return out
+    if isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
+        names = [v.get("name") for v in d]
+        keys = names if all(isinstance(n, str) for n in names) and len(set(names)) == len(d) \
+            else [str(i) for i in range(len(d))]  # fmt: skip
+        out = {}
+        for key, v in zip(keys, d, strict=True):
+            out.update(_flatten(v, f"{prefix}{key}."))
+        return out
     return {prefix[:-1]: d}
 
 
-def check_resumable(loaded: Loaded, config: Config, world: int, deepspeed: bool = False) -> None:
-    """Refuse a resume that could not continue the same run exactly."""
+def _adjustable(key: str) -> bool:
+    parts = key.split(".")
+    return any(len(p.split(".")) == len(parts) and all(a in ("*", b) for a, b in
+               zip(p.split("."), parts, strict=True)) for p in ADJUSTABLE)  # fmt: skip
+
+
+def config_changes(before: dict, config: Config) -> list[str]:
+    """The dotted keys whose values differ between a checkpoint's config and ``config``, less
+    those that do not change what is computed (:data:`RESUME_FREE`)."""
+    old, new = _flatten(before), _flatten(to_dict(config))
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]  # fmt: skip
+
+
+def check_resumable(loaded: Loaded, config: Config, world: int, deepspeed: bool = False,
+                    allow_config_change: bool = False) -> None:  # fmt: skip
+    """Refuse a resume that could not continue the same run exactly (``allow_config_change``:
+    the :data:`ADJUSTABLE` keys may differ; each one that does is logged)."""
     if loaded.world_size != world:
         raise TrainingError(
             f"{loaded.path} was written by {loaded.world_size} process(es); resume it with the "
@@ -76,14 +113,43 @@ def check_resumable(loaded: Loaded, config: Config, world: int, deepspeed: bool 
             )
         raise TrainingError(f"{loaded.path} was written {how}")
     old, new = _flatten(loaded.config), _flatten(to_dict(config))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-               and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]  # fmt: skip
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+    changed = config_changes(loaded.config, config)
+    fixed = [k for k in changed if not (allow_config_change and _adjustable(k))]
+    if fixed:
+        details = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}"
+                            for k in fixed[:8])  # fmt: skip
+        more = f" and {len(fixed) - 8} more" if len(fixed) > 8 else ""
+        allowed = all(_adjustable(k) for k in fixed)
+        how = ("add --allow-config-change to continue with the new values" if allowed else
+               "resume with the original config or start a new run.name")  # fmt: skip
+        raise TrainingError(f"the config changed since {loaded.path} was written "
+                            f"({details}{more}); {how}")  # fmt: skip
+    for key in changed:
+        log.warning("--allow-config-change: %s %s -> %s from %s on", key, _short(old.get(key)),
+                    _short(new.get(key)), loaded.path.name)  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_same_data(loaded: Loaded, identity: dict, accept: bool = False) -> None:
+    """Refuse to resume on other training data than the checkpoint's (``accept``: log the
+    change and go on); checkpoints written before the data was recorded pass."""
+    if loaded.data is None:
+        return
+    change = data_change(loaded.data, identity)
+    if change is None:
+        return
+    if not accept:
         raise TrainingError(
-            f"the config changed since {loaded.path} was written ({details}); "
-            "resume with the original config or start a new run.name"
+            f"the training data changed since {loaded.path} was written ({change}); resume "
+            "with the data it was trained on, or add --accept-data-change to continue on this "
+            "data (the rest of the run draws from the new rows)"
         )
+    log.warning("--accept-data-change: %s; continuing from %s on this data", change,
+                loaded.path.name)  # fmt: skip
 
 
 def _stage_indices(config: Config, names: list[str] | None) -> list[int]:
@@ -132,13 +198,26 @@ def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts:
     return cache
 
 
-def _make_run(config: Config, resume: str | None, selected: list[int],
-              explicit: bool) -> tuple[Run, Loaded | None]:  # fmt: skip
+@dataclass(frozen=True)
+class ResumeRules:
+    """What a resume may differ in: the :data:`ADJUSTABLE` config keys, the training data."""
+
+    allow_config_change: bool = False
+    accept_data_change: bool = False
+
+
+def _make_run(
+    config: Config, resume: str | None, selected: list[int], explicit: bool,
+    held: contextlib.ExitStack, rules: ResumeRules,
+) -> tuple[Run, Loaded | None]:  # fmt: skip
+    """The run, its data and cache, and the checkpoint to resume from; the run folder's lock
+    is taken first (held until ``held`` closes): nothing is removed or written before."""
     from accelerate.utils import set_seed
 
     acc = make_accelerator(config)
     set_seed(config.run.seed + acc.process_index)
     paths = RunPaths.of(config)
+    held.enter_context(team_lock(paths.root, "train", team_of(acc)))
     if acc.is_main_process:  # what killed writes left behind (a whole checkpoint each)
         for folder in (paths.checkpoints, paths.exports):
             remove_stale_temporaries(folder)
@@ -146,7 +225,8 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     loaded = None
     if resume is not None:
         loaded = load_checkpoint(resolve_checkpoint(paths.checkpoints, resume))
-        check_resumable(loaded, config, acc.num_processes, is_deepspeed(acc))
+        check_resumable(loaded, config, acc.num_processes, is_deepspeed(acc),
+                        rules.allow_config_change)  # fmt: skip
     elif not explicit:
         _refuse_a_second_start(config, paths, selected)
     _check_up_front(config, selected)
@@ -156,6 +236,9 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
     # process waits at a barrier for the whole job (poseguide.utils.team).
     team = team_of(acc)
     source, report = checked_source(config, out_dir=paths.root, progress=team.is_main, team=team)
+    identity = data_identity(source, report)
+    if loaded is not None:
+        check_same_data(loaded, identity, rules.accept_data_change)
     frozen = load_frozen(config, acc.device)
     cache = _open_cache(config, team, source, report.valid, frozen.parts, paths)
     metrics = MetricsLog(paths, config.train.tensorboard, enabled=acc.is_main_process)
@@ -163,7 +246,7 @@ def _make_run(config: Config, resume: str | None, selected: list[int],
         metrics.truncate_after(loaded.position.global_step)
     validator = _validator(config, acc, frozen, paths, source, report.valid)
     run = Run(config, acc, frozen, paths=paths, source=source, rows=report.valid, cache=cache,
-              metrics=metrics, validator=validator)  # fmt: skip
+              metrics=metrics, validator=validator, data=identity)  # fmt: skip
     if cache is not None and cache.captions:  # every training caption was tokenised once
         run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
         _report_captions(run)
@@ -233,15 +316,23 @@ def _mark_finished(run: Run, name: str, global_step: int) -> None:
 
 
 def run_training(
-    config: Config, stages: list[str] | None = None, resume: str | None = None
-) -> dict[str, Any]:
-    """Train the selected stages (default: all, skipping finished ones) and export each.
+    config: Config, stages: list[str] | None = None, resume: str | None = None,
+    rules: ResumeRules = ResumeRules(),
+) -> dict[str, Any]:  # fmt: skip
+    """Train the selected stages (default: all, skipping finished ones) and export each;
+    ``rules``: what a resume may differ in.
 
     Returns ``{"run_dir", "exports": {stage: folder}, "global_step"}``.
     """
     selected = _stage_indices(config, stages)
-    run, loaded = _make_run(config, resume, selected, explicit=bool(stages))
-    all_stages = config.train.stages
+    with contextlib.ExitStack() as held:
+        run, loaded = _make_run(config, resume, selected, bool(stages), held, rules)
+        return _run_stages(run, loaded, selected, stages)
+
+
+def _run_stages(run: Run, loaded: Loaded | None, selected: list[int],
+                stages: list[str] | None) -> dict[str, Any]:  # fmt: skip
+    all_stages = run.config.train.stages
     exports: dict[str, str] = {}
     global_step = 0
     run.stop.install()
@@ -305,6 +396,7 @@ def _export_from_checkpoint(run: Run, loaded: Loaded) -> dict:
         loaded.ema_weights_into(controlnet)  # the stage kept an EMA: that is its export
         with atomic_directory(run.paths.export(pos.stage_name)) as tmp:
             controlnet.save_pretrained(tmp, safe_serialization=True)
+            write_checksums(tmp)
     acc.wait_for_everyone()
     _mark_finished(run, pos.stage_name, pos.global_step)
     return {"stage": pos.stage_name, "global_step": pos.global_step}
