@@ -258,3 +258,45 @@ def test_divergence_advice_follows_what_exists(tmp_path, monkeypatch) -> None:
     runner.run_training(config, resume="latest", rules=runner.ResumeRules(True))
     ours = load_file(str(tmp_path / "runs/t/exports/stage2/diffusion_pytorch_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in ours.values())
+
+
+def test_a_launch_takes_the_lock_once_and_every_process_stops_when_it_cannot(tmp_path) -> None:
+    """Rank 0 takes it, rank 1 waits for that; held elsewhere, rank 0 raises the lock line and
+    rank 1 a SharedWorkError naming process 0 (no process is left at a collective)."""
+    from helpers import run_as_team
+
+    from poseguide.utils.lock import team_lock
+    from poseguide.utils.team import SharedWorkError
+
+    folder = tmp_path / "run"
+
+    def work(team):
+        with team_lock(folder, "train", team):
+            return is_held(folder) if team.is_main else "waited"
+
+    assert run_as_team(2, work, timeout=60) == [True, "waited"]
+    proc = _holder(folder)
+    try:
+        first, second = run_as_team(2, work, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert isinstance(first, RunBusyError) and f"PID {proc.pid}" in str(first)
+    assert isinstance(second, SharedWorkError) and "process 0 of 2" in str(second)
+
+
+def test_base_train_takes_its_folder_lock(tmp_path) -> None:
+    from poseguide.base.builtin import PRESET
+    from poseguide.base.config import load_base_config
+    from poseguide.base.train import BasePaths, train_base
+
+    config = load_base_config(PRESET, [f"output_dir={tmp_path}", "vae.steps=1", "unet.steps=1"])
+    root = BasePaths.of(config).root
+    proc = _holder(root)
+    try:
+        with pytest.raises(RunBusyError, match="poseguide train"):
+            train_base(config, progress=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE]  # nothing written before it
