@@ -12,7 +12,7 @@ import torch
 
 from poseguide.config.schema import LossConfig
 from poseguide.losses import denoising_loss, derived_terms, stage_loss
-from poseguide.pose.oks import box_area_from_keypoints, oks
+from poseguide.pose.oks import box_area_from_keypoints, oks, soft_oks
 from poseguide.reward import (
     RewardInputs,
     match_as_evaluation,
@@ -20,7 +20,6 @@ from poseguide.reward import (
     predicted_clean_latents,
     reward_target,
     reward_terms,
-    soft_oks,
 )
 
 

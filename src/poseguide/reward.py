@@ -42,8 +42,15 @@ import torch
 import torch.nn.functional as F
 
 from poseguide.models.sd import wide_range_vae
-from poseguide.pose.oks import AREA_EPS, box_area_from_keypoints
-from poseguide.pose.skeleton import COCO17_OKS_SIGMAS, NUM_COCO17
+from poseguide.pose.oks import (
+    box_area_from_keypoints,
+    joint_similarity,
+    normalized_distance,
+    oks_pairs,
+    soft_oks,
+    target_boxes,
+)
+from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.device import to_device
 
 REWARD_LOSSES: tuple[str, ...] = ("oks", "heatmap")
@@ -102,21 +109,6 @@ def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return ((vae.decode(z).sample.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def _target_boxes(people: torch.Tensor) -> torch.Tensor:
-    """(P, 4) x0, y0, x1, y1: the tight box of each person's labelled joints, at least one
-    pixel wide and high (one labelled joint: a pixel around it, inside the anchors that cover
-    it)."""
-    labelled = people[..., 2] > 0
-    big = torch.finfo(people.dtype).max
-    x, y = people[..., 0], people[..., 1]
-    lo = torch.stack([torch.where(labelled, x, big).amin(1),
-                      torch.where(labelled, y, big).amin(1)], dim=1)  # fmt: skip
-    hi = torch.stack([torch.where(labelled, x, -big).amax(1),
-                      torch.where(labelled, y, -big).amax(1)], dim=1)  # fmt: skip
-    grow = (1.0 - (hi - lo)).clamp_min(0.0) / 2
-    return torch.cat([lo - grow, hi + grow], dim=1)
-
-
 def match_as_evaluation(anchors: Any, b: int, people: torch.Tensor, areas: torch.Tensor,
                         min_iou: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(anchor index, matched) per target person of image ``b``, chosen as the evaluation
@@ -128,7 +120,7 @@ def match_as_evaluation(anchors: Any, b: int, people: torch.Tensor, areas: torch
     score still get a gradient. All on the device: no host read."""
     from torchvision.ops import box_iou
 
-    iou_all = box_iou(_target_boxes(people).to(anchors.boxes.dtype), anchors.boxes[b].detach())
+    iou_all = box_iou(target_boxes(people).to(anchors.boxes.dtype), anchors.boxes[b].detach())
     index = iou_all.argmax(dim=1)  # (P,) the fallback: best overlap, any score
     kept = anchors.keep[b] if anchors.keep is not None else None
     if kept is None or kept.numel() == 0:
@@ -137,21 +129,12 @@ def match_as_evaluation(anchors: Any, b: int, people: torch.Tensor, areas: torch
     kept = kept[anchors.scores[b, kept].detach().argsort(descending=True, stable=True)]
     # float64 as pycocotools: a far prediction's OKS stays > 0 (float32 underflows to 0)
     xy = anchors.keypoints[b, kept, :, :2].detach().double()  # (K, 17, 2)
-    similarity = _oks_pairs(xy, people.double(), areas.double())  # (P, K)
+    similarity = oks_pairs(xy, people.double(), areas.double())  # (P, K)
     similarity = torch.where(iou_all[:, kept] >= min_iou, similarity, torch.zeros_like(similarity))
     assigned = _greedy(similarity)
     matched = assigned >= 0
     index = torch.where(matched, kept[assigned.clamp_min(0)], index)
     return index, matched
-
-
-def _oks_pairs(xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
-    """(P, K) OKS of K predicted (K, 17, 2) people against P targets (pycocotools' formula)."""
-    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=xy.dtype), xy.device)
-    d2 = ((xy[None] - people[:, None, :, :2]) ** 2).sum(-1)  # (P, K, 17)
-    e = d2 / (sigmas * 2) ** 2 / (areas[:, None, None] + AREA_EPS) / 2
-    labelled = (people[..., 2] > 0).to(xy.dtype)[:, None]  # (P, 1, 17)
-    return (torch.exp(-e) * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
 
 
 def _greedy(similarity: torch.Tensor) -> torch.Tensor:
@@ -167,32 +150,6 @@ def _greedy(similarity: torch.Tensor) -> torch.Tensor:
         take = (rows == best) & (column.amax() > 0)
         assigned = torch.where(take, torch.full_like(assigned, k), assigned)
     return assigned
-
-
-def normalized_distance(pred_xy: torch.Tensor, people: torch.Tensor,
-                        areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """(P, 17) ``u = d / (sqrt(area) * 2 sigma)`` per joint: OKS's own scale, so that a joint's
-    similarity is ``exp(-u^2 / 2)``; unlike that similarity, ``u`` keeps growing with the error."""
-    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=pred_xy.dtype), pred_xy.device)
-    d = torch.linalg.vector_norm(pred_xy - people[..., :2], dim=-1)
-    return d / ((areas[:, None] + AREA_EPS).sqrt() * 2 * sigmas)
-
-
-def joint_similarity(pred_xy: torch.Tensor, people: torch.Tensor,
-                     areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """(P, 17) per-joint similarity ``exp(-e)`` of predicted (P, 17, 2) positions to target
-    people (P, 17, 3) with areas (P,), differentiable in ``pred_xy``: pycocotools'
-    ``computeOks`` in its order of operations (``e = d^2 / (2 sigma)^2 / (area + eps) / 2``)."""
-    sigmas = to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=pred_xy.dtype), pred_xy.device)
-    variances = (sigmas * 2) ** 2
-    dx, dy = pred_xy[..., 0] - people[..., 0], pred_xy[..., 1] - people[..., 1]
-    return torch.exp(-((dx**2 + dy**2) / variances / (areas[:, None] + AREA_EPS) / 2))
-
-
-def soft_oks(pred_xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
-    """(P,) OKS: :func:`joint_similarity` averaged over each person's labelled joints."""
-    labelled = (people[..., 2] > 0).to(pred_xy.dtype)
-    return (joint_similarity(pred_xy, people, areas) * labelled).sum(1) / labelled.sum(1)
 
 
 def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],

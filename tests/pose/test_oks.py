@@ -11,13 +11,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from poseguide.pose.coco_eval import COCO_KEYPOINT_STAT_NAMES, coco_keypoint_ap
 from poseguide.pose.oks import (
-    COCO_KEYPOINT_STAT_NAMES,
     COCO_OKS_THRESHOLDS,
     area_from_box,
     box_area_from_keypoints,
     box_from_keypoints,
-    coco_keypoint_ap,
     keypoint_similarity,
     match_greedy,
     mean_oks,

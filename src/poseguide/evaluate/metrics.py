@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from poseguide.errors import UserError
+from poseguide.pose.coco_eval import coco_keypoint_ap
 from poseguide.pose.estimator import Detections
-from poseguide.pose.oks import box_area_from_keypoints, coco_keypoint_ap, match_greedy, mean_oks
+from poseguide.pose.oks import box_area_from_keypoints, match_greedy, mean_oks
 from poseguide.pose.skeleton import validate_keypoints
 from poseguide.utils.device import resolve_device
 from poseguide.utils.offline import is_offline, offline_reason
@@ -168,7 +169,8 @@ def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5) -> dict
     """Mean OKS over all ground-truth people, per-joint accuracy and COCO keypoint AP/AR.
 
     ``samples`` are :func:`sample_oks` results (all with the same ``min_oks``). Returns
-    ``{"oks": poseguide.pose.oks.mean_oks(...), "coco": poseguide.pose.oks.coco_keypoint_ap(...)}``.
+    ``{"oks": poseguide.pose.oks.mean_oks(...),
+    "coco": poseguide.pose.coco_eval.coco_keypoint_ap(...)}``.
     """
     thresholds = {s["min_oks"] for s in samples}
     if len(thresholds) > 1:

@@ -1,4 +1,6 @@
-"""Object keypoint similarity (OKS), greedy matching, mean OKS and COCO keypoint AP/AR.
+"""Object keypoint similarity (OKS) and greedy matching, in numpy (evaluation) and torch (the
+reward's differentiable OKS): the formula lives here once (:func:`oks_exponent`). COCO keypoint
+AP/AR is :mod:`poseguide.pose.coco_eval`.
 
 OKS between a predicted and a ground-truth person (METHOD.md section 5)::
 
@@ -21,15 +23,13 @@ All arrays follow :mod:`poseguide.pose.skeleton`: people are ``(P, 17, 3)`` arra
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from poseguide.pose.skeleton import (
-    COCO17_LIMBS,
     COCO17_NAMES,
     COCO17_OKS_SIGMAS,
     NUM_COCO17,
@@ -37,6 +37,7 @@ from poseguide.pose.skeleton import (
     as_people,
     validate_keypoints,
 )
+from poseguide.utils.device import to_device
 
 # pycocotools adds this to every area so that a zero area does not divide by zero.
 AREA_EPS = float(np.spacing(1))
@@ -46,10 +47,6 @@ BOX_AREA_FACTOR = 0.53
 COCO_OKS_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 # COCOeval matches at min(threshold, 1 - 1e-10) so that a threshold of 1 stays reachable.
 _MAX_MATCH_THRESHOLD = 1.0 - 1e-10
-# Detections per image COCOeval keeps for keypoints (params.maxDets).
-COCO_KEYPOINT_MAX_DETS = 20
-COCO_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-PERSON_CATEGORY_ID = 1
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -142,12 +139,21 @@ def box_area_from_keypoints(keypoints: np.ndarray | list) -> np.ndarray | float:
 # ----------------------------------------------------------------------------- OKS
 
 
+def oks_exponent(d2: Any, sigmas: Any, areas: Any) -> Any:
+    """The OKS exponent ``e = d^2 / (2 s^2 k^2)`` (a joint's similarity is ``exp(-e)``), in
+    pycocotools ``computeOks``' order of operations: ``d2 / (2 sigma)^2 / (area + eps) / 2``.
+
+    ``d2`` squared distances, ``sigmas`` per joint, ``areas`` per person, broadcast against
+    each other; numpy arrays and torch tensors alike (the evaluation and the reward share it).
+    """
+    return d2 / (sigmas * 2) ** 2 / (areas + AREA_EPS) / 2
+
+
 def _squared_error(preds: np.ndarray, gts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray):
-    """(D, G, 17) exponent ``d^2 / (2 area k^2)``, written in computeOks' order of operations."""
-    variances = (sigmas * 2) ** 2
+    """(D, G, 17) exponent of every prediction against every ground-truth person."""
     dx = preds[:, None, :, 0] - gts[None, :, :, 0]
     dy = preds[:, None, :, 1] - gts[None, :, :, 1]
-    return (dx**2 + dy**2) / variances / (areas[None, :, None] + AREA_EPS) / 2
+    return oks_exponent(dx**2 + dy**2, sigmas, areas[None, :, None])
 
 
 def _box_rule_error(preds: np.ndarray, boxes: np.ndarray, areas: np.ndarray, sigmas: np.ndarray):
@@ -158,8 +164,7 @@ def _box_rule_error(preds: np.ndarray, boxes: np.ndarray, areas: np.ndarray, sig
     xd, yd = preds[:, None, :, 0], preds[:, None, :, 1]
     dx = np.maximum(0, x0[None, :, None] - xd) + np.maximum(0, xd - x1[None, :, None])
     dy = np.maximum(0, y0[None, :, None] - yd) + np.maximum(0, yd - y1[None, :, None])
-    variances = (sigmas * 2) ** 2
-    return (dx**2 + dy**2) / variances / (areas[None, :, None] + AREA_EPS) / 2
+    return oks_exponent(dx**2 + dy**2, sigmas, areas[None, :, None])
 
 
 def oks_matrix(
@@ -368,125 +373,54 @@ def mean_oks(
     }
 
 
-# ----------------------------------------------------------------------------- COCO AP / AR
+# ----------------------------------------------------------------------------- torch (the reward)
 
 
-def _coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image) -> tuple[dict, int]:
-    """COCO ground-truth dict (images 1..N, person category) and the number of scoreable people.
-
-    People without labelled joints go in only when a box is given (COCOeval then ignores them,
-    and a detection on them is neither a true nor a false positive); without a box they are
-    dropped, since their box rule cannot be evaluated.
-    """
-    images, annotations, num_scoreable = [], [], 0
-    for i, gts in enumerate(gts_per_image):
-        gts = validate_keypoints(gts, where=f"gts_per_image[{i}]")
-        boxes = box_from_keypoints(gts)
-        if boxes_per_image is not None and boxes_per_image[i] is not None:
-            boxes = _as_boxes(boxes_per_image[i], len(gts), f"boxes_per_image[{i}]")
-        areas = area_from_box(boxes)
-        if areas_per_image is not None and areas_per_image[i] is not None:
-            name = f"areas_per_image[{i}]"
-            areas = _as_vector(areas_per_image[i], len(gts), name, "area", nonnegative=True)
-        images.append({"id": i + 1})
-        for person, box, area in zip(gts, boxes, np.atleast_1d(areas), strict=True):
-            num_keypoints = int((person[:, 2] > 0).sum())
-            if not np.all(np.isfinite(box)) or not np.isfinite(area):
-                continue  # no labelled joint and no box given
-            num_scoreable += num_keypoints > 0
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,  # COCOeval treats id 0 as "unmatched"
-                    "image_id": i + 1,
-                    "category_id": PERSON_CATEGORY_ID,
-                    "keypoints": person.reshape(-1).tolist(),
-                    "num_keypoints": num_keypoints,
-                    "area": float(area),
-                    "bbox": [float(v) for v in box],
-                    "iscrowd": 0,
-                }
-            )
-    category = {
-        "id": PERSON_CATEGORY_ID,
-        "name": "person",
-        "supercategory": "person",
-        "keypoints": list(COCO17_NAMES),
-        "skeleton": [[a + 1, b + 1] for a, b in COCO17_LIMBS],
-    }
-    return {"images": images, "annotations": annotations, "categories": [category]}, num_scoreable
+def _torch_sigmas(like: torch.Tensor) -> torch.Tensor:
+    return to_device(torch.as_tensor(COCO17_OKS_SIGMAS, dtype=like.dtype), like.device)
 
 
-def _coco_detections(preds_per_image, scores_per_image) -> list[dict]:
-    detections = []
-    for i, (preds, scores) in enumerate(zip(preds_per_image, scores_per_image, strict=True)):
-        preds = _as_preds(preds, f"preds_per_image[{i}]")
-        scores = _as_vector(scores, len(preds), f"scores_per_image[{i}]", "detection score")
-        for person, score in zip(preds, scores, strict=True):
-            detections.append(
-                {
-                    "image_id": i + 1,
-                    "category_id": PERSON_CATEGORY_ID,
-                    "keypoints": person.reshape(-1).tolist(),
-                    "score": float(score),
-                }
-            )
-    return detections
+def target_boxes(people: torch.Tensor) -> torch.Tensor:
+    """(P, 4) x0, y0, x1, y1 of (P, 17, 3) people: :func:`box_from_keypoints`' tight box of the
+    labelled joints, as corners, at least one pixel wide and high (one labelled joint: a pixel
+    around it, inside the anchors that cover it); on the device, no host read."""
+    labelled = people[..., 2] > 0
+    big = torch.finfo(people.dtype).max
+    x, y = people[..., 0], people[..., 1]
+    lo = torch.stack([torch.where(labelled, x, big).amin(1),
+                      torch.where(labelled, y, big).amin(1)], dim=1)  # fmt: skip
+    hi = torch.stack([torch.where(labelled, x, -big).amax(1),
+                      torch.where(labelled, y, -big).amax(1)], dim=1)  # fmt: skip
+    grow = (1.0 - (hi - lo)).clamp_min(0.0) / 2
+    return torch.cat([lo - grow, hi + grow], dim=1)
 
 
-def coco_keypoint_ap(
-    gts_per_image: Sequence[np.ndarray],
-    preds_per_image: Sequence[np.ndarray],
-    scores_per_image: Sequence[np.ndarray],
-    areas_per_image: Sequence[np.ndarray | None] | None = None,
-    boxes_per_image: Sequence[np.ndarray | None] | None = None,
-    sigmas: np.ndarray = COCO17_OKS_SIGMAS,
-) -> dict:
-    """COCO keypoint AP/AR by pycocotools ``COCOeval(iouType="keypoints")``.
+def oks_pairs(xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(P, K) OKS of K predicted (K, 17, 2) people against P targets (P, 17, 3) with areas
+    (P,): :func:`oks_matrix` (transposed) for people with a labelled joint, in torch."""
+    d2 = ((xy[None] - people[:, None, :, :2]) ** 2).sum(-1)  # (P, K, 17)
+    e = oks_exponent(d2, _torch_sigmas(xy), areas[:, None, None])
+    labelled = (people[..., 2] > 0).to(xy.dtype)[:, None]  # (P, 1, 17)
+    return (torch.exp(-e) * labelled).sum(-1) / labelled.sum(-1).clamp_min(1.0)
 
-    Args:
-        gts_per_image: per image, (G, 17, 3) ground truth with visibility 0/1/2.
-        preds_per_image: per image, (D, 17, 3) predictions; scores_per_image: per image (D,).
-        areas_per_image: per image (G,) areas; default ``0.53 * box w * h``.
-        boxes_per_image: per image (G, 4) xywh; default the box of the labelled joints. People
-            without labelled joints and without a box are left out.
 
-    Returns:
-        dict with ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` (pycocotools' ``stats``;
-        NaN where pycocotools reports -1, i.e. no person in that area range), ``num_images``,
-        ``num_gt`` (people with a labelled joint), ``num_dets`` and ``valid``. When no person has
-        a labelled joint every metric is NaN, ``valid`` is False and ``reason`` says why.
-        COCOeval keeps the 20 highest-scoring detections per image.
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def normalized_distance(pred_xy: torch.Tensor, people: torch.Tensor,
+                        areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(P, 17) ``u = d / (sqrt(area) * 2 sigma)`` per joint: OKS's own scale, so that a joint's
+    similarity is ``exp(-u^2 / 2)``; unlike that similarity, ``u`` keeps growing with the error."""
+    d = torch.linalg.vector_norm(pred_xy - people[..., :2], dim=-1)
+    return d / ((areas[:, None] + AREA_EPS).sqrt() * 2 * _torch_sigmas(pred_xy))
 
-    n = len(gts_per_image)
-    for name, seq in (("preds_per_image", preds_per_image), ("scores_per_image", scores_per_image)):
-        if len(seq) != n:
-            raise KeypointError(f"{name} has {len(seq)} images; gts_per_image has {n}")
-    dataset, num_gt = _coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image)
-    detections = _coco_detections(preds_per_image, scores_per_image)
-    result = {"num_images": n, "num_gt": num_gt, "num_dets": len(detections), "valid": True}
-    if num_gt == 0:
-        result.update(dict.fromkeys(COCO_KEYPOINT_STAT_NAMES, float("nan")))
-        result["valid"] = False
-        result["reason"] = "no ground-truth person has a labelled keypoint; AP/AR are undefined"
-        return result
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        if detections:
-            coco_dt = coco_gt.loadRes(detections)
-        else:  # loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {**dataset, "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        evaluator.params.kpt_oks_sigmas = _as_sigmas(sigmas)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    for name, value in zip(COCO_KEYPOINT_STAT_NAMES, evaluator.stats, strict=True):
-        result[name] = float(value) if value > -1 else float("nan")
-    return result
+
+def joint_similarity(pred_xy: torch.Tensor, people: torch.Tensor,
+                     areas: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(P, 17) per-joint similarity ``exp(-e)`` of predicted (P, 17, 2) positions to target
+    people (P, 17, 3) with areas (P,), differentiable in ``pred_xy``."""
+    dx, dy = pred_xy[..., 0] - people[..., 0], pred_xy[..., 1] - people[..., 1]
+    return torch.exp(-oks_exponent(dx**2 + dy**2, _torch_sigmas(pred_xy), areas[:, None]))
+
+
+def soft_oks(pred_xy: torch.Tensor, people: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(P,) OKS: :func:`joint_similarity` averaged over each person's labelled joints."""
+    labelled = (people[..., 2] > 0).to(pred_xy.dtype)
+    return (joint_similarity(pred_xy, people, areas) * labelled).sum(1) / labelled.sum(1)
