@@ -22,6 +22,7 @@ from poseguide.app.core import (
     error_message,
     model_choices,
 )
+from poseguide.errors import InputError
 from poseguide.generate import NoPersonFoundError, PoseInput, pose_condition
 from poseguide.pose.io import parse_pose, read_pose, write_pose
 from poseguide.pose.render import render_skeleton
@@ -158,6 +159,38 @@ def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> N
     assert str(tmp_path) not in str(err.value)  # the file's name, not the server's temp path
     with pytest.raises(AppError, match="gone.png is no longer on the server; upload it again"):
         backend.pose_from_upload(tmp_path / "gone.png")
+
+
+def test_canvases_over_the_canvas_limit_are_refused_naming_the_file(
+    app_config, backend: AppBackend, tmp_path: Path
+) -> None:
+    """One limit (pose.render.max_canvas_pixels) for keypoint canvases, photos and, by
+    default, every upload: a 100000x100000 canvas is refused, naming the file."""
+    from dataclasses import replace
+
+    from poseguide.config.schema import RenderConfig
+
+    upload = write_pose(tmp_path / "huge.json", default_person(), size=(100_000, 100_000))
+    with pytest.raises(InputError, match=r"^huge.json: canvas 100000x100000 = 10,000,000,000 "
+                       r"pixels is over the limit of 16,777,216"):  # fmt: skip
+        backend.pose_from_json_file(upload)
+    value = json.loads(upload.read_text())
+    with pytest.raises(InputError, match=r"^Edited pose: canvas 100000x100000"):
+        backend.pose_from_keypoints(json.dumps(value))
+    assert AppLimits().max_pixels == RenderConfig().max_canvas_pixels
+    small = replace(app_config.pose.render, max_canvas_pixels=10_000)
+    config = replace(app_config, pose=replace(app_config.pose, render=small))
+
+    class NoEstimator:
+        def estimate_people(self, images):
+            pytest.fail("the photo was estimated (drawn at its size) past the canvas limit")
+
+    strict = AppBackend(config, AppLimits(max_pixels=600 * 600), estimator=NoEstimator())
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (128, 120, 110)).save(photo)
+    with pytest.raises(InputError, match=r"^photo.png: photo 128x128 = 16,384 pixels is over "):
+        strict.pose_from_upload(photo, "photo")
+    strict.close()
 
 
 def test_generate_returns_images(backend: AppBackend) -> None:

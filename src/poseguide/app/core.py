@@ -34,6 +34,7 @@ from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condi
 from poseguide.models.controlnet import UNTRAINED, ControlNetRef, is_export
 from poseguide.paths import RunPaths
 from poseguide.pose.io import parse_pose, pose_to_json
+from poseguide.pose.render import MAX_CANVAS_PIXELS, canvas_limit, check_canvas_size
 from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.images import ImageReadError, read_image
 from poseguide.utils.io import atomic_write_json
@@ -41,7 +42,8 @@ from poseguide.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # per uploaded file; Gradio refuses larger uploads before Python
-DEFAULT_MAX_PIXELS = 4096 * 4096  # per uploaded image, checked from the header before decoding
+# Per uploaded image, checked from the header before decoding: the skeleton canvas limit.
+DEFAULT_MAX_PIXELS = MAX_CANVAS_PIXELS
 MAX_KEYPOINT_JSON_BYTES = 1 << 20  # keypoint JSON (uploaded, or sent by the editor)
 MAX_PEOPLE = 20
 MAX_IMAGES = 4  # images per click of Generate
@@ -269,6 +271,7 @@ class AppBackend:
         if len(people) > MAX_PEOPLE:
             raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
         render = self.config.pose.render
+        canvas = check_canvas_size(canvas, canvas_limit(render), f"{what}: canvas")
         cond = pose_condition(PoseInput.keypoints(people, canvas), self.size, render)
         data = pose_to_json(people, size=canvas)
         text = json.dumps(data)
@@ -301,6 +304,7 @@ class AppBackend:
             )
         start = time.perf_counter()
         render = self.config.pose.render
+        check_canvas_size(image.size, canvas_limit(render), f"{name}: photo")  # drawn at its size
         found = pose_condition(
             PoseInput.photo(image, source=name), image.size, render, self.estimator,
             render.min_score,
