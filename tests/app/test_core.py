@@ -128,11 +128,19 @@ def test_keypoints_without_a_canvas(backend: AppBackend) -> None:
         (json.dumps({"people": [{"keypoints": [1, 2, 3]}]}), "expected 51"),
         (json.dumps({"people": [{"keypoints": [0] * 50 + [7]}]}), "third value is 7"),
         ("x" * (2**20 + 1), "over 1048576 bytes"),
+        ("[" * 100_000 + "]" * 100_000, "^Edited pose: not a keypoint file: .* nested too deeply"),
     ],
 )
 def test_bad_keypoints_are_refused(backend: AppBackend, value: str, match: str) -> None:
     with pytest.raises((AppError, KeypointError), match=match):
         backend.pose_from_keypoints(value)
+
+
+def test_a_deeply_nested_keypoint_file_is_refused(backend: AppBackend, tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"people": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(KeypointError, match=r"^deep.json: not a keypoint file: .* too deeply"):
+        backend.pose_from_json_file(deep)
 
 
 def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> None:

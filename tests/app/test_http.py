@@ -154,7 +154,7 @@ def test_refused_keypoint_files_get_the_apps_message(server: Server, tmp_path: P
     short.write_text('{"people": [{"keypoints": [1, 2, 3]}]}')
     assert _status(client, empty, "/upload_json").startswith("**Error:** empty.json is empty")
     assert _status(client, picture, "/upload_json") == (
-        "**Error:** picture.json is not a keypoint JSON file (not UTF-8 text)"
+        "**Error:** picture.json: not valid JSON (not UTF-8 text)"
     )
     status = _status(client, short, "/upload_json")
     assert status.startswith("**Error:** short.json") and "expected 51" in status

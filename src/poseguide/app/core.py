@@ -33,7 +33,7 @@ from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
 from poseguide.models.controlnet import UNTRAINED, ControlNetRef, is_export
 from poseguide.paths import RunPaths
-from poseguide.pose.io import parse_pose, pose_to_json
+from poseguide.pose.io import MAX_POSE_JSON_BYTES, load_pose_json, parse_pose, pose_to_json
 from poseguide.pose.render import MAX_CANVAS_PIXELS, canvas_limit, check_canvas_size
 from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.images import ImageReadError, read_image
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_MB = 20.0  # per uploaded file; Gradio refuses larger uploads before Python
 # Per uploaded image, checked from the header before decoding: the skeleton canvas limit.
 DEFAULT_MAX_PIXELS = MAX_CANVAS_PIXELS
-MAX_KEYPOINT_JSON_BYTES = 1 << 20  # keypoint JSON (uploaded, or sent by the editor)
+MAX_KEYPOINT_JSON_BYTES = MAX_POSE_JSON_BYTES  # keypoint JSON (uploaded, or sent by the editor)
 MAX_PEOPLE = 20
 MAX_IMAGES = 4  # images per click of Generate
 MAX_STEPS = 150
@@ -323,10 +323,7 @@ class AppBackend:
         if isinstance(value, str):
             if len(value) > MAX_KEYPOINT_JSON_BYTES:
                 raise AppError(f"{what}: the keypoint JSON is over {MAX_KEYPOINT_JSON_BYTES} bytes")
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise AppError(f"{what}: not valid JSON ({err})") from None
+            value = load_pose_json(value, what)
         pose = parse_pose(value, what)
         return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), what)
 
@@ -347,12 +344,7 @@ class AppBackend:
             raise AppError(f"{name} is no longer on the server; upload it again") from None
         if not data.strip():
             raise AppError(f"{name} is empty; upload a keypoint JSON file (as downloaded below)")
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
-            raise AppError(f"{name} is not a keypoint JSON file ({reason})") from None
-        pose = parse_pose(value, name)
+        pose = parse_pose(load_pose_json(data, name), name)
         return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), name)
 
     # -- generation ----------------------------------------------------------------------------
