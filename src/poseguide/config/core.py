@@ -34,6 +34,9 @@ T = TypeVar("T")
 # Where each key of a config file's data came from: a key path (dict keys only; a list belongs to
 # the key that holds it) -> the file that set it, or None when an override did.
 Sources = dict[tuple[str, ...], str | None]
+# The largest config file read: presets are a few KB; a file of a million keys (several MB) took
+# over a minute and gigabytes to parse before its first unknown-key error.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(UserError, ValueError):
@@ -336,9 +339,25 @@ def _merge_sources(base: Sources, top: dict, file: str) -> Sources:
     return {**kept, **dict.fromkeys(paths, file)}
 
 
-def _parse_yaml(path: Path) -> dict:
+def _read_config_text(path: Path) -> str:
+    """The file's text, refused unparsed when it is over :data:`MAX_CONFIG_BYTES`."""
+    with path.open("rb") as handle:  # read no more than the limit, whatever the file's size
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: over {MAX_CONFIG_BYTES:,} bytes, far more than a config holds (presets are "
+            "a few KB); check that this is the right file"
+        )
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _parse_yaml(path: Path) -> dict:
+    text = _read_config_text(path)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except ConfigError as err:
