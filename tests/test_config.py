@@ -300,3 +300,18 @@ def test_a_config_over_the_size_limit_is_refused_before_parsing(
     (tmp_path / "latin1.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text"):
         load_config(tmp_path / "latin1.yaml")
+
+
+def test_aliases_that_expand_past_the_limit_are_refused(tmp_path: Path) -> None:
+    """871 bytes of nested aliases (nine levels) expand to 10**9 keys: the loader's walks over
+    the data hung; six levels (10**6) here. A recursive alias recursed without end."""
+    lines = ["l0: &l0 {" + ", ".join(f"k{i}: 1" for i in range(10)) + "}"]
+    for n in range(1, 6):
+        lines.append(f"l{n}: &l{n} {{" + ", ".join(f"k{i}: *l{n - 1}" for i in range(10)) + "}")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml: over 100,000 keys and values with its "):
+        load_config(bomb)
+    (tmp_path / "loop.yaml").write_text("run: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml: over 100,000 keys and values"):
+        load_config(tmp_path / "loop.yaml")

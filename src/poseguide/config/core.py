@@ -37,6 +37,9 @@ Sources = dict[tuple[str, ...], str | None]
 # The largest config file read: presets are a few KB; a file of a million keys (several MB) took
 # over a minute and gigabytes to parse before its first unknown-key error.
 MAX_CONFIG_BYTES = 1 << 20
+# The most keys and list items a config file may hold with its aliases (*name) expanded: a few
+# hundred are real; an 871-byte file of nested aliases expands to a billion and hung the loader.
+MAX_CONFIG_VALUES = 100_000
 
 
 class ConfigError(UserError, ValueError):
@@ -364,7 +367,27 @@ def _parse_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: {err}", key=err.key) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    _check_expanded_size(data, path)
     return data
+
+
+def _check_expanded_size(data: dict, path: Path) -> None:
+    """Refuse ``data`` when it holds over :data:`MAX_CONFIG_VALUES` keys and items, counted as
+    every later walk sees them (an alias once per use); stops counting at the limit."""
+    stack: list[Any] = [data]
+    count = 0
+    while stack:
+        node = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            count += 1
+            if count > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    f"{path}: over {MAX_CONFIG_VALUES:,} keys and values with its aliases "
+                    "(*name) expanded, far more than a config holds; use fewer aliases"
+                )
+            if isinstance(child, (dict, list)):
+                stack.append(child)
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigData:
