@@ -356,3 +356,19 @@ def test_stop_on_signals_then_restore_the_handlers() -> None:
         signal.raise_signal(signal.SIGINT)  # during the clean-up: ignored
     assert received == [signal.SIGTERM, signal.SIGINT]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_full_disk_at_start_up_is_one_line_naming_the_folder(
+    app_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    from poseguide.utils.io import WriteError
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full_disk)
+    with pytest.raises(WriteError, match=rf"^could not write {tempfile.gettempdir()}: No space"):
+        AppBackend(app_config)

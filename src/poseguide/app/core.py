@@ -37,7 +37,7 @@ from poseguide.pose.io import MAX_POSE_JSON_BYTES, load_pose_json, parse_pose, p
 from poseguide.pose.render import MAX_CANVAS_PIXELS, canvas_limit, check_canvas_size
 from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.images import ImageReadError, read_image
-from poseguide.utils.io import atomic_write_json
+from poseguide.utils.io import atomic_write_json, writing
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,8 @@ class AppBackend:
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         # Keypoint downloads, and Gradio's upload cache when the page is built (ui.build_app).
-        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
+        with writing(tempfile.gettempdir()):
+            self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
         self._remove_tmp = weakref.finalize(self, shutil.rmtree, self.tmp, True)
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ from poseguide.app.core import (
 from poseguide.app.editor import EDITOR_CSS, EDITOR_JS, EDITOR_TEMPLATE, editor_props
 from poseguide.config import Config
 from poseguide.errors import classify
+from poseguide.utils.io import writing
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ def _cache_in(folder: Path) -> None:
     """Put Gradio's upload cache in ``folder`` (the backend's temp folder, which the app
     removes) for this process; a cache the user chose is replaced while the app runs (choose
     where the temp folder goes with TMPDIR)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     os.environ[GRADIO_CACHE_ENV] = str(folder)
 
 
