@@ -372,3 +372,21 @@ def test_a_full_disk_at_start_up_is_one_line_naming_the_folder(
     monkeypatch.setattr(tempfile, "mkdtemp", full_disk)
     with pytest.raises(WriteError, match=rf"^could not write {tempfile.gettempdir()}: No space"):
         AppBackend(app_config)
+
+
+def test_a_busy_port_is_one_line_naming_it(capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    pytest.importorskip("gradio", reason="the app extra is missing: pip install -e '.[app]'")
+    from poseguide.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: port {port} on 127.0.0.1 is in use (another app or server listens "
+                   f"on it); stop it, or pass another port, e.g. --port {port + 1}")  # fmt: skip
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port 70000: must be between 1 and 65535" in capsys.readouterr().err

@@ -196,3 +196,5 @@ def test_signals_remove_the_temp_folders(
     assert server.app_folders() == []
     left = {p.name for p in server.tmp.rglob("*") if p.is_file()}
     assert not left & {"my-skeleton.png", "my-pose.json", "pose.json"}, left
+    # Gradio's server also makes $TMPDIR/gradio/vibe_edit_history (empty): the app removes it.
+    assert not (server.tmp / "gradio").exists(), list(server.tmp.rglob("*"))
