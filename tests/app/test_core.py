@@ -222,16 +222,21 @@ def test_generate_returns_images(backend: AppBackend) -> None:
     assert backend.pipeline(UNTRAINED) is backend.pipeline(None)  # loaded once, cached
 
 
-def test_generate_with_an_exported_controlnet(backend: AppBackend, tmp_path: Path) -> None:
+def test_generate_with_an_exported_controlnet(app_config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from poseguide.models import build_controlnet, load_sd_parts
 
-    folder = tmp_path / "exports" / "stage1"  # as training's export writes it
+    config = replace(app_config, run=replace(app_config.run, output_dir=str(tmp_path)))
+    backend = AppBackend(config)
+    folder = tmp_path / "other-run" / "exports" / "stage1"  # as training's export writes it
     unet = load_sd_parts(backend.config.model.base).unet
     with seeded(0):
         build_controlnet(unet).save_pretrained(folder, safe_serialization=True)
     images, message = backend.generate("a person", backend.default_pose().image, str(folder))
     assert len(images) == 1 and images[0].size == (64, 64)
     assert f"with {folder} in" in message
+    backend.close()
 
 
 @pytest.mark.parametrize(
@@ -242,7 +247,9 @@ def test_generate_with_an_exported_controlnet(backend: AppBackend, tmp_path: Pat
         ({"seed": 1.5}, "seed must be a whole number"),
         ({"guidance": -1}, "guidance must be between 0 and 50"),
         ({"pose": None}, "no pose yet"),
-        ({"model": "/no/such/controlnet"}, "ControlNet '/no/such/controlnet'"),
+        # Only the menu's models, and not a word about what the server has at that path.
+        ({"model": "/no/such/controlnet"}, "^'/no/such/controlnet' is not one of the app's mod"),
+        ({"model": "/etc"}, "^'/etc' is not one of the app's models; choose one from the menu$"),
     ],
 )
 def test_generate_refuses_bad_settings(backend: AppBackend, kwargs: dict, match: str) -> None:

@@ -190,8 +190,9 @@ def default_controlnet(config: Config) -> str:
 
 
 def model_choices(config: Config, extra: str | None = None) -> list[tuple[str, str]]:
-    """(label, value) pairs for the model menu: ``extra``, every complete export (:func:`is_export`)
-    under ``run.output_dir/*/exports/``, and the untrained ControlNet. Other ids can be typed in."""
+    """(label, value) pairs for the model menu: ``extra`` (the model given at start-up), every
+    complete export (:func:`is_export`) under ``run.output_dir/*/exports/``, and the untrained
+    ControlNet. The app serves these and no other model."""
     choices = [(extra, extra)] if extra else []
     for folder in sorted(Path(config.run.output_dir).glob("*/exports/*")):
         value = str(folder)
@@ -351,8 +352,12 @@ class AppBackend:
     # -- generation ----------------------------------------------------------------------------
 
     def pipeline(self, model: str | None) -> Any:
-        """The pipeline for ``model`` (folder, hub id or :data:`UNTRAINED`), loaded once."""
+        """The pipeline for ``model`` (one of :func:`model_choices`), loaded once. Any other
+        value is refused without a word about what is on the server at that path."""
         model = (model or self.default_model).strip()
+        offered = [value for _, value in model_choices(self.config, self.default_model)]
+        if model not in offered:
+            raise AppError(f"{model!r} is not one of the app's models; choose one from the menu")
         with self._lock:  # one load at a time; generation itself is one at a time (the queue)
             if model in self._pipes:
                 self._pipes.move_to_end(model)

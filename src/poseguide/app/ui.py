@@ -102,9 +102,9 @@ def _settings(config: Config, controlnet: str | None, backend: AppBackend) -> tu
     g = config.generate
     prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, elem_id="pg-prompt")
     model = gr.Dropdown(
-        model_choices(config, controlnet), value=backend.default_model,
-        allow_custom_value=True, elem_id="pg-model",
-        label="ControlNet: an exported folder or a hub id (type to add one)",
+        model_choices(config, backend.default_model), value=backend.default_model,
+        allow_custom_value=False, elem_id="pg-model",
+        label="ControlNet: this machine's exports (start the app with --controlnet for another)",
     )  # fmt: skip
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pg-seed")
