@@ -206,3 +206,15 @@ def test_writing_names_the_path_of_a_failed_write(tmp_path: Path) -> None:
         raise SafetensorError("Error while deserializing header: invalid JSON")
     with pytest.raises(KeyError), pio.writing(folder):
         raise KeyError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (35_200_000, "35.2 MB"),
+     (999_999_999, "1.0 GB"), (61_000_000_000, "61.0 GB"), (3.2e15, "3200.0 TB")],
+)  # fmt: skip
+def test_byte_counts_read_in_the_unit_that_shows_them(count: float, text: str) -> None:
+    """A small disk's check read "0.0 GB free; need about 0.0 GB"."""
+    from poseguide.utils.units import format_bytes
+
+    assert format_bytes(count) == text
