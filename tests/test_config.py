@@ -276,3 +276,42 @@ def test_cli_prints_a_duplicate_key_as_one_line(
     assert main(["config", "validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{bad}: duplicate key 'run.seed' (lines 2 and 3)" in err
+
+
+def test_a_config_over_the_size_limit_is_refused_before_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A YAML of a million keys took 82 s and 2.4 GB to reach its unknown-key error."""
+    import poseguide.config.core as core
+
+    head = "run:\n  seed: 1\n"
+    exact = tmp_path / "exact.yaml"
+    exact.write_text(head + "#" * (core.MAX_CONFIG_BYTES - len(head)))
+    assert load_config(exact).run.seed == 1  # at the limit: read
+    big = tmp_path / "big.yaml"
+    big.write_text(head + "#" * (core.MAX_CONFIG_BYTES - len(head) + 1))
+    monkeypatch.setattr(core.yaml, "load", lambda *a, **k: pytest.fail("the file was parsed"))
+    assert main(["config", "validate", str(big)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"error: {big}: over 1,048,576 bytes, far more than a config holds (presets "
+        "are a few KB); check that this is the right file"
+    )
+    (tmp_path / "latin1.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+def test_aliases_that_expand_past_the_limit_are_refused(tmp_path: Path) -> None:
+    """871 bytes of nested aliases (nine levels) expand to 10**9 keys: the loader's walks over
+    the data hung; six levels (10**6) here. A recursive alias recursed without end."""
+    lines = ["l0: &l0 {" + ", ".join(f"k{i}: 1" for i in range(10)) + "}"]
+    for n in range(1, 6):
+        lines.append(f"l{n}: &l{n} {{" + ", ".join(f"k{i}: *l{n - 1}" for i in range(10)) + "}")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml: over 100,000 keys and values with its "):
+        load_config(bomb)
+    (tmp_path / "loop.yaml").write_text("run: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml: over 100,000 keys and values"):
+        load_config(tmp_path / "loop.yaml")

@@ -294,3 +294,54 @@ def test_direct_construction_refuses_non_finite_and_out_of_range_values() -> Non
 def test_ema_decay_is_a_fraction_or_null(decay: str) -> None:
     _refused([f"train.stages.stage1.ema_decay={decay}"], "ema_decay", "(0, 1)")
     assert load_config("tiny", ["train.stages.stage1.ema_decay=0.99"]).train.stages[0].ema_decay
+
+
+# Sizes and counts have upper bounds: these validated before and allocated (or tried to) at the
+# first batch: data.resolution=100000000, batch_size=10**23.
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("data.resolution=100000000", ("data.resolution:", "up to 4,096", "got 100000000")),
+        ("data.resolution=4104", ("data.resolution:", "up to 4,096", "got 4104")),
+        ("train.batch_size=100000000000000000000000",
+         ("train.batch_size: must be between 1 and 4,096, got 100000000000000000000000",)),
+        ("train.batch_size=1e23", ("train.batch_size: expected int, got '1e23'",)),
+        ("train.batch_size=1.0e+23", ("train.batch_size: expected int, got 1e+23",)),
+        ("train.grad_accum=5000", ("train.grad_accum: must be between 1 and 4,096",)),
+        ("generate.batch_size=5000", ("generate.batch_size: must be between 1 and 4,096",)),
+        ("generate.steps=100000", ("generate.steps: must be between 1 and 1,000",)),
+        ("data.cache.batch_size=5000", ("data.cache.batch_size: must be between 1 and 4,096",)),
+        ("data.cache.shard_size=5000", ("data.cache.shard_size: must be between 1 and 4,096",)),
+        ("data.num_workers=1000", ("data.num_workers: must be between 0 and 256",)),
+        ("data.max_image_pixels=2000000000", ("data.max_image_pixels:", "1,073,741,824")),
+        ("pose.render.max_canvas_pixels=2000000000", ("pose.render.max_canvas_pixels:",
+                                                      "between 1 and 1,073,741,824")),
+        ("pose.estimator.imgsz=100000", ("pose.estimator.imgsz:", "up to 4,096")),
+        ("pose.estimator.max_det=10000000", ("pose.estimator.max_det:", "1,000,000")),
+        ("data.train.synthetic.n=1000000000", ("data.train.synthetic.n:", "1,000,000")),
+        ("data.train.synthetic.size=[64,100000]", ("data.train.synthetic.size:", "4096x4096")),
+        ("train.validation.num_samples=100000", ("train.validation.num_samples:", "0 and 4,096")),
+        ("train.stages.stage2.loss.reward_resolution=100000",
+         ("train.stages.1.loss.reward_resolution: must be between 1 and 4,096",)),
+        ("evaluate.bootstrap=1000000000", ("evaluate.bootstrap: must be between 0 and 1,000,000",)),
+    ],
+)  # fmt: skip
+def test_sizes_and_counts_have_upper_bounds(override: str, fragments: tuple[str, ...]) -> None:
+    _refused([override], *fragments)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["data.resolution=4096", "train.batch_size=4096", "generate.steps=1000",
+     "data.num_workers=256", "evaluate.bootstrap=0", "pose.estimator.imgsz=4096"],
+)  # fmt: skip
+def test_sizes_and_counts_at_their_bounds_are_accepted(override: str) -> None:
+    load_config("tiny", [override])
+
+
+def test_a_float_for_an_int_key_is_refused_in_a_file(tmp_path) -> None:
+    for value in ("1e23", "1.0e+23", "4.0"):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"train:\n  batch_size: {value}\n")
+        with pytest.raises(ConfigError, match=r"c.yaml: train.batch_size: expected int, got "):
+            load_config(path)

@@ -342,3 +342,54 @@ def test_run_generate_writes_pose_and_images(tiny_sd, controlnet_dir, tmp_path: 
         output_size="source",
     )
     assert Image.open(big).size == (128, 96)
+
+
+@pytest.mark.parametrize(
+    ("pose_size", "args", "message"),
+    [
+        # The reproduction: a keypoint file declaring a 100000x100000 canvas ran out of memory.
+        ((100_000, 100_000), ["--source-size"],
+         "huge.json: canvas (--source-size) 100000x100000 = 10,000,000,000 pixels is over the "
+         "limit of 16,777,216 (pose.render.max_canvas_pixels)"),
+        ((128, 96), ["--output-size", "30000", "30000"],
+         "output size 30000x30000 = 900,000,000 pixels is over the limit of 16,777,216"),
+        # The configured limit is the one applied (a small one here: nothing big is allocated
+        # even where the check is missing).
+        ((128, 96), ["--size", "200", "200", "pose.render.max_canvas_pixels=10000"],
+         "generation size 200x200 = 40,000 pixels is over the limit of 10,000"),
+    ],
+)  # fmt: skip
+def test_sizes_over_the_canvas_limit_are_one_line_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, pose_size, args, message
+) -> None:
+    import poseguide.generate as generation
+    from poseguide.cli import main
+
+    def never(*args, **kwargs):
+        pytest.fail("the pipeline was loaded: the size is checked after allocating")
+
+    monkeypatch.setattr(generation, "load_pipeline", never)
+    write_pose(tmp_path / "huge.json", a_person((128, 96)), size=pose_size)
+    out = tmp_path / "out"
+    cli = ["generate", "--controlnet", "unused", "--prompt", PROMPT, "--out", str(out),
+           "--pose", str(tmp_path / "huge.json"), "run.device=cpu", "data.resolution=64",
+           *args]  # fmt: skip
+    assert main(cli) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_a_skeleton_image_is_not_resized_past_the_canvas_limit() -> None:
+    from poseguide.config.schema import RenderConfig
+    from poseguide.errors import InputError
+
+    skeleton = Image.new("RGB", (64, 64))
+    with pytest.raises(InputError, match="generation size 200x200 = 40,000 pixels"):
+        pose_condition(skeleton, (200, 200), RenderConfig(max_canvas_pixels=10_000))
+    assert pose_condition(
+        skeleton, (96, 96), RenderConfig(max_canvas_pixels=10_000)
+    ).image.size == (
+        96,
+        96,
+    )

@@ -180,3 +180,41 @@ def test_a_team_shares_work_and_stops_together() -> None:
     bug = run_as_team(2, fails_on(0, KeyError("oops")))
     assert isinstance(bug[0], KeyError)
     assert type(bug[1]) is RuntimeError and "process 0 of 2 failed" in str(bug[1])
+
+
+def test_writing_names_the_path_of_a_failed_write(tmp_path: Path) -> None:
+    """OSErrors and safetensors' I/O failures become a one-line WriteError naming the path;
+    anything else (a bug, safetensors' other errors) is left as it is."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "untrained"
+    with pytest.raises(pio.WriteError) as err, pio.writing(folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(err.value).startswith(f"could not write {folder}: No space left on device; ")
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+    full = r"could not write .*untrained: No space left"
+    with pytest.raises(pio.WriteError, match=full) as err, pio.writing(folder):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28) at "
+            'path "/x/.tmpU33suZ"'
+        )
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(pio.WriteError, match="No such file or directory"), pio.writing(folder):
+        save_file({}, str(tmp_path / "missing" / "w.safetensors"))  # safetensors' own error
+    with pytest.raises(SafetensorError), pio.writing(folder):
+        raise SafetensorError("Error while deserializing header: invalid JSON")
+    with pytest.raises(KeyError), pio.writing(folder):
+        raise KeyError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (35_200_000, "35.2 MB"),
+     (999_999_999, "1.0 GB"), (61_000_000_000, "61.0 GB"), (3.2e15, "3200.0 TB")],
+)  # fmt: skip
+def test_byte_counts_read_in_the_unit_that_shows_them(count: float, text: str) -> None:
+    """A small disk's check read "0.0 GB free; need about 0.0 GB"."""
+    from poseguide.utils.units import format_bytes
+
+    assert format_bytes(count) == text

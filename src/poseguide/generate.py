@@ -47,6 +47,7 @@ from poseguide.pose.inputs import (  # noqa: F401 - re-exported: the generation 
     pose_condition,
     pose_from_path,
 )
+from poseguide.pose.render import canvas_limit, check_canvas_size
 from poseguide.text import CaptionCuts, encode_captions
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,9 @@ def run_generate(
     render = config.pose.render
     cond = pose_condition(pose_input, size, render, estimator, render.min_score)
     target = (cond.source_size or size) if output_size == "source" else output_size
+    if target is not None:  # checked before the pipeline loads: nothing is allocated yet
+        what = f"{pose_input.source}: canvas (--source-size)" if output_size == "source" else ""
+        target = check_canvas_size(target, canvas_limit(render), what or "output size")
     device = resolve_device(config.run.device)
     model = config.model
     pipe = load_pipeline(

@@ -22,6 +22,7 @@ from poseguide.app.core import (
     error_message,
     model_choices,
 )
+from poseguide.errors import InputError
 from poseguide.generate import NoPersonFoundError, PoseInput, pose_condition
 from poseguide.pose.io import parse_pose, read_pose, write_pose
 from poseguide.pose.render import render_skeleton
@@ -127,11 +128,19 @@ def test_keypoints_without_a_canvas(backend: AppBackend) -> None:
         (json.dumps({"people": [{"keypoints": [1, 2, 3]}]}), "expected 51"),
         (json.dumps({"people": [{"keypoints": [0] * 50 + [7]}]}), "third value is 7"),
         ("x" * (2**20 + 1), "over 1048576 bytes"),
+        ("[" * 100_000 + "]" * 100_000, "^Edited pose: not a keypoint file: .* nested too deeply"),
     ],
 )
 def test_bad_keypoints_are_refused(backend: AppBackend, value: str, match: str) -> None:
     with pytest.raises((AppError, KeypointError), match=match):
         backend.pose_from_keypoints(value)
+
+
+def test_a_deeply_nested_keypoint_file_is_refused(backend: AppBackend, tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"people": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(KeypointError, match=r"^deep.json: not a keypoint file: .* too deeply"):
+        backend.pose_from_json_file(deep)
 
 
 def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> None:
@@ -160,6 +169,38 @@ def test_oversized_uploads_are_refused(backend: AppBackend, tmp_path: Path) -> N
         backend.pose_from_upload(tmp_path / "gone.png")
 
 
+def test_canvases_over_the_canvas_limit_are_refused_naming_the_file(
+    app_config, backend: AppBackend, tmp_path: Path
+) -> None:
+    """One limit (pose.render.max_canvas_pixels) for keypoint canvases, photos and, by
+    default, every upload: a 100000x100000 canvas is refused, naming the file."""
+    from dataclasses import replace
+
+    from poseguide.config.schema import RenderConfig
+
+    upload = write_pose(tmp_path / "huge.json", default_person(), size=(100_000, 100_000))
+    with pytest.raises(InputError, match=r"^huge.json: canvas 100000x100000 = 10,000,000,000 "
+                       r"pixels is over the limit of 16,777,216"):  # fmt: skip
+        backend.pose_from_json_file(upload)
+    value = json.loads(upload.read_text())
+    with pytest.raises(InputError, match=r"^Edited pose: canvas 100000x100000"):
+        backend.pose_from_keypoints(json.dumps(value))
+    assert AppLimits().max_pixels == RenderConfig().max_canvas_pixels
+    small = replace(app_config.pose.render, max_canvas_pixels=10_000)
+    config = replace(app_config, pose=replace(app_config.pose, render=small))
+
+    class NoEstimator:
+        def estimate_people(self, images):
+            pytest.fail("the photo was estimated (drawn at its size) past the canvas limit")
+
+    strict = AppBackend(config, AppLimits(max_pixels=600 * 600), estimator=NoEstimator())
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (128, 120, 110)).save(photo)
+    with pytest.raises(InputError, match=r"^photo.png: photo 128x128 = 16,384 pixels is over "):
+        strict.pose_from_upload(photo, "photo")
+    strict.close()
+
+
 def test_generate_returns_images(backend: AppBackend) -> None:
     pose = backend.default_pose().image
     images, message = backend.generate("a person", pose, UNTRAINED, seed=3, steps=2, n=2)
@@ -181,16 +222,21 @@ def test_generate_returns_images(backend: AppBackend) -> None:
     assert backend.pipeline(UNTRAINED) is backend.pipeline(None)  # loaded once, cached
 
 
-def test_generate_with_an_exported_controlnet(backend: AppBackend, tmp_path: Path) -> None:
+def test_generate_with_an_exported_controlnet(app_config, tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from poseguide.models import build_controlnet, load_sd_parts
 
-    folder = tmp_path / "exports" / "stage1"  # as training's export writes it
+    config = replace(app_config, run=replace(app_config.run, output_dir=str(tmp_path)))
+    backend = AppBackend(config)
+    folder = tmp_path / "other-run" / "exports" / "stage1"  # as training's export writes it
     unet = load_sd_parts(backend.config.model.base).unet
     with seeded(0):
         build_controlnet(unet).save_pretrained(folder, safe_serialization=True)
     images, message = backend.generate("a person", backend.default_pose().image, str(folder))
     assert len(images) == 1 and images[0].size == (64, 64)
     assert f"with {folder} in" in message
+    backend.close()
 
 
 @pytest.mark.parametrize(
@@ -201,7 +247,9 @@ def test_generate_with_an_exported_controlnet(backend: AppBackend, tmp_path: Pat
         ({"seed": 1.5}, "seed must be a whole number"),
         ({"guidance": -1}, "guidance must be between 0 and 50"),
         ({"pose": None}, "no pose yet"),
-        ({"model": "/no/such/controlnet"}, "ControlNet '/no/such/controlnet'"),
+        # Only the menu's models, and not a word about what the server has at that path.
+        ({"model": "/no/such/controlnet"}, "^'/no/such/controlnet' is not one of the app's mod"),
+        ({"model": "/etc"}, "^'/etc' is not one of the app's models; choose one from the menu$"),
     ],
 )
 def test_generate_refuses_bad_settings(backend: AppBackend, kwargs: dict, match: str) -> None:
@@ -315,3 +363,37 @@ def test_stop_on_signals_then_restore_the_handlers() -> None:
         signal.raise_signal(signal.SIGINT)  # during the clean-up: ignored
     assert received == [signal.SIGTERM, signal.SIGINT]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_full_disk_at_start_up_is_one_line_naming_the_folder(
+    app_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    from poseguide.utils.io import WriteError
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full_disk)
+    with pytest.raises(WriteError, match=rf"^could not write {tempfile.gettempdir()}: No space"):
+        AppBackend(app_config)
+
+
+def test_a_busy_port_is_one_line_naming_it(capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    pytest.importorskip("gradio", reason="the app extra is missing: pip install -e '.[app]'")
+    from poseguide.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: port {port} on 127.0.0.1 is in use (another app or server listens "
+                   f"on it); stop it, or pass another port, e.g. --port {port + 1}")  # fmt: skip
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port 70000: must be between 1 and 65535" in capsys.readouterr().err

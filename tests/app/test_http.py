@@ -154,7 +154,7 @@ def test_refused_keypoint_files_get_the_apps_message(server: Server, tmp_path: P
     short.write_text('{"people": [{"keypoints": [1, 2, 3]}]}')
     assert _status(client, empty, "/upload_json").startswith("**Error:** empty.json is empty")
     assert _status(client, picture, "/upload_json") == (
-        "**Error:** picture.json is not a keypoint JSON file (not UTF-8 text)"
+        "**Error:** picture.json: not valid JSON (not UTF-8 text)"
     )
     status = _status(client, short, "/upload_json")
     assert status.startswith("**Error:** short.json") and "expected 51" in status
@@ -196,3 +196,5 @@ def test_signals_remove_the_temp_folders(
     assert server.app_folders() == []
     left = {p.name for p in server.tmp.rglob("*") if p.is_file()}
     assert not left & {"my-skeleton.png", "my-pose.json", "pose.json"}, left
+    # Gradio's server also makes $TMPDIR/gradio/vibe_edit_history (empty): the app removes it.
+    assert not (server.tmp / "gradio").exists(), list(server.tmp.rglob("*"))

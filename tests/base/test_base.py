@@ -170,3 +170,18 @@ def test_the_cli_trains_resumes_and_ships(tmp_path: Path, capsys) -> None:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
     assert recorded_hash(dest) == config_hash(small(tmp_path))
     assert config_hash(load_base_config(dest / "base-config.yaml")) == config_hash(small(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.resolution=100000000", "data.resolution: a multiple of 8 from 16 to 4,096"),
+        ("vae.batch_size=100000000000", "vae.batch_size: must be between 1 and 4,096"),
+        ("data.n=1000000000", "data.n: must be between 1 and 1,000,000"),
+    ],
+)
+def test_base_sizes_have_upper_bounds(override: str, message: str) -> None:
+    from poseguide.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_base_config(PRESET, [override])

@@ -303,3 +303,24 @@ def test_the_setup_says_whether_the_judge_is_the_rewards_estimator() -> None:
     same = to_dict(load_config("mini", ["pose.estimator.imgsz=640"]))
     assert _judge_note({"config": same}).startswith("NOT an independent judge")
     assert "no reward stage" in _judge_note({"config": to_dict(load_config("tiny"))})
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import errno
+
+    import poseguide.utils.io as pio
+    from poseguide.cli import main
+
+    def full_disk(path: Path, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pio, "_atomic_write_bytes", full_disk)
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.match(
+        rf"error: could not write {re.escape(str(run_dir / 'eval'))}/\S+: No space left on "
+        "device; what was there before is unchanged",
+        err,
+    ), err

@@ -224,3 +224,32 @@ def test_the_untrained_controlnet_is_built_once_for_all_processes(
     failed = run_as_team(2, lambda team: build_untrained_once(broken, RunPaths.of(broken), team))
     assert isinstance(failed[1], SharedWorkError) and "process 0 of 2" in str(failed[1])
     assert not isinstance(failed[0], SharedWorkError)
+
+
+@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+def test_a_full_disk_while_saving_the_untrained_controlnet_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, failure: str
+) -> None:
+    """The reproduction: a full disk during ``evaluate`` gave safetensors' raw traceback and
+    status 1 when the untrained ControlNet was saved."""
+    import errno
+
+    from diffusers import ControlNetModel
+    from safetensors import SafetensorError
+
+    def full_disk(self, folder, *args, **kwargs):
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              f'(os error 28) at path "{folder}/.tmpU33suZ"')  # fmt: skip
+
+    monkeypatch.chdir(tmp_path)
+    write_config(tmp_path, evaluate={"models": MODELS[:1]})  # baseline: the untrained one
+    monkeypatch.setattr(ControlNetModel, "save_pretrained", full_disk)
+    assert main(["evaluate", "config.yaml"]) == 2
+    err = capsys.readouterr().err  # progress bars, then the error's one line
+    folder = RunPaths.of(load_config("config.yaml")).eval.untrained
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"error: could not write {folder}: No space left on device; what was there before"
+    ), err
+    assert not folder.exists() and not list(folder.parent.glob(".*.tmp"))

@@ -98,3 +98,41 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(KeypointError, match="broken.json: not valid JSON"):
         read_pose(tmp_path / "broken.json")
+
+
+def test_deeply_nested_json_is_one_line_everywhere_pose_json_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A pose JSON nested 100000 deep was a RecursionError traceback in ``pose render``,
+    ``generate``, dataset keypoint cells and the app."""
+    from poseguide.cli import main
+    from poseguide.data.checks import parse_keypoints
+    from poseguide.data.record import RowError
+
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "deep.json"
+    path.write_text(deep)
+    with pytest.raises(KeypointError, match=r"deep.json: not a keypoint file: .*nested too deeply"):
+        read_pose(path)
+    capsys.readouterr()
+    out = str(tmp_path / "o.png")
+    assert main(["pose", "render", str(path), "--out", out]) == 2
+    generate = ["generate", "--controlnet", "unused", "--prompt", "p", "--pose", str(path)]
+    assert main([*generate, "--out", str(tmp_path / "gen")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(f"{path}: not a keypoint file" in line for line in lines)
+    with pytest.raises(RowError, match="nested too deeply"):  # a dataset's keypoints cell
+        parse_keypoints(deep, "row 3")
+
+
+def test_a_keypoint_file_over_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poseguide.pose.io as pose_io
+
+    monkeypatch.setattr(pose_io, "MAX_POSE_JSON_BYTES", 1000)
+    path = write_pose(tmp_path / "p.json", np.zeros((1, 17, 3)), size=(64, 64))
+    assert read_pose(path).size == (64, 64)  # under the limit: read
+    path.write_text(path.read_text() + " " * 1000)  # valid JSON, but over the limit
+    with pytest.raises(KeypointError, match=r"p.json: over 1,000 bytes"):
+        read_pose(path)

@@ -437,8 +437,8 @@ def test_coordinates_far_off_the_canvas_are_one_clear_error(tmp_path, capsys, va
         render_skeleton(person, (64, 64))
     json_file = _pose_file(tmp_path / "p.json", person, width=64, height=64)
     assert main(["pose", "render", str(json_file), "--out", str(tmp_path / "o.png")]) == 2
-    assert "far outside the 64x64 canvas" in capsys.readouterr().err
-    with pytest.raises(KeypointError, match="far outside"):  # generate --pose and the app
+    assert f"{json_file}: person 0, joint 7: coordinates" in capsys.readouterr().err
+    with pytest.raises(KeypointError, match=r"p.json: person 0, .*far outside"):  # generate, app
         pose_condition(str(json_file), (64, 64))
     person[0, 9, 2] = 0  # an absent joint's coordinates are never drawn: fine
     assert render_skeleton(person, (64, 64)).shape == (64, 64, 3)

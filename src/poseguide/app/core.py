@@ -33,16 +33,18 @@ from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
 from poseguide.models.controlnet import UNTRAINED, ControlNetRef, is_export
 from poseguide.paths import RunPaths
-from poseguide.pose.io import parse_pose, pose_to_json
+from poseguide.pose.io import MAX_POSE_JSON_BYTES, load_pose_json, parse_pose, pose_to_json
+from poseguide.pose.render import MAX_CANVAS_PIXELS, canvas_limit, check_canvas_size
 from poseguide.pose.skeleton import NUM_COCO17
 from poseguide.utils.images import ImageReadError, read_image
-from poseguide.utils.io import atomic_write_json
+from poseguide.utils.io import atomic_write_json, writing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # per uploaded file; Gradio refuses larger uploads before Python
-DEFAULT_MAX_PIXELS = 4096 * 4096  # per uploaded image, checked from the header before decoding
-MAX_KEYPOINT_JSON_BYTES = 1 << 20  # keypoint JSON (uploaded, or sent by the editor)
+# Per uploaded image, checked from the header before decoding: the skeleton canvas limit.
+DEFAULT_MAX_PIXELS = MAX_CANVAS_PIXELS
+MAX_KEYPOINT_JSON_BYTES = MAX_POSE_JSON_BYTES  # keypoint JSON (uploaded, or sent by the editor)
 MAX_PEOPLE = 20
 MAX_IMAGES = 4  # images per click of Generate
 MAX_STEPS = 150
@@ -188,8 +190,9 @@ def default_controlnet(config: Config) -> str:
 
 
 def model_choices(config: Config, extra: str | None = None) -> list[tuple[str, str]]:
-    """(label, value) pairs for the model menu: ``extra``, every complete export (:func:`is_export`)
-    under ``run.output_dir/*/exports/``, and the untrained ControlNet. Other ids can be typed in."""
+    """(label, value) pairs for the model menu: ``extra`` (the model given at start-up), every
+    complete export (:func:`is_export`) under ``run.output_dir/*/exports/``, and the untrained
+    ControlNet. The app serves these and no other model."""
     choices = [(extra, extra)] if extra else []
     for folder in sorted(Path(config.run.output_dir).glob("*/exports/*")):
         value = str(folder)
@@ -233,7 +236,8 @@ class AppBackend:
         self._pipes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         # Keypoint downloads, and Gradio's upload cache when the page is built (ui.build_app).
-        self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
+        with writing(tempfile.gettempdir()):
+            self.tmp = Path(tempfile.mkdtemp(prefix="poseguide-app-"))
         self._remove_tmp = weakref.finalize(self, shutil.rmtree, self.tmp, True)
 
     def close(self) -> None:
@@ -269,6 +273,7 @@ class AppBackend:
         if len(people) > MAX_PEOPLE:
             raise AppError(f"{what}: {len(people)} people; at most {MAX_PEOPLE} are supported")
         render = self.config.pose.render
+        canvas = check_canvas_size(canvas, canvas_limit(render), f"{what}: canvas")
         cond = pose_condition(PoseInput.keypoints(people, canvas), self.size, render)
         data = pose_to_json(people, size=canvas)
         text = json.dumps(data)
@@ -301,6 +306,7 @@ class AppBackend:
             )
         start = time.perf_counter()
         render = self.config.pose.render
+        check_canvas_size(image.size, canvas_limit(render), f"{name}: photo")  # drawn at its size
         found = pose_condition(
             PoseInput.photo(image, source=name), image.size, render, self.estimator,
             render.min_score,
@@ -319,10 +325,7 @@ class AppBackend:
         if isinstance(value, str):
             if len(value) > MAX_KEYPOINT_JSON_BYTES:
                 raise AppError(f"{what}: the keypoint JSON is over {MAX_KEYPOINT_JSON_BYTES} bytes")
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise AppError(f"{what}: not valid JSON ({err})") from None
+            value = load_pose_json(value, what)
         pose = parse_pose(value, what)
         return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), what)
 
@@ -343,19 +346,18 @@ class AppBackend:
             raise AppError(f"{name} is no longer on the server; upload it again") from None
         if not data.strip():
             raise AppError(f"{name} is empty; upload a keypoint JSON file (as downloaded below)")
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
-            raise AppError(f"{name} is not a keypoint JSON file ({reason})") from None
-        pose = parse_pose(value, name)
+        pose = parse_pose(load_pose_json(data, name), name)
         return self.pose_from_people(pose.people, pose.size or _canvas_for(pose.people), name)
 
     # -- generation ----------------------------------------------------------------------------
 
     def pipeline(self, model: str | None) -> Any:
-        """The pipeline for ``model`` (folder, hub id or :data:`UNTRAINED`), loaded once."""
+        """The pipeline for ``model`` (one of :func:`model_choices`), loaded once. Any other
+        value is refused without a word about what is on the server at that path."""
         model = (model or self.default_model).strip()
+        offered = [value for _, value in model_choices(self.config, self.default_model)]
+        if model not in offered:
+            raise AppError(f"{model!r} is not one of the app's models; choose one from the menu")
         with self._lock:  # one load at a time; generation itself is one at a time (the queue)
             if model in self._pipes:
                 self._pipes.move_to_end(model)

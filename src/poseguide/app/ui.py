@@ -14,9 +14,11 @@ cache lives in the backend's temp folder, which the app removes at exit and on S
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +39,8 @@ from poseguide.app.core import (
 )
 from poseguide.app.editor import EDITOR_CSS, EDITOR_JS, EDITOR_TEMPLATE, editor_props
 from poseguide.config import Config
-from poseguide.errors import classify
+from poseguide.errors import InputError, classify
+from poseguide.utils.io import writing
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,9 @@ def _settings(config: Config, controlnet: str | None, backend: AppBackend) -> tu
     g = config.generate
     prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, elem_id="pg-prompt")
     model = gr.Dropdown(
-        model_choices(config, controlnet), value=backend.default_model,
-        allow_custom_value=True, elem_id="pg-model",
-        label="ControlNet: an exported folder or a hub id (type to add one)",
+        model_choices(config, backend.default_model), value=backend.default_model,
+        allow_custom_value=False, elem_id="pg-model",
+        label="ControlNet: this machine's exports (start the app with --controlnet for another)",
     )  # fmt: skip
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="pg-seed")
@@ -205,7 +208,8 @@ def _cache_in(folder: Path) -> None:
     """Put Gradio's upload cache in ``folder`` (the backend's temp folder, which the app
     removes) for this process; a cache the user chose is replaced while the app runs (choose
     where the temp folder goes with TMPDIR)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     os.environ[GRADIO_CACHE_ENV] = str(folder)
 
 
@@ -231,6 +235,7 @@ def launch(
     ``share`` asks Gradio for a public link (needs the network). Returns the page (None when a
     signal stopped the app before the page was built).
     """
+    check_port(host, port)  # before anything is built or loaded
     if host not in LOOPBACK:
         log.warning(
             "serving on %s: other machines can reach the app, and it has no login; use "
@@ -250,6 +255,29 @@ def launch(
     return _serve_until_stopped(config, controlnet, backend, options)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, as one line naming it, a port the app cannot serve on: out of range, in use by
+    another program (Gradio's own error is an OSError traceback), or a host this machine does
+    not have."""
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port}: must be between 1 and 65535")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Gradio binds
+            sock.bind(address)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise InputError(
+                f"port {port} on {host} is in use (another app or server listens on it); stop "
+                f"it, or pass another port, e.g. --port {port + 1}"
+            ) from None
+        why = err.strerror or str(err)
+        raise InputError(
+            f"cannot serve on {host}:{port} ({why}); check --host and --port"
+        ) from None
+
+
 def _page(config: Config, controlnet: str | None, backend: AppBackend) -> gr.Blocks:
     demo = build_app(config, controlnet, backend.limits, backend)
     demo.queue(default_concurrency_limit=1, max_size=32)  # one generation at a time
@@ -264,7 +292,7 @@ def _serve_until_stopped(
     stopped it. After SIGTERM the signal is raised again under the restored handler."""
     previous_cache = os.environ.get(GRADIO_CACHE_ENV)
     main = threading.current_thread() is threading.main_thread()
-    demo = None
+    demo, leftovers = None, _gradio_leftovers()
     with _stop_on(STOP_SIGNALS if main else ()) as received:
         try:
             demo = _page(config, controlnet, backend)
@@ -278,9 +306,23 @@ def _serve_until_stopped(
                 demo.close(verbose=False)
             backend.close()
             _restore_env(GRADIO_CACHE_ENV, previous_cache)
+            for folder in leftovers:  # only if still empty: never anything Gradio put there
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     if signal.SIGTERM in received:
         signal.raise_signal(signal.SIGTERM)  # by default the process ends, as killed by it
     return demo
+
+
+def _gradio_leftovers() -> list[Path]:
+    """The folders Gradio's server makes outside the app's temp folder and leaves behind (its
+    ``vibe_edit_history``, empty outside vibe mode, under the temp folder Gradio chose when it
+    was imported, ``$TMPDIR/gradio``), those that do not exist yet: the app removes them after
+    serving, if they are still empty, innermost first."""
+    from gradio import routes
+
+    history = Path(routes.DEFAULT_TEMP_DIR) / "vibe_edit_history"
+    return [folder for folder in (history, history.parent) if not folder.exists()]
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from poseguide.base.config import BaseConfig, config_hash, load_base_config
 from poseguide.base.train import INFO_FILE, LOG_FILE, BaseTrainingError, train_base
 from poseguide.config.core import dump_yaml
 from poseguide.paths import cache_root
-from poseguide.utils.io import atomic_directory
+from poseguide.utils.io import atomic_directory, writing
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_into_cache(config: BaseConfig, progress: bool = True) -> Path:
     runs = cache_root() / "base-runs"
     run = replace(config, output_dir=str(runs), name=f"{config.name}-{config_hash(config)}")
     pipeline = train_base(run, resume="latest", progress=progress)
-    with atomic_directory(target) as tmp:
+    with writing(target), atomic_directory(target) as tmp:
         shutil.copytree(pipeline, tmp, dirs_exist_ok=True)
     return target
 
@@ -83,7 +83,7 @@ def ship(pipeline: Path, dest: Path = SHIPPED) -> Path:
     parts = {name: getattr(pipe, name) for name in ("vae", "unet", "text_encoder", "scheduler")}
     for name in ("vae", "unet", "text_encoder"):
         parts[name].to(torch.float16)
-    with atomic_directory(dest) as tmp:
+    with writing(dest), atomic_directory(dest) as tmp:
         save_pipeline(tmp, parts, pipe.tokenizer)
         for name in (INFO_FILE, LOG_FILE):
             shutil.copy2(Path(pipeline) / name, tmp / name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poseguide.config.checks import MAX_BATCH, MAX_COUNT, MAX_SIDE, _count
 from poseguide.config.core import ConfigError, read_yaml, to_dict
 from poseguide.config.core import load as _load
 
@@ -35,9 +36,10 @@ class BaseDataConfig:
     caption_dropout: float = 0.1  # captions replaced by "" (classifier-free guidance)
 
     def __post_init__(self) -> None:
-        _positive("data.n", self.n)
-        if self.resolution < 16 or self.resolution % 8:
-            raise ConfigError(f"data.resolution: a multiple of 8, >= 16; got {self.resolution}")
+        _count("data.n", self.n, MAX_COUNT)
+        if not 16 <= self.resolution <= MAX_SIDE or self.resolution % 8:
+            raise ConfigError(f"data.resolution: a multiple of 8 from 16 to {MAX_SIDE:,}; got "
+                              f"{self.resolution}")  # fmt: skip
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"data.caption_dropout: in [0, 1), got {self.caption_dropout}")
 
@@ -56,7 +58,7 @@ class PhaseConfig:
 
     def __post_init__(self) -> None:
         _positive("steps", self.steps)
-        _positive("batch_size", self.batch_size)
+        _count("batch_size", self.batch_size, MAX_BATCH)
         _positive("lr", self.lr)
         _positive("warmup_steps", self.warmup_steps, allow_zero=True)
 

@@ -46,7 +46,7 @@ from poseguide.config.core import to_dict
 from poseguide.errors import UserError
 from poseguide.train.checkpoint import LATEST, PREFIX, rotate
 from poseguide.utils.checksum import file_records, files_problem
-from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text, writing
 from poseguide.utils.lock import run_lock
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def save_checkpoint(paths: BasePaths, phase: Phase, config: BaseConfig) -> Path:
     # The phase's number first: names sort in training order (rotation keeps the newest).
     order = PHASES.index(phase.name) + 1
     target = paths.checkpoints / f"{PREFIX}{order}-{phase.name}-{phase.step:06d}"
-    with atomic_directory(target) as tmp:
+    with writing(target), atomic_directory(target) as tmp:
         save_file({k: v.detach().contiguous() for k, v in phase.model.state_dict().items()},
                   str(tmp / "model.safetensors"))  # fmt: skip
         torch.save(phase.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -273,7 +273,7 @@ def train_vae(paths: BasePaths, config: BaseConfig, models: dict, pixels: torch.
         return vae_loss(vae, pixels[rows], settings.kl_weight, g)
 
     run_phase(paths, config, phase, settings.steps, loss, progress)
-    with atomic_directory(paths.part("vae")) as tmp:
+    with writing(paths.part("vae")), atomic_directory(paths.part("vae")) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
     return phase
 
@@ -300,7 +300,7 @@ def train_unet(paths: BasePaths, config: BaseConfig, models: dict, latents: Late
 
     run_phase(paths, config, phase, settings.steps, loss, progress)
     phase.ema.copy_to(unet.parameters())
-    with atomic_directory(paths.part("unet")) as tmp:
+    with writing(paths.part("unet")), atomic_directory(paths.part("unet")) as tmp:
         unet.save_pretrained(tmp, safe_serialization=True)
     return phase
 
@@ -340,7 +340,7 @@ def _train_parts(config: BaseConfig, paths: BasePaths, resume: str | None, progr
     unet = UNet2DConditionModel.from_pretrained(paths.part("unet"))
     parts = {"vae": vae, "unet": unet, "text_encoder": models["text_encoder"],
              "scheduler": PNDMScheduler.from_config(SD15_SCHEDULER)}  # fmt: skip
-    with atomic_directory(paths.pipeline) as tmp:
+    with writing(paths.pipeline), atomic_directory(paths.pipeline) as tmp:
         save_pipeline(tmp, parts, models["tokenizer"])
         info = {"config": to_dict(config), "hash": config_hash(config),
                 "steps": {"vae": config.vae.steps, "unet": config.unet.steps},

@@ -16,6 +16,16 @@ from poseguide.config.core import ConfigError
 # accelerate's set_seed calls) accepts 0..2**32 - 1; torch accepts more.
 MAX_SEED = 2**32 - 1
 
+# Upper bounds of sizes and counts: far above any real use (SD1.5 trains at 512 px in batches of
+# tens), low enough that a few extra zeros are one line at load time, not gigabytes allocated at
+# the first batch.
+MAX_SIDE = 4096  # px: data.resolution and other image sides (4096**2: the canvas limit)
+MAX_PIXELS = 2**30  # data.max_image_pixels, pose.render.max_canvas_pixels (a 3 GB RGB image)
+MAX_BATCH = 4096  # images per batch or shard, micro-batches per step, validation samples
+MAX_WORKERS = 256  # DataLoader worker processes
+MAX_DENOISING_STEPS = 1000  # generation steps: SD1.5's schedule has 1000 timesteps
+MAX_COUNT = 10**6  # synthetic samples, bootstrap resamples, detections per image
+
 # The ControlNet references a stage may start from, and those it may not: the vocabulary of
 # poseguide.models.controlnet.ControlNetRef, which cannot be imported here (it imports torch,
 # and poseguide.models imports this module); tests/test_config_values.py keeps the two in step.
@@ -37,6 +47,12 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
         bound = ">= 0" if allow_zero else "> 0"
         what = bound if math.isfinite(value) else f"a finite number {bound}"
         raise _invalid(name, f"must be {what}, got {value!r}")
+
+
+def _count(name: str, value: int, high: int, low: int = 1) -> None:
+    """An int size or count in ``low..high`` (:data:`MAX_BATCH` and the other bounds)."""
+    if not low <= value <= high:
+        raise _invalid(name, f"must be between {low:,} and {high:,}, got {value!r}")
 
 
 def _unit_interval(name: str, value: float) -> None:

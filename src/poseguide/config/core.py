@@ -34,6 +34,12 @@ T = TypeVar("T")
 # Where each key of a config file's data came from: a key path (dict keys only; a list belongs to
 # the key that holds it) -> the file that set it, or None when an override did.
 Sources = dict[tuple[str, ...], str | None]
+# The largest config file read: presets are a few KB; a file of a million keys (several MB) took
+# over a minute and gigabytes to parse before its first unknown-key error.
+MAX_CONFIG_BYTES = 1 << 20
+# The most keys and list items a config file may hold with its aliases (*name) expanded: a few
+# hundred are real; an 871-byte file of nested aliases expands to a billion and hung the loader.
+MAX_CONFIG_VALUES = 100_000
 
 
 class ConfigError(UserError, ValueError):
@@ -336,16 +342,52 @@ def _merge_sources(base: Sources, top: dict, file: str) -> Sources:
     return {**kept, **dict.fromkeys(paths, file)}
 
 
-def _parse_yaml(path: Path) -> dict:
+def _read_config_text(path: Path) -> str:
+    """The file's text, refused unparsed when it is over :data:`MAX_CONFIG_BYTES`."""
+    with path.open("rb") as handle:  # read no more than the limit, whatever the file's size
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: over {MAX_CONFIG_BYTES:,} bytes, far more than a config holds (presets are "
+            "a few KB); check that this is the right file"
+        )
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _parse_yaml(path: Path) -> dict:
+    text = _read_config_text(path)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}", key=err.key) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    _check_expanded_size(data, path)
     return data
+
+
+def _check_expanded_size(data: dict, path: Path) -> None:
+    """Refuse ``data`` when it holds over :data:`MAX_CONFIG_VALUES` keys and items, counted as
+    every later walk sees them (an alias once per use); stops counting at the limit."""
+    stack: list[Any] = [data]
+    count = 0
+    while stack:
+        node = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            count += 1
+            if count > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    f"{path}: over {MAX_CONFIG_VALUES:,} keys and values with its aliases "
+                    "(*name) expanded, far more than a config holds; use fewer aliases"
+                )
+            if isinstance(child, (dict, list)):
+                stack.append(child)
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigData:

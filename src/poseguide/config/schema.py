@@ -12,13 +12,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from poseguide.config.checks import (  # noqa: F401 - part of the schema's API
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_DENOISING_STEPS,
+    MAX_PIXELS,
     MAX_SEED,
+    MAX_SIDE,
+    MAX_WORKERS,
     NOT_STAGE_INITS,
     PREVIOUS_INIT,
     STAGE_REF_PREFIX,
     UNSUPPORTED_SCHEDULERS,
     UNTRAINED_INIT,
     _below_one,
+    _count,
     _folder_name,
     _invalid,
     _positive,
@@ -64,9 +71,10 @@ class EstimatorConfig:
         _unit_interval("iou", self.iou)
         _positive("heatmap_sigma", self.heatmap_sigma)
         _positive("heatmap_stride", self.heatmap_stride)
-        if self.imgsz <= 0 or self.imgsz % 32:
-            raise _invalid("imgsz", f"must be a positive multiple of 32, got {self.imgsz}")
-        _positive("max_det", self.max_det)
+        if not 0 < self.imgsz <= MAX_SIDE or self.imgsz % 32:
+            raise _invalid("imgsz", f"must be a positive multiple of 32 up to {MAX_SIDE:,}, got "
+                           f"{self.imgsz}")  # fmt: skip
+        _count("max_det", self.max_det, MAX_COUNT)
 
 
 @dataclass
@@ -81,7 +89,7 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         _unit_interval("min_score", self.min_score)
-        _positive("max_canvas_pixels", self.max_canvas_pixels)
+        _count("max_canvas_pixels", self.max_canvas_pixels, MAX_PIXELS)
         _positive("limb_width", self.limb_width)
         _positive("joint_radius", self.joint_radius)
 
@@ -100,11 +108,12 @@ class SynthConfig:
     two_people: float = 0.3  # fraction of images with two people
 
     def __post_init__(self) -> None:
-        _positive("n", self.n)
+        _count("n", self.n, MAX_COUNT)
         _seed("seed", self.seed)
         _unit_interval("two_people", self.two_people)
-        if min(self.size) < 32:
-            raise _invalid("size", f"must be at least 32x32, got {list(self.size)}")
+        if min(self.size) < 32 or max(self.size) > MAX_SIDE:
+            raise _invalid("size", f"must be between 32x32 and {MAX_SIDE}x{MAX_SIDE}, got "
+                           f"{list(self.size)}")  # fmt: skip
 
 
 @dataclass
@@ -139,8 +148,8 @@ class CacheConfig:
     text: bool = True  # also cache one text embedding per unique caption
 
     def __post_init__(self) -> None:
-        _positive("shard_size", self.shard_size)
-        _positive("batch_size", self.batch_size)
+        _count("shard_size", self.shard_size, MAX_BATCH)  # held in memory while it is built
+        _count("batch_size", self.batch_size, MAX_BATCH)
 
 
 @dataclass
@@ -160,12 +169,13 @@ class DataConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
-        if self.resolution <= 0 or self.resolution % 8:
-            raise _invalid("resolution", f"must be a positive multiple of 8, got {self.resolution}")
+        if not 0 < self.resolution <= MAX_SIDE or self.resolution % 8:
+            raise _invalid("resolution", f"must be a positive multiple of 8 up to {MAX_SIDE:,}, "
+                           f"got {self.resolution}")  # fmt: skip
         _unit_interval("hflip", self.hflip)
         _unit_interval("caption_dropout", self.caption_dropout)
-        _positive("max_image_pixels", self.max_image_pixels)
-        _positive("num_workers", self.num_workers, allow_zero=True)
+        _count("max_image_pixels", self.max_image_pixels, MAX_PIXELS)
+        _count("num_workers", self.num_workers, MAX_WORKERS, low=0)
 
 
 @dataclass
@@ -237,7 +247,7 @@ class LossConfig:
         _unit_interval("reward_min_iou", self.reward_min_iou)
         _positive("reward_timestep_max", self.reward_timestep_max, allow_zero=True)
         if self.reward_resolution is not None:
-            _positive("reward_resolution", self.reward_resolution)
+            _count("reward_resolution", self.reward_resolution, MAX_SIDE)
 
 
 @dataclass
@@ -323,7 +333,7 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         _positive("every", self.every, allow_zero=True)
-        _positive("num_samples", self.num_samples, allow_zero=True)
+        _count("num_samples", self.num_samples, MAX_BATCH, low=0)
         _seed("seed", self.seed)
 
 
@@ -363,8 +373,8 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise _invalid("stages", f"names must be unique, got {names}")
-        _positive("batch_size", self.batch_size)
-        _positive("grad_accum", self.grad_accum)
+        _count("batch_size", self.batch_size, MAX_BATCH)
+        _count("grad_accum", self.grad_accum, MAX_BATCH)
         _positive("checkpoint_every", self.checkpoint_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
         _positive("log_every", self.log_every)
@@ -382,9 +392,9 @@ class GenerateConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA
 
     def __post_init__(self) -> None:
-        _positive("steps", self.steps)
+        _count("steps", self.steps, MAX_DENOISING_STEPS)
         _positive("guidance_scale", self.guidance_scale, allow_zero=True)
-        _positive("batch_size", self.batch_size)
+        _count("batch_size", self.batch_size, MAX_BATCH)
 
 
 @dataclass
@@ -443,7 +453,7 @@ class EvalConfig:
             _positive("limit", self.limit)
         _seed("seed", self.seed)
         _unit_interval("min_oks", self.min_oks)
-        _positive("bootstrap", self.bootstrap, allow_zero=True)
+        _count("bootstrap", self.bootstrap, MAX_COUNT, low=0)
         if not 0 < self.confidence < 1:
             raise _invalid("confidence", f"must be in (0, 1), got {self.confidence!r}")
         for pair in self.compare:

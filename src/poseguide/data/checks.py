@@ -20,7 +20,6 @@ stored-pixel coordinates.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,7 +29,7 @@ from PIL import Image
 
 from poseguide.config.schema import DataConfig
 from poseguide.data.record import RowError, Sample
-from poseguide.pose.io import parse_pose
+from poseguide.pose.io import load_pose_json, parse_pose
 from poseguide.pose.skeleton import KeypointError, validate_keypoints
 from poseguide.utils.images import ImageReadError, ImageSource, read_image, read_image_size
 
@@ -89,10 +88,7 @@ def parse_keypoints(raw: object, row: str, where: str = "keypoints") -> np.ndarr
         return None
     try:
         if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise KeypointError(f"not valid JSON ({err.msg})") from None
+            raw = load_pose_json(raw, where)
         if isinstance(raw, dict):
             return parse_pose(raw, where).people
         return validate_keypoints(raw, where=where)

@@ -29,6 +29,7 @@ from poseguide.pose.estimator import Detections
 from poseguide.pose.oks import box_area_from_keypoints, match_greedy, mean_oks
 from poseguide.pose.skeleton import validate_keypoints
 from poseguide.utils.device import resolve_device
+from poseguide.utils.io import writing
 from poseguide.utils.offline import is_offline, offline_reason
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def ensure_torch_hub_weights(url: str, what: str, alternative: str = "") -> Path
         raise MetricUnavailableError(
             f"{what}: {path} is missing and downloads are off ({offline_reason()}). {howto}{tail}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     digest = re.search(torch.hub.HASH_REGEX, path.name)
     log.info("downloading %s to %s", url, path)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,11 +141,11 @@ def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
     folder = paths.untrained
     if not (folder / "config.json").is_file():
         from poseguide.models import load_sd_parts, untrained_controlnet
-        from poseguide.utils.io import atomic_directory
+        from poseguide.utils.io import atomic_directory, writing
 
         log.info("building the untrained ControlNet (model unet) in %s", folder)
         parts = load_sd_parts(config.model.base, config.model.revision, config.model.variant)
-        with atomic_directory(folder) as tmp:
+        with writing(folder), atomic_directory(folder) as tmp:
             untrained_controlnet(parts, config.run.seed).save_pretrained(tmp)
     return str(folder)
 
@@ -167,14 +166,15 @@ def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPat
                      run: RunPaths, device: Any) -> int:  # fmt: skip
     """Generate the rows whose image for ``model`` is missing or corrupt; returns how many."""
     from poseguide.generate import generate_arrays, load_pipeline
+    from poseguide.utils.io import atomic_write_bytes
 
     todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
     if not todo:
         return 0
     if ControlNetRef.parse(model.controlnet).kind == "originals":
         for row in todo:
-            paths.image(model.name, row.id).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(paths.original(row.id), paths.image(model.name, row.id))
+            original = paths.original(row.id).read_bytes()
+            atomic_write_bytes(paths.image(model.name, row.id), original)
         return len(todo)
     ref = _controlnet_folder(config, controlnet_ref(model.controlnet, run), paths)
     m = config.model

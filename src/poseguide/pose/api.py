@@ -126,4 +126,5 @@ def render_file(
         raise InputError(
             f"{keypoints_json}: the file has no width/height; pass the canvas size with --size W H"
         )
-    return atomic_save_image(out_png, render_skeleton(pose.people, canvas, style))
+    drawn = render_skeleton(pose.people, canvas, style, where=str(keypoints_json))
+    return atomic_save_image(out_png, drawn)

@@ -20,7 +20,12 @@ from poseguide.errors import InputError, NotFoundError, UserError
 from poseguide.pose.api import detections_to_coco, load_photo
 from poseguide.pose.estimator import PoseEstimator
 from poseguide.pose.io import parse_pose, read_pose
-from poseguide.pose.render import DEFAULT_RENDER_STYLE, render_skeleton
+from poseguide.pose.render import (
+    DEFAULT_RENDER_STYLE,
+    canvas_limit,
+    check_canvas_size,
+    render_skeleton,
+)
 from poseguide.pose.skeleton import KeypointError, as_people
 
 log = logging.getLogger(__name__)
@@ -177,7 +182,8 @@ def pose_condition(
     for a photo: build it from the run's config, :func:`poseguide.pose.api.estimator_from_config`),
     joints below ``min_score`` are dropped.
     """
-    size = (int(size[0]), int(size[1]))
+    # Before anything is read or resized: a skeleton image is resized to it, keypoints drawn.
+    size = check_canvas_size(size, canvas_limit(style), "generation size")
     if isinstance(pose, (str, Path)):
         pose = pose_from_path(pose)
     elif isinstance(pose, Image.Image):
@@ -195,7 +201,7 @@ def pose_condition(
     labelled = people[people[..., 2] > 0]
     if ((labelled[:, :2] < 0) | (labelled[:, :2] > size)).any():
         log.warning("%s: keypoints fall outside the %dx%d canvas", pose.source, *size)
-    image = Image.fromarray(render_skeleton(people, size, style))
+    image = Image.fromarray(render_skeleton(people, size, style, where=pose.source))
     return PoseCondition(image, people, pose.canvas)
 
 

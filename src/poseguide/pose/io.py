@@ -31,6 +31,8 @@ from poseguide.utils.io import atomic_write_json
 
 PEOPLE_KEYS = ("people", "annotations", "people_coco17")
 SIZE_KEYS = ("canvas_size", "image_size")
+# A keypoint file of 300 people (ultralytics' max_det) with scores is about 200 KB.
+MAX_POSE_JSON_BYTES = 1 << 20
 
 
 @dataclass
@@ -111,16 +113,39 @@ def parse_pose(data: object, where: str = "<keypoints>") -> PoseFile:
     )
 
 
+def load_pose_json(data: str | bytes, where: str) -> object:
+    """Keypoint JSON text (or UTF-8 bytes) as Python data: the one place pose JSON is parsed
+    (files, dataset cells, the app's uploads and editor). Anything that is not JSON, not UTF-8,
+    or nested deeper than the parser can go (a keypoint file nests four levels; a crafted one
+    100000) is one :class:`KeypointError` naming ``where``."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise KeypointError(f"{where}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as err:
+        raise KeypointError(f"{where}: not valid JSON ({err})") from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise KeypointError(
+            f"{where}: not a keypoint file: its JSON is nested too deeply (a keypoint file "
+            "nests four levels: mapping, people list, person, keypoints)"
+        ) from None
+
+
 def read_pose(path: str | Path) -> PoseFile:
-    """Read a keypoint JSON file (see the module docstring for the layout)."""
+    """Read a keypoint JSON file (see the module docstring for the layout), at most
+    :data:`MAX_POSE_JSON_BYTES`."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"keypoint file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise KeypointError(f"{path}: not valid JSON: {err}") from None
-    return parse_pose(data, str(path))
+    with path.open("rb") as handle:  # read no more than the limit, whatever the file's size
+        data = handle.read(MAX_POSE_JSON_BYTES + 1)
+    if len(data) > MAX_POSE_JSON_BYTES:
+        raise KeypointError(
+            f"{path}: over {MAX_POSE_JSON_BYTES:,} bytes, more than a keypoint file holds; "
+            "check that this is the right file"
+        )
+    return parse_pose(load_pose_json(data, str(path)), str(path))
 
 
 def pose_to_json(

@@ -88,27 +88,43 @@ def aux_limb_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(float(c) * AUX_LIMB_COLOR_FACTOR) for c in color)
 
 
-def check_canvas_size(size: Any, max_pixels: int = MAX_CANVAS_PIXELS) -> tuple[int, int]:
+def canvas_limit(style: Any = None) -> int:
+    """The largest canvas in pixels: a ``pose.render`` section's ``max_canvas_pixels``, else
+    :data:`MAX_CANVAS_PIXELS` (a style name, None)."""
+    return int(getattr(style, "max_canvas_pixels", MAX_CANVAS_PIXELS))
+
+
+def check_canvas_size(
+    size: Any, max_pixels: int = MAX_CANVAS_PIXELS, what: str = "canvas"
+) -> tuple[int, int]:
     """``size`` as ``(width, height)`` whole positive numbers, at most ``max_pixels`` pixels
-    (``pose.render.max_canvas_pixels``); an :class:`InputError` naming the value otherwise."""
+    (``pose.render.max_canvas_pixels``); an :class:`InputError` naming ``what`` (e.g.
+    ``"pose.json: canvas"``) and the value otherwise.
+
+    The one canvas check: every path that makes an image of a size it was given (skeleton
+    rendering, generation sizes, ``generate --source-size``, the app's keypoint canvases)
+    calls it before allocating anything.
+    """
     values = list(size) if isinstance(size, (tuple, list)) else [size]
     whole = [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values]
     if len(values) != 2 or not all(whole):
-        raise InputError(f"canvas size must be two whole numbers (width, height), got {size!r}")
+        raise InputError(f"{what} size must be two whole numbers (width, height), got {size!r}")
     width, height = int(values[0]), int(values[1])
     if width <= 0 or height <= 0:
-        raise InputError(f"canvas size must be positive (width, height), got {width}x{height}")
+        raise InputError(f"{what} size must be positive (width, height), got {width}x{height}")
     if width * height > max_pixels:
         raise InputError(
-            f"canvas {width}x{height} = {width * height:,} pixels is over the limit of "
+            f"{what} {width}x{height} = {width * height:,} pixels is over the limit of "
             f"{max_pixels:,} (pose.render.max_canvas_pixels); use a smaller size"
         )
     return width, height
 
 
-def _new_canvas(size: tuple[int, int], canvas: np.ndarray | None, max_pixels: int) -> np.ndarray:
+def _new_canvas(
+    size: tuple[int, int], canvas: np.ndarray | None, max_pixels: int, what: str
+) -> np.ndarray:
     """A (H, W, 3) uint8 canvas to draw on: a copy of ``canvas``, or black."""
-    width, height = check_canvas_size(size, max_pixels)
+    width, height = check_canvas_size(size, max_pixels, what)
     if canvas is None:
         return np.zeros((height, width, 3), dtype=np.uint8)
     canvas = np.asarray(canvas)
@@ -213,7 +229,8 @@ def render_openpose18(
     size: tuple[int, int],
     style: Any = DEFAULT_RENDER_STYLE,
     canvas: np.ndarray | None = None,
-    max_pixels: int = MAX_CANVAS_PIXELS,
+    max_pixels: int | None = None,
+    where: str | None = None,
 ) -> np.ndarray:
     """Draw OpenPose-18 people as a ControlNet skeleton image.
 
@@ -224,18 +241,24 @@ def render_openpose18(
         style: one of :data:`RENDER_STYLES` (see the module docstring), or a ``pose.render``
             section, which also sets the limb half-width and joint radius (:func:`drawing`).
         canvas: optional (H, W, 3) uint8 RGB image to draw on (not modified); black if None.
-        max_pixels: the largest canvas accepted (:func:`check_canvas_size`).
+        max_pixels: the largest canvas accepted (:func:`check_canvas_size`); None: the
+            style's (:func:`canvas_limit`).
+        where: names the keypoints (their file) in errors, e.g. a joint far off the canvas.
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
     name, limb, radius = drawing(style)
     people18 = as_people(people18, NUM_OPENPOSE18)
-    out = _new_canvas(size, canvas, max_pixels)
-    if name == "controlnet10":
-        _draw_controlnet10(out, people18, limb, radius)
-    else:
-        _draw_controlnet_aux(out, people18, limb, radius)
+    limit = canvas_limit(style) if max_pixels is None else max_pixels
+    out = _new_canvas(size, canvas, limit, f"{where}: canvas" if where else "canvas")
+    draw = _draw_controlnet10 if name == "controlnet10" else _draw_controlnet_aux
+    try:
+        draw(out, people18, limb, radius)
+    except KeypointError as err:
+        if where is None:
+            raise
+        raise KeypointError(f"{where}: {err}") from None
     return out
 
 
@@ -244,7 +267,8 @@ def render_skeleton(
     size: tuple[int, int],
     style: Any = DEFAULT_RENDER_STYLE,
     min_score: float = 0.0,
-    max_pixels: int = MAX_CANVAS_PIXELS,
+    max_pixels: int | None = None,
+    where: str | None = None,
 ) -> np.ndarray:
     """Draw COCO-17 people as a ControlNet OpenPose skeleton image.
 
@@ -256,11 +280,12 @@ def render_skeleton(
         style: one of :data:`RENDER_STYLES` (default ControlNet 1.0), or a ``pose.render``
             section (:func:`drawing`).
         min_score: visibility or confidence threshold (0 keeps every labelled joint).
-        max_pixels: the largest canvas accepted (``pose.render.max_canvas_pixels``).
+        max_pixels: the largest canvas accepted; None: the style's (:func:`canvas_limit`).
+        where: names the keypoints (their file) in errors.
 
     Returns:
         (H, W, 3) uint8 RGB image, values in [0, 255].
     """
     drawing(style)
     people18 = coco17_to_openpose18(people, min_score)
-    return render_openpose18(people18, size, style, max_pixels=max_pixels)
+    return render_openpose18(people18, size, style, max_pixels=max_pixels, where=where)

@@ -41,6 +41,7 @@ from poseguide.train.step import (
 )
 from poseguide.utils.checksum import write_checksums
 from poseguide.utils.io import atomic_directory, atomic_write_json
+from poseguide.utils.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -299,16 +300,9 @@ def _check_disk(run: Run, state: TrainState) -> None:
     if free < need:
         log.warning("%s has %s free; %s's checkpoints need about %s (checkpoint %s, export %s): "
                     "free space or a full disk will stop the run at a checkpoint", folder,
-                    human_bytes(free), state.position.stage_name, human_bytes(need),
-                    human_bytes(checkpoint), human_bytes(params * FP32_BYTES))  # fmt: skip
+                    format_bytes(free), state.position.stage_name, format_bytes(need),
+                    format_bytes(checkpoint), format_bytes(params * FP32_BYTES))  # fmt: skip
 
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes with a unit that keeps a digit or two before the point (kB, MB, GB, TB)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} bytes"
 
 
 def _report_replaced(run: Run, stage: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,42 @@ def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
     out = WriteError(f"could not write {path}: {what}; what was there before is unchanged ({hint})")
     out.errno, out.filename = err.errno, str(path)
     return out
+
+
+# safetensors reports a failed write as SafetensorError("Error while serializing: I/O error:
+# No space left on device (os error 28) at path ..."); its other errors are not about the disk.
+_SAFETENSORS_IO = re.compile(r"I/O error: (?P<what>.+?) \(os error (?P<errno>\d+)\)")
+
+
+def _os_error_of(err: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``err`` itself, or the I/O failure a safetensors
+    error reports; None for anything else (a bug keeps its traceback)."""
+    if isinstance(err, OSError):
+        return err
+    safetensors = sys.modules.get("safetensors")  # not imported: cannot be its error
+    if safetensors is None or not isinstance(err, safetensors.SafetensorError):
+        return None
+    found = _SAFETENSORS_IO.search(str(err))
+    if found is None:
+        return None
+    number = int(found["errno"])
+    return OSError(number, os.strerror(number) or found["what"])
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Inside, a failed write (an ``OSError``, or safetensors' error for an I/O failure, e.g.
+    from ``save_pretrained``) becomes a :class:`WriteError` naming ``path``: the file or folder
+    being written, for writes that do not go through the atomic helpers above."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as err:
+        cause = _os_error_of(err)
+        if cause is None:
+            raise
+        raise write_error(path, cause) from err
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
