@@ -304,7 +304,6 @@ def _check_disk(run: Run, state: TrainState) -> None:
                     format_bytes(checkpoint), format_bytes(params * FP32_BYTES))  # fmt: skip
 
 
-
 def _report_replaced(run: Run, stage: str) -> None:
     """Rows that failed to load during the stage (data.on_bad_row=skip replaced them): counted,
     logged once, listed in ``<run>/skipped_during_training.json``."""
