@@ -102,9 +102,49 @@ def closure_problems(pins: dict[str, Pin], skips: dict[str, str],
             "nor a wheel (bench/gpu_wheels.txt) provides it" for p, r in missing]  # fmt: skip
 
 
-def unprovided(names: set[str], pins: dict[str, Pin], machine: dict[str, str | None]) -> list[str]:
-    """``names`` (distributions a code path imported) that the machine would not have."""
-    return sorted(n for n in names if n not in pins and n not in machine)
+def machine_version(name: str, pins: dict[str, Pin], machine: dict[str, str | None]) -> str | None:
+    return pins[name].version if name in pins else machine.get(name)
+
+
+def unmet_imports(imported: set[str]) -> list[str]:
+    """Distributions a code path imported here that the machine lacks while a package it will
+    run needs them: a hard requirement (no extra) of an imported distribution whose version
+    here is the machine's (a pin, or a version its list gives). What nothing needs is an
+    optional import (used here because it is installed) and what another version needs says
+    nothing of the machine's; both pass. Each problem as one line."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins, skips = read_pins()
+    machine = read_machine()
+    provided = set(pins) | set(machine) | set(skips) | set(STAND_INS)
+    problems = []
+    for name in sorted(imported):
+        there = machine_version(name, pins, machine)
+        try:
+            if there is None or metadata.version(name) != there:
+                continue
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for req in map(Requirement, requires):
+            needed = req.marker is None or req.marker.evaluate(MACHINE_MARKERS)
+            if needed and normalize(req.name) not in provided:
+                problems.append(f"{name} {there} imports need {req.name}, which the machine "
+                                "lacks and no wheel carries")  # fmt: skip
+    return problems
+
+
+def imported_distributions() -> list[str]:
+    """The distributions whose modules this process has imported (the standard library and the
+    checkout's own modules left out): what a code path needs installed."""
+    from importlib import metadata
+
+    owners = metadata.packages_distributions()
+    tops = {name.split(".")[0] for name in list(sys.modules)}
+    tops -= set(sys.stdlib_module_names)
+    return sorted({normalize(d) for top in tops for d in owners.get(top, [])} - {"poseguide"})
 
 
 # --- check-wheels: the downloaded wheels against the list ---------------------------------------
