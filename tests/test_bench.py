@@ -215,3 +215,16 @@ def test_a_failing_or_stopped_case_keeps_its_stage_figures(tmp_path: Path, monke
                                  else "stopped at its time limit (5 s)")  # fmt: skip
     assert json.loads((tmp_path / "s.json").read_text())["results"][0]["stages"][0]["stage"] == (
         "stage1")  # fmt: skip
+
+
+@pytest.mark.parametrize("override", ["train.compile=true", "train.optim.optimizer=adamw8bit"])
+def test_deepspeed_refuses_what_the_smoke_never_ran(override: str) -> None:
+    """train.compile and adamw8bit under DeepSpeed are refused in one line (src/poseguide/train/
+    setup.py), as the GPU smoke's closing line says; the check comes before DeepSpeed's config
+    is touched, so no accelerator is needed here."""
+    from poseguide.config import load_config
+    from poseguide.errors import TrainingError
+    from poseguide.train.setup import _configure_deepspeed
+
+    with pytest.raises(TrainingError, match=override.split("=")[0].replace(".", r"\.")):
+        _configure_deepspeed(None, load_config("tiny", [override]))
