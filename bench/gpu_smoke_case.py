@@ -229,6 +229,7 @@ class Phases:
     def stop_timer(self) -> None:
         from poseguide.utils.device import synchronize
 
+        self.clock.mark()  # the last timed step's end
         synchronize(self.device)
         self.out["s_per_step"] = (time.perf_counter() - self.t0) / self.case.steps
         self.out["data_wait_s_per_step"] = self.data_wait / self.case.steps
