@@ -13,12 +13,13 @@ from datasets import Image as ImageFeature
 from datasets import Value
 from PIL import Image, ImageFile
 
-from poseguide.data.checks import DEFAULT_MAX_IMAGE_PIXELS, check_sample, open_image
+from poseguide.data.checks import check_sample, open_image
 from poseguide.data.coco import CocoSource
 from poseguide.data.hub import HubSource
 from poseguide.data.manifest import ManifestSource
 from poseguide.data.record import ROW_PROBLEMS, RowError, Sample
 from poseguide.data.validate import SKIPPED_FILE, SUMMARY_FILE, load_checked, scan
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 LIMIT = 4096  # max_image_pixels in these tests: 64 x 64
 

@@ -33,6 +33,7 @@ from poseguide.config.checks import (  # noqa: F401 - part of the schema's API
     _unit_interval,
     lr_scheduler_names,
 )
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 RenderStyle = Literal["controlnet10", "controlnet_aux"]
 
@@ -164,7 +165,7 @@ class DataConfig:
     # "render": always render from the keypoints (needs keypoints).
     pose_image: Literal["source", "render"] = "source"
     on_bad_row: Literal["error", "skip"] = "error"  # stop at a bad row, or skip and report it
-    max_image_pixels: int = 89_478_485  # larger images are refused (decompression bombs)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused (bombs)
     num_workers: int = 0  # DataLoader worker processes
     cache: CacheConfig = field(default_factory=CacheConfig)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from poseguide.config.schema import DataConfig
 from poseguide.data.record import RowError, Sample
 from poseguide.pose.io import load_pose_json, parse_pose
 from poseguide.pose.skeleton import KeypointError, validate_keypoints
@@ -36,7 +35,6 @@ from poseguide.utils.images import ImageReadError, ImageSource, read_image, read
 log = logging.getLogger(__name__)
 
 # The config's default, used when a source is built without a config.
-DEFAULT_MAX_IMAGE_PIXELS: int = DataConfig.max_image_pixels
 
 ImageInput = ImageSource
 

@@ -31,7 +31,6 @@ import logging
 from pathlib import Path
 
 from poseguide.data.checks import (
-    DEFAULT_MAX_IMAGE_PIXELS,
     check_declared_size,
     check_sample,
     decode_or_size,
@@ -40,6 +39,7 @@ from poseguide.data.checks import (
     parse_keypoints,
 )
 from poseguide.data.record import RowError, Sample, SourceError
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 

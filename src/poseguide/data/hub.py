@@ -31,13 +31,13 @@ import re
 from pathlib import Path
 
 from poseguide.data.checks import (
-    DEFAULT_MAX_IMAGE_PIXELS,
     check_sample,
     decode_or_size,
     parse_areas,
     parse_keypoints,
 )
 from poseguide.data.record import RowError, Sample, SourceError
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 from poseguide.utils.offline import is_offline
 
 log = logging.getLogger(__name__)

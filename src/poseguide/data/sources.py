@@ -20,11 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from poseguide.config.schema import SourceConfig
-from poseguide.data.checks import DEFAULT_MAX_IMAGE_PIXELS, check_sample, open_image
+from poseguide.data.checks import check_sample, open_image
 from poseguide.data.coco import KEYPOINTS_PREFIX, CocoSource
 from poseguide.data.hub import HUB_ID, HubSource
 from poseguide.data.manifest import ManifestSource
 from poseguide.data.record import Source, SourceError
+from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
     "CocoSource",

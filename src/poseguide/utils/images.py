@@ -33,13 +33,13 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile, ImageOps
 
-from poseguide.config.schema import DataConfig
 from poseguide.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# data.max_image_pixels' default (a guard against decompression bombs).
-DEFAULT_MAX_IMAGE_PIXELS: int = DataConfig.max_image_pixels
+# data.max_image_pixels' default, a guard against decompression bombs: PIL's own default limit
+# (Image.MAX_IMAGE_PIXELS), stated here once for the config, the sources and the readers.
+DEFAULT_MAX_IMAGE_PIXELS: int = 89_478_485
 # Why an image cannot be read; the dataset's row problems use the same names.
 IMAGE_PROBLEMS = ("missing_file", "zero_size", "too_many_pixels", "unreadable_image")
 
