@@ -67,6 +67,7 @@ class Run(Trainer):
     metrics: MetricsLog | None = None
     validator: Any = None
     data: dict | None = None  # the training data's identity, kept in every checkpoint
+    lock: Any = None  # the run folder's lock when the run holds it itself (runner._make_run)
     replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (this rank)
 
 

@@ -208,11 +208,16 @@ class ResumeRules:
 
 def _make_run(
     config: Config, resume: str | None, selected: list[int], explicit: bool,
-    held: contextlib.ExitStack, rules: ResumeRules,
+    held: contextlib.ExitStack | None = None, rules: ResumeRules = ResumeRules(),
 ) -> tuple[Run, Loaded | None]:  # fmt: skip
     """The run, its data and cache, and the checkpoint to resume from; the run folder's lock
-    is taken first (held until ``held`` closes): nothing is removed or written before."""
+    is taken first, nothing is removed or written before. The lock is held until ``held``
+    closes; without ``held`` (the bench and probes that set a run up as training does), for as
+    long as the returned run exists (``Run.lock``)."""
     from accelerate.utils import set_seed
+
+    own = held is None
+    held = contextlib.ExitStack() if held is None else held
 
     acc = make_accelerator(config)
     set_seed(config.run.seed + acc.process_index)
@@ -247,6 +252,8 @@ def _make_run(
     validator = _validator(config, acc, frozen, paths, source, report.valid)
     run = Run(config, acc, frozen, paths=paths, source=source, rows=report.valid, cache=cache,
               metrics=metrics, validator=validator, data=identity)  # fmt: skip
+    if own:
+        run.lock = held
     if cache is not None and cache.captions:  # every training caption was tokenised once
         run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
         _report_captions(run)
