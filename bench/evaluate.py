@@ -71,7 +71,7 @@ def distorted(image: Image.Image, sigma: float = 20.0) -> Image.Image:
 def setup_oks(args: argparse.Namespace) -> tuple[Callable[[], object], str]:
     from poseguide.evaluate.metrics import sample_oks
     from poseguide.pose.api import detections_to_coco
-    from poseguide.pose.estimator import YoloPoseEstimator
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     estimator = YoloPoseEstimator(device=args.device)
     image = astronaut(args.size)
@@ -96,7 +96,7 @@ def vit_l14_clip() -> object:
     """CLIPModel with openai/clip-vit-large-patch14's architecture (its config.json's values)."""
     from transformers import CLIPConfig, CLIPModel
 
-    from poseguide.tiny import byte_vocab
+    from poseguide.models.tiny import byte_vocab
 
     vocab = len(byte_vocab())  # ids of the tiny tokenizer; the real vocabulary has 49408
     text = dict(
@@ -116,7 +116,7 @@ def setup_clip(args: argparse.Namespace) -> tuple[Callable[[], object], str]:
     from transformers import CLIPImageProcessor
 
     from poseguide.evaluate.clip import ClipScorer
-    from poseguide.tiny import tiny_tokenizer
+    from poseguide.models.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(Path(tempfile.mkdtemp()) / "tok")
     processor = CLIPImageProcessor()  # OpenAI's: shortest side 224, centre crop 224
@@ -139,7 +139,7 @@ def setup_generate(args: argparse.Namespace) -> tuple[Callable[[], object], str]
     from poseguide.config.schema import GenerateConfig
     from poseguide.generate import PoseInput, generate, pipeline_from_parts, pose_condition
     from poseguide.models import build_controlnet, load_sd_parts
-    from poseguide.tiny import build_tiny_sd
+    from poseguide.models.tiny import build_tiny_sd
 
     size = (64, 64)
     os.environ.setdefault("POSEGUIDE_CACHE", tempfile.mkdtemp())  # the tiny model is built once
@@ -200,7 +200,7 @@ def parity_photos() -> dict[str, Image.Image]:
 
 
 def _ultralytics(model: object, path: Path, imgsz: int) -> object:
-    from poseguide.pose.estimator import Detections
+    from poseguide.pose.detections import Detections
 
     r = model.predict(str(path), imgsz=imgsz, conf=0.25, iou=0.7, verbose=False)[0]
     size = Image.open(path).size
@@ -234,7 +234,8 @@ def parity(args: argparse.Namespace, imgsz: int = 640) -> None:
     from ultralytics import YOLO
 
     from poseguide.pose.api import detections_to_coco
-    from poseguide.pose.estimator import YoloPoseEstimator, resolve_pose_weights
+    from poseguide.pose.weights import resolve_pose_weights
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     weights = str(resolve_pose_weights("yolo11n-pose.pt"))
     reference, ours = YOLO(weights), YoloPoseEstimator(weights, device=args.device, imgsz=imgsz)

@@ -207,7 +207,7 @@ def build_sd15(args: argparse.Namespace, limit: float, report: Report) -> str | 
 
 
 def build_child() -> dict:
-    from poseguide.tiny import build_random_sd15
+    from poseguide.models.tiny import build_random_sd15
 
     t0 = time.perf_counter()
     path = build_random_sd15()

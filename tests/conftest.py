@@ -32,7 +32,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_sd() -> str:
     """A tiny SD pipeline folder (random weights), built once per session."""
-    from poseguide.tiny import build_tiny_sd
+    from poseguide.models.tiny import build_tiny_sd
 
     return str(build_tiny_sd())
 

@@ -424,8 +424,8 @@ def test_tensor_heatmaps_equal_the_numpy_path() -> None:
     device from the detections' tensors; they equal the maps of the same keypoints as numpy."""
     from skimage import data as skdata
 
-    from poseguide.pose.estimator import YoloPoseEstimator
     from poseguide.pose.heatmaps import batch_heatmaps
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     est = YoloPoseEstimator(device="cpu", imgsz=320)
     image = torch.from_numpy(skdata.astronaut().copy()).permute(2, 0, 1).float()[None] / 255

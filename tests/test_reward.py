@@ -69,7 +69,7 @@ def test_the_differentiable_oks_is_the_metric() -> None:
 
 
 def _predictions(boxes: list, scores: list, keypoints: torch.Tensor, keep: list[int]):
-    from poseguide.pose.estimator import AnchorPredictions
+    from poseguide.pose.detections import AnchorPredictions
 
     kpts = torch.cat([keypoints, torch.ones(*keypoints.shape[:-1], 1)], dim=-1)
     return AnchorPredictions(torch.tensor([boxes]), torch.tensor([scores]), kpts[None],
@@ -134,7 +134,7 @@ def test_a_joint_far_off_still_gets_a_gradient() -> None:
         (grad,) = torch.autograd.grad(loss, xy)
         assert (float(grad[9].abs().sum()) > 1e-4) is nonzero, (weight, grad[9])
     scores = torch.tensor([[0.05]], requires_grad=True)
-    from poseguide.pose.estimator import AnchorPredictions
+    from poseguide.pose.detections import AnchorPredictions
 
     far = torch.tensor(person[0, :, :2], dtype=torch.float32)[None, None] + 500
     found = AnchorPredictions(torch.tensor([[[600.0, 600.0, 700.0, 800.0]]]), scores,
@@ -171,7 +171,7 @@ class _Anchors:
         self.box, self.keypoints = box, keypoints
 
     def anchors(self, images: torch.Tensor):
-        from poseguide.pose.estimator import AnchorPredictions
+        from poseguide.pose.detections import AnchorPredictions
 
         b = images.shape[0]
         kpts = torch.cat([self.keypoints, torch.ones(17, 1)], dim=-1)
@@ -207,7 +207,7 @@ def test_costs_grow_with_the_error_and_a_missed_person_costs_more(kind: str) -> 
 def astronaut() -> tuple:
     from skimage import data
 
-    from poseguide.pose.estimator import YoloPoseEstimator
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     estimator = YoloPoseEstimator(device="cpu")  # the real yolo11n-pose
     image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float()[None] / 255
@@ -339,7 +339,7 @@ def test_an_end_to_end_pose_model_is_refused_for_the_reward() -> None:
     from types import SimpleNamespace
 
     from poseguide.errors import InputError
-    from poseguide.pose.estimator import YoloPoseEstimator
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     estimator = YoloPoseEstimator("yolo26n-pose.pt", device="cpu")
     estimator._network = SimpleNamespace(end2end=True)
@@ -357,7 +357,7 @@ def test_the_chosen_anchor_is_the_nms_winner_on_real_photos(astronaut: tuple) ->
     from skimage import data
     from ultralytics.utils import ops
 
-    from poseguide.pose.estimator import unclipped_coords
+    from poseguide.pose.yolo import unclipped_coords
 
     estimator, _ = astronaut
     hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")

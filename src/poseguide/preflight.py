@@ -95,7 +95,7 @@ def evaluation_checks(config: Config, run: RunPaths, trained_later: bool = False
     """What ``poseguide evaluate`` needs. ``trained_later``: exports of this run's stages will
     be written by the training that runs first (``reproduce``), so they are not checked."""
     from poseguide.models import resolve_pretrained
-    from poseguide.pose.estimator import resolve_pose_weights
+    from poseguide.pose.weights import resolve_pose_weights
 
     m, e = config.model, config.evaluate
     checks = [
@@ -142,7 +142,7 @@ def training_checks(config: Config) -> list[Check]:
     """What ``poseguide train`` needs: the base model, the data, stage inits, each stage's pose
     weights (every stage's, before the first step)."""
     from poseguide.models import ControlNetRef, resolve_pretrained
-    from poseguide.pose.estimator import resolve_pose_weights
+    from poseguide.pose.weights import resolve_pose_weights
 
     m = config.model
     checks = [

@@ -152,7 +152,7 @@ def _usable_stage(config: Config, stage: Any) -> Any:
 
 def _usable_weights(weights: str) -> str:
     """The configured pose weights when present, else the bundled yolo11n-pose (timing only)."""
-    from poseguide.pose.estimator import PoseWeightsNotFoundError, resolve_pose_weights
+    from poseguide.pose.weights import PoseWeightsNotFoundError, resolve_pose_weights
 
     try:
         return str(resolve_pose_weights(weights))

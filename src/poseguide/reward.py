@@ -10,7 +10,7 @@ For a training sample whose timestep is at most ``reward_timestep_max`` (Control
 2. The image ``clamp((vae.decode(x0_hat / s).sample + 1) / 2, 0, 1)``, decoded *with* gradients
    (frozen weights, activations kept; the decoder is gradient-checkpointed when
    ``train.gradient_checkpointing`` is on), resized to ``reward_resolution`` if set.
-3. The YOLO-pose network on that image (:meth:`poseguide.pose.estimator.YoloPoseEstimator.anchors`:
+3. The YOLO-pose network on that image (:meth:`poseguide.pose.yolo.YoloPoseEstimator.anchors`:
    every anchor's box, score and keypoints before NMS, keypoints not clipped to the image, and
    which anchors ultralytics' NMS keeps; frozen, gradients reach its input only).
 4. Matching as the evaluation matches (:func:`match_as_evaluation`): the kept detections,
@@ -165,7 +165,7 @@ def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
 def person_losses(anchors: Any, b: int, target: RewardTarget, cfg: Any,
                   scale: tuple[float, float], estimator: Any) -> dict:  # fmt: skip
     """Loss, OKS and matched flag per target person of sample ``b`` of ``anchors``
-    (:class:`poseguide.pose.estimator.AnchorPredictions` on an image ``scale`` = (x, y) times
+    (:class:`poseguide.pose.detections.AnchorPredictions` on an image ``scale`` = (x, y) times
     the training resolution), for the stage's loss config ``cfg``.
 
     Per person: the pose term (``oks``: 1 - OKS; ``heatmap``: the heatmap MSE divided by its

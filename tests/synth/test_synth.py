@@ -253,8 +253,8 @@ MIN_MEAN_OKS = 0.8
 
 
 def test_a_real_pose_estimator_finds_the_people() -> None:
-    from poseguide.pose.estimator import YoloPoseEstimator
     from poseguide.pose.oks import mean_oks
+    from poseguide.pose.yolo import YoloPoseEstimator
 
     samples = [synth.make_sample(21, i, (256, 256), two_people=0.0) for i in range(12)]
     detections = YoloPoseEstimator(device="cpu").estimate_people([s.image for s in samples])

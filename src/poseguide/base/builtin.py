@@ -23,7 +23,8 @@ import torch
 
 from poseguide.base.config import BaseConfig, config_hash, load_base_config
 from poseguide.base.train import INFO_FILE, LOG_FILE, BaseTrainingError, train_base
-from poseguide.config.core import dump_yaml
+from poseguide.config.core import dump_yaml, load
+from poseguide.models.tiny import save_pipeline
 from poseguide.paths import cache_root
 from poseguide.utils.io import atomic_directory, writing
 
@@ -74,10 +75,6 @@ def ship(pipeline: Path, dest: Path = SHIPPED) -> Path:
     its log and info; refuses when it would exceed :data:`SHIP_LIMIT_BYTES`."""
     from diffusers import StableDiffusionPipeline
 
-    from poseguide.base.config import BaseConfig as _Config
-    from poseguide.config.core import load
-    from poseguide.tiny import save_pipeline
-
     info = json.loads((Path(pipeline) / INFO_FILE).read_text())
     pipe = StableDiffusionPipeline.from_pretrained(str(pipeline), safety_checker=None)
     parts = {name: getattr(pipe, name) for name in ("vae", "unet", "text_encoder", "scheduler")}
@@ -87,7 +84,7 @@ def ship(pipeline: Path, dest: Path = SHIPPED) -> Path:
         save_pipeline(tmp, parts, pipe.tokenizer)
         for name in (INFO_FILE, LOG_FILE):
             shutil.copy2(Path(pipeline) / name, tmp / name)
-        (tmp / "base-config.yaml").write_text(dump_yaml(load(_Config, info["config"])))
+        (tmp / "base-config.yaml").write_text(dump_yaml(load(BaseConfig, info["config"])))
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         if size > SHIP_LIMIT_BYTES:
             limit = SHIP_LIMIT_BYTES / 2**20

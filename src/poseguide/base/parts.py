@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from poseguide.base.config import BaseConfig
+from poseguide.models.tiny import byte_vocab, tiny_tokenizer
 
 PHASES = ("vae", "unet")
 
@@ -63,8 +64,6 @@ def new_models(cfg: BaseConfig) -> dict[str, Any]:
     """Fresh VAE, UNet and text encoder with weights seeded by ``cfg.seed``, and the tokenizer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from poseguide.tiny import byte_vocab, tiny_tokenizer
 
     vocab = byte_vocab()
     special = {"bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"]}

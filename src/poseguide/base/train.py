@@ -44,6 +44,7 @@ from poseguide.base.parts import (
 )
 from poseguide.config.core import to_dict
 from poseguide.errors import UserError
+from poseguide.models.tiny import SD15_SCHEDULER, save_pipeline
 from poseguide.train.checkpoint import LATEST, PREFIX, rotate
 from poseguide.utils.checksum import file_records, files_problem
 from poseguide.utils.io import atomic_directory, atomic_write_json, atomic_write_text, writing
@@ -283,8 +284,6 @@ def train_unet(paths: BasePaths, config: BaseConfig, models: dict, latents: Late
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from poseguide.tiny import SD15_SCHEDULER
-
     unet, settings = models["unet"], config.unet
     scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
     phase = Phase("unet", unet, *make_optimizer(list(unet.parameters()), settings))
@@ -320,8 +319,6 @@ def train_base(config: BaseConfig, resume: str | None = None, progress: bool = T
 def _train_parts(config: BaseConfig, paths: BasePaths, resume: str | None, progress: bool,
                  started: float) -> Path:  # fmt: skip
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-
-    from poseguide.tiny import SD15_SCHEDULER, save_pipeline
 
     at, checkpoint = _phase_of(_resume_point(paths, resume))
     _claim(paths, config)

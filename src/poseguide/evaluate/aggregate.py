@@ -16,7 +16,7 @@ from poseguide.pose.skeleton import NUM_COCO17
 def _oks_inputs(record: dict, min_oks: float) -> dict:
     """Re-match one stored row (for set-level OKS, per-joint accuracy and COCO AP)."""
     from poseguide.evaluate.metrics import sample_oks
-    from poseguide.pose.estimator import Detections
+    from poseguide.pose.detections import Detections
 
     preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
     scores = np.asarray(record["scores"], dtype=np.float64)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from poseguide.errors import UserError
 from poseguide.pose.coco_eval import coco_keypoint_ap
-from poseguide.pose.estimator import Detections
+from poseguide.pose.detections import Detections
 from poseguide.pose.oks import box_area_from_keypoints, match_greedy, mean_oks
 from poseguide.pose.skeleton import validate_keypoints
 from poseguide.utils.device import resolve_device

@@ -7,6 +7,8 @@
 * :mod:`~poseguide.models.controlnet`: ControlNet references (``unet``, ``previous``,
   ``stage:NAME``, ``originals``, folders, hub ids), the seeded untrained ControlNet, loading.
 * :mod:`~poseguide.models.pipeline`: the diffusers pipeline built from parts.
+* :mod:`~poseguide.models.tiny`: the built-in tiny SD, tiny CLIP and SD1.5-size random models,
+  built from configs (``builtin:tiny-sd``, ``builtin:tiny-clip``, ``builtin:sd15-random``).
 """
 
 from poseguide.models.controlnet import (

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from poseguide.errors import NotFoundError
+from poseguide.models.tiny import build_random_sd15, build_tiny_clip, build_tiny_sd
 from poseguide.utils.offline import is_offline, offline_reason
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,10 @@ def resolve_pretrained(
     at once with a message saying how to pass a local folder instead.
     """
     if name in BUILTINS:
-        from poseguide import tiny
-        from poseguide.base.builtin import mini_sd
+        from poseguide.base.builtin import mini_sd  # base/ trains through models/: lazy
 
-        builders = {TINY_SD: tiny.build_tiny_sd, SD15_RANDOM: tiny.build_random_sd15,
-                    TINY_CLIP: tiny.build_tiny_clip, MINI_SD: mini_sd}  # fmt: skip
+        builders = {TINY_SD: build_tiny_sd, SD15_RANDOM: build_random_sd15,
+                    TINY_CLIP: build_tiny_clip, MINI_SD: mini_sd}  # fmt: skip
         return str(builders[name]())
     path = Path(name).expanduser()
     if path.exists():

@@ -9,7 +9,8 @@ from PIL import Image
 
 from poseguide.config.schema import EstimatorConfig, PoseConfig, RenderConfig
 from poseguide.errors import InputError, NotFoundError
-from poseguide.pose.estimator import Detections, PoseEstimator, build_pose_estimator
+from poseguide.pose.detections import Detections
+from poseguide.pose.estimator import PoseEstimator, build_pose_estimator
 from poseguide.pose.io import read_pose, write_pose
 from poseguide.pose.render import render_skeleton
 from poseguide.utils.device import resolve_device
