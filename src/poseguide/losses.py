@@ -87,14 +87,6 @@ def reward_estimator_config(config: Config, stage: StageConfig) -> EstimatorConf
     return stage.loss.reward_estimator or config.pose.estimator
 
 
-def pseudo_estimator_config(config: Config) -> EstimatorConfig | None:
-    """The estimator that gives a reward stage's pseudo ground truth (``pose.estimator``, the
-    one ``poseguide pose estimate`` uses; stored with the latent cache) when some stage has a
-    reward; None otherwise."""
-    rewarded = any(loss_needs(s.loss).reward for s in config.train.stages)
-    return config.pose.estimator if rewarded else None
-
-
 def stage_estimator_configs(config: Config, stage: StageConfig) -> dict[str, EstimatorConfig]:
     """Every estimator config the stage's loss uses, by role (``mask``, ``reward``)."""
     found = {"mask": stage_estimator_config(config, stage),

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from poseguide.config.schema import CacheConfig, DataConfig
-from poseguide.data import cache as cache_mod
 from poseguide.data.cache import (
     CacheError,
     LatentCache,
@@ -19,9 +18,11 @@ from poseguide.data.cache import (
     find_cache,
     sample_latents,
 )
+from poseguide.data.cache import build as cache_mod
 from poseguide.data.manifest import ManifestSource
 from poseguide.data.preprocess import image_to_tensor, prepare, sample_torch_generator
 from poseguide.models import encode_prompts, load_sd_parts
+from poseguide.pseudo import PseudoShards, cached_pseudo
 
 from .test_pipeline import write_rows
 
@@ -401,14 +402,15 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
     cfg, rows, estimator = config(tmp_path, resize_mode="crop"), [0, 1, 2], EstimatorConfig()
     plain = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False)
     info = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False,
-                       pseudo=estimator)  # fmt: skip
+                       extras=PseudoShards(estimator))  # fmt: skip
     assert info.folder != plain.folder  # the pseudo ground truth is part of the key
-    cache = find_cache(source, rows, cfg, parts, estimator)
-    assert cache.has_pseudo and not find_cache(source, rows, cfg, parts).has_pseudo
+    cache = find_cache(source, rows, cfg, parts, PseudoShards(estimator))
+    assert cache.holds(PseudoShards.key)
+    assert not find_cache(source, rows, cfg, parts).holds(PseudoShards.key)
     assert cache.manifest["pseudo"] == {"rows": 2, "people": 1}
-    assert cache.pseudo(0) is None  # the row's own keypoints are the target
-    keypoints, areas = cache.pseudo(1)
-    assert keypoints.shape == (1, 17, 3) and cache.pseudo(2)[0].shape == (0, 17, 3)
+    assert cached_pseudo(cache, 0) is None  # the row's own keypoints are the target
+    keypoints, areas = cached_pseudo(cache, 1)
+    assert keypoints.shape == (1, 17, 3) and cached_pseudo(cache, 2)[0].shape == (0, 17, 3)
 
     model = YOLO(str(resolve_pose_weights(estimator.weights)))
     ref = model.predict(Image.open(tmp_path / "1.png"), imgsz=640, conf=0.25, iou=0.7,
@@ -420,7 +422,7 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
     assert areas[0] == pytest.approx(0.53 * (x1 - x0) * (y1 - y0), rel=1e-3)
 
     other = build_cache(source, rows, cfg, parts, "controlnet10", seed=0, progress=False,
-                        pseudo=replace(estimator, conf=0.5))  # fmt: skip
+                        extras=PseudoShards(replace(estimator, conf=0.5)))  # fmt: skip
     assert other.folder not in (info.folder, plain.folder)
 
     dataset = PoseDataset(source, rows, cfg, "controlnet10", seed=0, cache=cache)

@@ -24,7 +24,7 @@ from skimage import data as skdata
 from poseguide.config import load_config
 from poseguide.evaluate.runner import file_stem, run_evaluation
 from poseguide.pose import weights
-from poseguide.pose.api import PSEUDO_GT_MIN_SCORE
+from poseguide.pseudo import PSEUDO_GT_MIN_SCORE
 
 IMGSZ, CONF, IOU = 640, 0.25, 0.7
 SHIFT = (9, 5)  # the "shifted" model's images: the original moved right and down (pixels)

@@ -12,6 +12,7 @@ from poseguide.data.record import Source
 from poseguide.data.sources import open_source
 from poseguide.data.validate import ScanReport, scan
 from poseguide.paths import RunPaths
+from poseguide.pseudo import pseudo_shards
 from poseguide.utils.team import SOLO, Team
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,6 @@ def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = 
 def build_train_cache(config: Config, progress: bool = True) -> dict:
     """``poseguide cache build``: scan the training rows and cache their latents and captions."""
     from poseguide.data.cache import build_cache
-    from poseguide.losses import pseudo_estimator_config
     from poseguide.models import load_sd_parts
     from poseguide.utils.device import resolve_device
 
@@ -110,7 +110,7 @@ def build_train_cache(config: Config, progress: bool = True) -> dict:
         config.pose.render,
         config.run.seed,
         progress,
-        pseudo=pseudo_estimator_config(config),
+        extras=pseudo_shards(config),
     )
     return {
         "folder": str(info.folder),

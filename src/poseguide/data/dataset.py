@@ -45,6 +45,7 @@ from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import RowError, Source
 from poseguide.errors import InputError
 from poseguide.pose.render import render_skeleton
+from poseguide.pseudo import cached_pseudo
 
 # The epoch's data order draws from its own stream of (run.seed, epoch key): a number no other
 # per-row stream uses, so the order is independent of the rows' noise and flips.
@@ -120,7 +121,7 @@ class PoseDataset(Dataset):
             "pseudo_areas": None,
         }
         own = item.keypoints is not None or self.cache is None
-        found = None if own else self.cache.pseudo(index)
+        found = None if own else cached_pseudo(self.cache, index)
         if found is not None:  # only the reward reads them: keypoints stay None
             people, areas = placed(found, item.placement)
             if item.flipped:  # the image was mirrored: so are its people

@@ -33,6 +33,7 @@ from poseguide.evaluate.controls import paired_effect
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.pseudo import stored_pseudo
 from poseguide.utils.lock import team_lock
 from poseguide.utils.team import Team, team_of
 
@@ -102,23 +103,14 @@ def _ground_truth_kind(config: Config, rows: list[Row]) -> str:
 
 
 def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank: int = 0) -> None:
-    """Pseudo ground truth from the estimator on the original images (cached in the eval dir),
-    by :func:`poseguide.pose.api.pseudo_ground_truth`'s rule."""
-    from poseguide.pose.api import pseudo_ground_truth
+    """Pseudo ground truth from the estimator on the original images (kept in the eval
+    folder), by :mod:`poseguide.pseudo`'s rule."""
     from poseguide.utils.images import read_image
-    from poseguide.utils.io import atomic_write_json
 
-    store = paths.pseudo_ground_truth(rank)
-    known = json.loads(store.read_text()) if store.is_file() else {}
+    found = stored_pseudo(paths.pseudo_ground_truth(rank), [row.id for row in rows],
+                          lambda i: read_image(paths.original(i)), estimator)  # fmt: skip
     for row in rows:
-        if not isinstance(known.get(row.id), dict):  # missing, or an older format
-            found = estimator.estimate_people([read_image(paths.original(row.id))])[0]
-            keypoints, areas = pseudo_ground_truth(found)
-            known[row.id] = {"keypoints": keypoints.tolist(), "areas": areas.tolist()}
-        entry = known[row.id]
-        row.gt = np.asarray(entry["keypoints"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
-        row.areas = np.asarray(entry["areas"], dtype=np.float64)
-    atomic_write_json(store, known, indent=None)
+        row.gt, row.areas = found[row.id]
 
 
 def _readable(path: Path) -> bool:

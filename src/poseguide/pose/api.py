@@ -51,34 +51,6 @@ def detections_to_coco(detections: Detections, min_score: float) -> np.ndarray:
     return people
 
 
-PSEUDO_GT_MIN_SCORE = 0.5  # estimator joints at least this confident count as pseudo ground truth
-
-
-def pseudo_ground_truth(detections: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo ground truth from the estimator's people on an original image: (P, 17, 3)
-    keypoints, a joint labelled (v = 2) where the estimator is at least
-    ``PSEUDO_GT_MIN_SCORE`` sure, and (P,) areas ``0.53 *`` the detected box's area
-    (ultralytics' rule when only a box is known), in the image's pixels. Evaluation's OKS and
-    the reward stage's targets both take this rule."""
-    from poseguide.pose.oks import area_from_box
-
-    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
-    areas = area_from_box(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1))
-    return detections_to_coco(detections, PSEUDO_GT_MIN_SCORE), np.asarray(areas).reshape(-1)
-
-
-def estimator_identity(cfg: EstimatorConfig) -> dict:
-    """What an estimator's output depends on: its weights' digest and the inference settings
-    (a key of the caches that store its output)."""
-    from poseguide.models.hub import _file_digest
-    from poseguide.pose.weights import resolve_pose_weights
-
-    path = resolve_pose_weights(cfg.weights)
-    return {"backend": cfg.backend, "weights": _file_digest(path), "imgsz": cfg.imgsz,
-            "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det,
-            "min_score": PSEUDO_GT_MIN_SCORE}  # fmt: skip
-
-
 def estimate_file(
     image_path: str | Path,
     out_json: str | Path,

@@ -21,6 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from poseguide.config import Config
 from poseguide.data.dataset import PoseDataset, collate
 from poseguide.paths import RunPaths
+from poseguide.pseudo import pseudo_estimator_config, pseudo_rows
 from poseguide.train.setup import TrainingError
 from poseguide.train.step import epoch_key, loss_terms
 from poseguide.utils.io import atomic_save_image, atomic_write_bytes, atomic_write_json
@@ -87,11 +88,9 @@ def explain_loss(
 
 def _pseudo(config: Config, source: Any, row: int, data: Any) -> tuple[np.ndarray, ...]:
     """The row's pseudo ground truth on the training canvas, by the latent cache's own rule
-    (:func:`poseguide.data.cache.pseudo_rows`: ``pose.estimator`` on the original image)."""
-    from poseguide.data.cache import pseudo_rows
+    (:func:`poseguide.pseudo.pseudo_rows`: ``pose.estimator`` on the original image)."""
     from poseguide.data.dataset import placed
     from poseguide.data.preprocess import prepare
-    from poseguide.losses import pseudo_estimator_config
     from poseguide.pose.api import estimator_from_config
 
     sample = source.load(row)

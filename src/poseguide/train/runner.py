@@ -22,6 +22,7 @@ from poseguide.config import Config, save_config, to_dict
 from poseguide.data.api import checked_source, data_change, data_identity
 from poseguide.models.controlnet import STAGE_PREFIX
 from poseguide.paths import RunPaths
+from poseguide.pseudo import pseudo_shards
 from poseguide.text import count_cuts
 from poseguide.train.checkpoint import (
     LATEST,
@@ -174,26 +175,25 @@ def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts:
     if not config.data.cache.enabled:
         return None
     from poseguide.data.cache import build_cache, find_cache
-    from poseguide.losses import pseudo_estimator_config
 
-    pseudo = pseudo_estimator_config(config)
+    pseudo = pseudo_shards(config)
     build_cache(source, rows, config.data, parts, config.pose.render, config.run.seed,
-                progress=team.is_main, team=team, pseudo=pseudo)  # fmt: skip
+                progress=team.is_main, team=team, extras=pseudo)  # fmt: skip
     cache = find_cache(source, rows, config.data, parts, pseudo)
     if pseudo is not None and team.is_main:
-        found = cache.manifest.get("pseudo", {})
+        found = cache.manifest.get(pseudo.summary, {})
         drawn = {st.loss.reward_condition for st in config.train.stages
                  if st.loss.kind == "reward"}  # fmt: skip
         names = {"targets": "drawn from the pseudo targets", "source": "the dataset's pose image"}
         condition = names[drawn.pop()] if len(drawn) == 1 else "per stage"
         targets = {"rows": len(rows), "dataset_keypoints": len(rows) - found.get("rows", 0),
-                   "pseudo_ground_truth": found.get("rows", 0), "estimator": pseudo.weights,
+                   "pseudo_ground_truth": found.get("rows", 0), "estimator": pseudo.config.weights,
                    "pseudo_people": found.get("people", 0),
                    "pseudo_rows_condition": condition}  # fmt: skip
         log.info("reward targets: %d row(s) with the dataset's keypoints, %d with pseudo ground "
                  "truth (%d people found by pose.estimator %s on the original images; their "
                  "condition: %s)", targets["dataset_keypoints"], targets["pseudo_ground_truth"],
-                 targets["pseudo_people"], pseudo.weights, condition)  # fmt: skip
+                 targets["pseudo_people"], pseudo.config.weights, condition)  # fmt: skip
         atomic_write_json(paths.reward_targets, targets)
     return cache
 
