@@ -259,13 +259,13 @@ def trainer_parts(b: Bench, n: int) -> dict:
 def mask_parts(b: Bench, x: Any, n: int) -> dict:
     """Seconds of the stage-2 masks: VAE decode, pose estimator, VAE encode (predicted_error);
     the whole ground_truth mask."""
-    from poseguide.losses import _resize, ground_truth_mask
+    from poseguide.objectives.heatmap import _resize, ground_truth_mask
     from poseguide.pose.heatmaps import binary_mask
 
     vae, stage = b.run.frozen.parts.vae, b.run.config.train.stages[2]
     z = (torch.randn_like(x.latents) / vae.config.scaling_factor).to(vae.dtype)
     decoded = ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
-    estimator = b.run.estimator(stage)
+    estimator = b.run.objective(stage).mask_estimator
     heatmaps = estimator.heatmaps(decoded)
     mask = binary_mask(heatmaps, stage.loss.threshold, stage.loss.polarity, stage.loss.reduction)
     h_m = _resize(mask, tuple(decoded.shape[-2:]), stage.loss.mask_resize).expand(-1, 3, -1, -1)

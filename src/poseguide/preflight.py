@@ -15,7 +15,7 @@ from typing import Any
 from poseguide.config import Config
 from poseguide.config.schema import SourceConfig
 from poseguide.errors import UserError
-from poseguide.losses import stage_estimator_configs
+from poseguide.objectives import estimator_configs
 from poseguide.paths import RunPaths
 
 # Captioned COCO-Pose's size as the thesis gives it, for time estimates when the dataset
@@ -154,7 +154,7 @@ def training_checks(config: Config) -> list[Check]:
         if ref.kind == "pretrained":
             probe = partial(resolve_pretrained, ref.name, what="ControlNet")
             checks.append(Check(f"{stage.name} start", ref.name, probe))
-        for role, estimator in stage_estimator_configs(config, stage).items():
+        for role, estimator in estimator_configs(config, stage).items():
             probe = partial(resolve_pose_weights, estimator.weights)
             what = "pose weights" if role == "mask" else f"{role} pose weights"
             checks.append(Check(f"{stage.name} {what}", estimator.weights, probe))

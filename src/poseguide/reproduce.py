@@ -125,7 +125,7 @@ def _stage_seconds(trainer: Any, index: int, batch: dict, steps: int, warmup: in
     """A stage's expected seconds per step. A reward stage's step costs more when its samples
     are rewarded (t <= ``reward_timestep_max``): timed with every sample rewarded and with none,
     weighed by the share of timesteps rewarded (exact for batch 1, the mean otherwise)."""
-    from poseguide.losses import loss_needs
+    from poseguide.objectives import loss_needs
 
     stage = trainer.config.train.stages[index]
     if not loss_needs(stage.loss).reward:
@@ -142,11 +142,11 @@ def _stage_seconds(trainer: Any, index: int, batch: dict, steps: int, warmup: in
 def _usable_stage(config: Config, stage: Any) -> Any:
     """The stage with pose weights that exist here when its loss needs an estimator (the
     bundled ones when the configured ones are missing: the probe times the step)."""
-    from poseguide.losses import stage_estimator_configs
+    from poseguide.objectives import estimator_configs
 
     keys = {"mask": "estimator", "reward": "reward_estimator"}
     usable = {keys[role]: replace(cfg, weights=_usable_weights(cfg.weights))
-              for role, cfg in stage_estimator_configs(config, stage).items()}  # fmt: skip
+              for role, cfg in estimator_configs(config, stage).items()}  # fmt: skip
     return replace(stage, loss=replace(stage.loss, **usable)) if usable else stage
 
 

@@ -10,7 +10,7 @@ from helpers import write_config
 from PIL import Image
 from safetensors.torch import load_file
 
-import poseguide.losses as losses
+import poseguide.objectives.objective as losses
 from poseguide.cli import main
 from poseguide.config import load_config
 from poseguide.train.runner import run_training

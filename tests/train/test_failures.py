@@ -257,7 +257,7 @@ def test_a_row_damaged_after_the_scan(tmp_path, monkeypatch, capsys, policy) -> 
 def test_a_nan_is_noticed_at_the_next_read_and_never_saved(tmp_path, monkeypatch) -> None:
     """train.check_finite=log (the default): no host read between log steps; a NaN loss at step
     3 is noticed at the next read (step 4, a checkpoint step) and step 4 is not saved."""
-    import poseguide.losses as losses
+    import poseguide.objectives.objective as losses
 
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path, train={"checkpoint_every": 2, "log_every": 4})

@@ -232,7 +232,7 @@ def test_a_config_change_names_the_key_and_lr_may_change_deliberately(tmp_path, 
 def test_divergence_advice_follows_what_exists(tmp_path, monkeypatch) -> None:
     """No checkpoint yet: train again with a lower lr; with one: the --allow-config-change
     resume, which then works."""
-    import poseguide.losses as losses
+    import poseguide.objectives.objective as losses
 
     write_config(tmp_path, train={"check_finite": "every_step", "checkpoint_every": 2})
     monkeypatch.chdir(tmp_path)

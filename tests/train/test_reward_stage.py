@@ -59,7 +59,7 @@ def _grads(config, weight: float) -> tuple[dict, list, object]:
     parts = trainer.frozen.parts
     frozen = [*parts.unet.parameters(), *parts.vae.parameters(),
               *parts.text_encoder.parameters(),
-              *trainer.reward_estimator(stage).network.parameters()]  # fmt: skip
+              *trainer.objective(stage).reward_estimator.network.parameters()]  # fmt: skip
     assert float(terms["rewarded"].sum()) == (2 if weight else 0)
     grads = {n: p.grad.clone() for n, p in controlnet.named_parameters() if p.grad is not None}
     return grads, frozen, trainer
@@ -87,14 +87,14 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
                                                                  capsys) -> None:  # fmt: skip
     from diffusers import ControlNetModel
 
-    import poseguide.pose.api as pose_api
+    import poseguide.objectives.objective as objective  # where a stage's estimators are built
     from poseguide.models import load_sd_parts
     from poseguide.train import runner
 
     monkeypatch.chdir(tmp_path)
     reward_config(tmp_path)
     frozen, estimators = {}, []
-    real_load, real_estimator = runner.load_frozen, pose_api.estimator_from_config
+    real_load, real_estimator = runner.load_frozen, objective.estimator_from_config
 
     def spy(config, device):
         frozen["parts"] = real_load(config, device)
@@ -105,7 +105,7 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
         return estimators[-1]
 
     monkeypatch.setattr(runner, "load_frozen", spy)
-    monkeypatch.setattr(pose_api, "estimator_from_config", spy_estimator)
+    monkeypatch.setattr(objective, "estimator_from_config", spy_estimator)
     assert main(["train", "config.yaml"]) == 0
     assert "finished at step 8" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "runs/t/metrics.jsonl").open()]
@@ -183,7 +183,7 @@ def test_explain_loss_shows_the_reward_training_computed(tmp_path: Path, monkeyp
     OKS that training computed, and draws the decoded prediction with both skeletons."""
     from PIL import Image
 
-    import poseguide.losses as losses
+    import poseguide.objectives.objective as losses
     from poseguide.data.dataset import ShardedSampler
     from poseguide.train.runner import run_training
     from poseguide.train.step import epoch_key

@@ -122,7 +122,7 @@ def test_stage2_alone_needs_stage1(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import poseguide.losses as losses
+    import poseguide.objectives.objective as losses
 
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path, train={"check_finite": "every_step"})
@@ -179,7 +179,7 @@ def test_full_disk_keeps_the_previous_checkpoint(
 def test_unfinished_run_needs_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     write_config(tmp_path)
-    import poseguide.losses as losses
+    import poseguide.objectives.objective as losses
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt

@@ -192,8 +192,8 @@ class ModelConfig:
 class LossConfig:
     # "denoising": mean((eps_theta - eps)^2) (stage 1). "heatmap": HumanSD's heatmap-guided loss
     # mean((1 + weight * H_E) * (eps_theta - eps)^2) (stage 2). "reward": base_loss plus
-    # reward_weight times a pose-consistency reward (poseguide.reward; a ControlNet++-style
-    # stage 3).
+    # reward_weight times a pose-consistency reward (poseguide.objectives.reward; a
+    # ControlNet++-style stage 3).
     kind: Literal["denoising", "heatmap", "reward"] = "denoising"
     weight: float = 0.05  # w (the thesis: 0.05; HumanSD's config: 0.1)
     # Where the mask comes from. predicted_error: HumanSD's pipeline (VAE-decode the prediction

@@ -138,6 +138,7 @@ def end_stage(trainer: Trainer, state: TrainState) -> None:
     trainer.accelerator.free_memory()
     state.model = state.optimizer = state.scheduler = state.scaler = state.ema = None
     trainer.estimators.clear()
+    trainer.objectives.clear()
 
 
 def save(run: Run, state: TrainState, done: bool = False) -> Path | None:

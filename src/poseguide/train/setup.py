@@ -16,7 +16,6 @@ from poseguide.config import Config
 from poseguide.config.schema import OptimConfig, StageConfig
 from poseguide.data.dataset import PoseDataset, ShardedSampler, collate
 from poseguide.errors import TrainingError
-from poseguide.losses import loss_needs
 from poseguide.models import (
     ControlNetRef,
     SDParts,
@@ -24,6 +23,7 @@ from poseguide.models import (
     load_sd_parts,
     untrained_controlnet,
 )
+from poseguide.objectives import loss_needs
 from poseguide.utils.device import MIXED_PRECISION_DTYPES
 
 log = logging.getLogger(__name__)

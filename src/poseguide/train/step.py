@@ -29,8 +29,14 @@ from poseguide.config import Config
 from poseguide.config.schema import StageConfig
 from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import draw_timesteps, sample_torch_generator
-from poseguide.errors import TrainingError, UserError
-from poseguide.losses import derived_terms
+from poseguide.errors import UserError
+from poseguide.objectives import (
+    Objective,
+    build_objective,
+    denoising_target,
+    derived_terms,
+    reduce_terms,
+)
 from poseguide.text import CaptionCuts
 from poseguide.utils.device import to_device
 
@@ -146,7 +152,7 @@ class Trainer:
     """What one training step needs, built once (:func:`poseguide.train.setup.make_trainer`).
 
     ``frozen`` is :class:`poseguide.train.setup.Frozen` (the SD parts on the training device);
-    estimators are loaded on first use, one per estimator config.
+    each stage's objective is built on its first step, its estimators loaded on first use.
     """
 
     config: Config
@@ -154,7 +160,8 @@ class Trainer:
     frozen: Any
     stop: StopFlag = field(default_factory=StopFlag)
     captions: CaptionCuts = field(default_factory=CaptionCuts)  # captions cut to the limit
-    estimators: dict = field(default_factory=dict)
+    estimators: dict = field(default_factory=dict)  # one per estimator config
+    objectives: dict = field(default_factory=dict)  # one per stage config
 
     @property
     def deepspeed(self) -> bool:
@@ -162,42 +169,25 @@ class Trainer:
 
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
-    def estimator(self, stage: StageConfig) -> Any:
-        """The pose estimator the stage's loss needs, on the training device; None if none."""
-        from poseguide.losses import stage_estimator_config
-
-        return self._estimator(stage_estimator_config(self.config, stage))
-
-    def reward_estimator(self, stage: StageConfig) -> Any:
-        """The pose estimator of the stage's reward (shared with the mask's when the configs
-        are equal); None for a stage without a reward."""
-        from poseguide.losses import reward_estimator_config
-
-        return self._estimator(reward_estimator_config(self.config, stage))
-
-    def _estimator(self, cfg: Any) -> Any:
-        """One estimator per distinct config, built once, on the training device."""
-        if cfg is None:
-            return None
-        key = repr(cfg)
-        if key not in self.estimators:
-            from poseguide.pose.api import estimator_from_config
-
-            device = str(self.frozen.device)
-            self.estimators[key] = estimator_from_config(replace(cfg, device=device))
-        return self.estimators[key]
+    def objective(self, stage: StageConfig) -> Objective:
+        """The stage's objective (:func:`poseguide.objectives.build_objective`), built once per
+        stage config; its estimators are shared by config and released with the stage
+        (:func:`poseguide.train.loop.end_stage`)."""
+        key = (stage.name, repr(stage.loss))
+        if key not in self.objectives:
+            self.objectives[key] = build_objective(self.config, stage, self.frozen.device,
+                                                   self.estimators)  # fmt: skip
+        return self.objectives[key]
 
 
 def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfig, key: int,
                timestep: int | None = None, debug: bool = False) -> dict:  # fmt: skip
-    """The stage's per-sample loss terms for one batch (:func:`poseguide.losses.stage_loss`).
+    """The stage's per-sample loss terms for one batch (the stage's objective).
 
     The row's own randomness (keyed by ``key`` and the row index) draws the latent sample, the
     noise and the timestep; ``timestep`` replaces the drawn one (``explain-loss``); ``debug``
     also returns the loss' intermediates under ``"_debug"``.
     """
-    from poseguide.losses import denoising_target, stage_loss
-
     parts, seed = trainer.frozen.parts, trainer.config.run.seed
     rows = batch.get("rows", batch["index"])  # python ints: no tensor read per row
     gens = row_generators(seed, key, rows)
@@ -211,46 +201,8 @@ def loss_terms(trainer: Trainer, controlnet: Any, batch: dict, stage: StageConfi
     with trainer.accelerator.autocast():
         pred = predict(controlnet, parts.unet, inputs)
     target = denoising_target(parts.scheduler, inputs.latents, inputs.noise, inputs.timesteps)
-    return stage_loss(
-        stage.loss, pred, target, vae=parts.vae, estimator=trainer.estimator(stage),
-        keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
-        generator=row_generators(seed, key, rows, STREAM_MASK),
-        reward=_reward_inputs(trainer, stage, batch, inputs), return_debug=debug,
-    )  # fmt: skip
-
-
-def _reward_inputs(trainer: Trainer, stage: StageConfig, batch: dict, inputs: StepInputs) -> Any:
-    """The reward's inputs for a reward stage (targets: the batch's keypoints, else its pseudo
-    ground truth), None otherwise."""
-    from poseguide.losses import loss_needs
-
-    if not loss_needs(stage.loss).reward:
-        return None
-    from poseguide.reward import RewardInputs
-
-    targets = batch.get("reward_targets")
-    if targets is None:
-        targets = [_reward_target(batch, i, stage.name) for i in range(len(batch["keypoints"]))]
-    parts = trainer.frozen.parts
-    return RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps, targets,
-                        trainer.reward_estimator(stage), parts.vae)  # fmt: skip
-
-
-def _reward_target(batch: dict, i: int, stage: str) -> Any:
-    """Row ``i``'s reward target: its keypoints, else its pseudo ground truth (the cache's)."""
-    from poseguide.reward import reward_target
-
-    keypoints, areas = batch["keypoints"][i], batch.get("areas")
-    if keypoints is not None:
-        return reward_target(keypoints, areas[i] if areas else None)
-    pseudo = batch.get("pseudo_keypoints")
-    if pseudo and pseudo[i] is not None:
-        return reward_target(pseudo[i], batch["pseudo_areas"][i], pseudo=True)
-    raise TrainingError(
-        f"row {batch['ids'][i]}: no keypoints for stage {stage!r}'s reward; rows without "
-        "keypoints take pseudo ground truth stored with the latent cache: set "
-        "data.cache.enabled=true (or use a source with keypoints)"
-    )
+    mask_generators = row_generators(seed, key, rows, STREAM_MASK)
+    return trainer.objective(stage)(pred, target, parts, inputs, batch, mask_generators, debug)
 
 
 @dataclass
@@ -276,7 +228,6 @@ class WindowRead:
 def local_terms(micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One step's terms on this process: each reduced over its batch and the micro-batches as
     its loss declares (mean, min or max); 0-dim tensors, still on the device."""
-    from poseguide.losses import reduce_terms
 
     keys = [k for k, v in micro[0].items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
     per_micro = [reduce_terms({k: terms[k] for k in keys}) for terms in micro]
@@ -287,7 +238,6 @@ def _merge(keys: list[str], local: torch.Tensor, acc: Any) -> list[float]:
     """``local`` (one value per key) gathered from every process, each key reduced as declared
     (``_first_bad``: the minimum, ``_stop``: the maximum), read to the host: one collective and
     one host sync."""
-    from poseguide.losses import reduce_terms
 
     every = acc.gather(local.to(acc.device)[None]).reshape(-1, len(keys))  # (processes, keys)
     columns = {k: every[:, j] for j, k in enumerate(keys)}

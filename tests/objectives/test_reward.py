@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from poseguide.config.schema import LossConfig
-from poseguide.losses import denoising_loss, derived_terms, stage_loss
-from poseguide.pose.oks import box_area_from_keypoints, oks, soft_oks
-from poseguide.reward import (
+from poseguide.objectives import denoising_loss, derived_terms, stage_loss
+from poseguide.objectives.reward import (
     RewardInputs,
     match_as_evaluation,
     person_losses,
@@ -21,6 +20,7 @@ from poseguide.reward import (
     reward_target,
     reward_terms,
 )
+from poseguide.pose.oks import box_area_from_keypoints, oks, soft_oks
 
 
 def _people(rng: np.random.Generator, n: int, size: float = 100.0) -> np.ndarray:

@@ -25,8 +25,8 @@ For a training sample whose timestep is at most ``reward_timestep_max`` (Control
    the mean over its target people; the targets are the row's keypoints, from which the
    condition is drawn (``data.pose_image: render``), or pseudo ground truth (see the README).
 
-The stage's loss (:func:`poseguide.losses.stage_loss`) is ``base + reward_weight * (B / n) *
-reward`` for the n rewarded samples of a (micro-)batch of B and the base loss (``base_loss``:
+The stage's loss (:func:`poseguide.objectives.stage_loss`) is ``base + reward_weight * (B / n)
+* reward`` for the n rewarded samples of a (micro-)batch of B and the base loss (``base_loss``:
 denoising or heatmap) alone for the others, so the batch mean is ``mean(base) + reward_weight *
 mean(reward over the rewarded samples)``: ControlNet++'s ``(mask * r).sum() / mask.sum()``
 weighted by its ``--grad_scale`` (default 1).
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from poseguide.errors import TrainingError
 from poseguide.models.sd import wide_range_vae
 from poseguide.pose.oks import (
     box_area_from_keypoints,
@@ -83,6 +84,29 @@ def reward_target(keypoints: np.ndarray | None, areas: np.ndarray | None,
     if not kept.any():
         return None
     return RewardTarget(people[kept], areas[kept], pseudo)
+
+
+def batch_targets(batch: dict, stage: str) -> list[RewardTarget | None]:
+    """One reward target per row of a collated batch: ``reward_targets`` when the batch carries
+    them, else each row's keypoints, else its pseudo ground truth (the cache's, see
+    :mod:`poseguide.pseudo`); a row with neither stops training with one line."""
+    if batch.get("reward_targets") is not None:
+        return batch["reward_targets"]
+    return [_row_target(batch, i, stage) for i in range(len(batch["keypoints"]))]
+
+
+def _row_target(batch: dict, i: int, stage: str) -> RewardTarget | None:
+    keypoints, areas = batch["keypoints"][i], batch.get("areas")
+    if keypoints is not None:
+        return reward_target(keypoints, areas[i] if areas else None)
+    pseudo = batch.get("pseudo_keypoints")
+    if pseudo and pseudo[i] is not None:
+        return reward_target(pseudo[i], batch["pseudo_areas"][i], pseudo=True)
+    raise TrainingError(
+        f"row {batch['ids'][i]}: no keypoints for stage {stage!r}'s reward; rows without "
+        "keypoints take pseudo ground truth stored with the latent cache: set "
+        "data.cache.enabled=true (or use a source with keypoints)"
+    )
 
 
 def predicted_clean_latents(scheduler: Any, noisy: torch.Tensor, output: torch.Tensor,

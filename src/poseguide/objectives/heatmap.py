@@ -1,9 +1,4 @@
-"""Training losses: the stage-1 denoising loss and the stage-2 heatmap-guided loss (METHOD 2-3).
-
-Every loss is a small pure function that returns a dict of **per-sample** float32 tensors of
-shape (B,); the training loop reduces each with ``.mean()`` and logs it. ``"loss"`` is the term
-to optimise, the others are diagnostics. Keys starting with ``_`` (``"_debug"``) hold
-intermediates, not per-sample scalars, and are only present when asked for.
+"""The stage-2 objective: HumanSD's heatmap-guided loss and its masks (METHOD 3).
 
 Stage 2 weights the squared error element-wise, ``mean((1 + w * H_E) * (pred - target)^2)``, with
 ``H_E`` from one of two sources (``LossConfig.source``):
@@ -21,171 +16,19 @@ that is then exactly 1.0 (see :func:`heatmap_weighted_loss`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from poseguide.config.schema import Config, EstimatorConfig, LossConfig, StageConfig
+from poseguide.config.schema import LossConfig
+from poseguide.objectives.denoising import Losses, per_sample_mean, squared_error
 from poseguide.pose.heatmaps import binary_mask, keypoint_mask, skeleton_mask
 from poseguide.pose.skeleton import NUM_COCO17
 
-log = logging.getLogger(__name__)
-
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
-LOSS_KINDS: tuple[str, ...] = ("denoising", "heatmap", "reward")
 MASK_SOURCES: tuple[str, ...] = ("predicted_error", "ground_truth")
-
-Losses = dict[str, Any]
-
-# How each logged term is reduced over a batch, over gradient-accumulation micro-batches and
-# over processes: the extremes of H_E are extremes, everything else is a mean (every sample, and
-# every process's batch, counts the same).
-MEAN, MIN, MAX = "mean", "min", "max"
-TERM_REDUCTIONS: dict[str, str] = {"he_min": MIN, "he_max": MAX}
-
-
-@dataclass(frozen=True)
-class LossNeeds:
-    """What a stage's loss needs besides the prediction and the target."""
-
-    estimator: bool = False  # a pose estimator (the predicted-error mask)
-    vae: bool = False  # the VAE (decoding the error, encoding the mask; the reward's decode)
-    keypoints: bool = False  # the rows' keypoints (the ground-truth mask, the reward's targets)
-    reward: bool = False  # the reward: its estimator, the scheduler, z_t and the timesteps
-
-
-def loss_needs(cfg: LossConfig) -> LossNeeds:
-    """What :func:`stage_loss` will ask for with ``cfg``: the one place that knows it."""
-    if cfg.kind == "reward":
-        base = loss_needs(replace(cfg, kind=cfg.base_loss))
-        return replace(base, vae=True, keypoints=True, reward=True)
-    if cfg.kind == "heatmap" and cfg.source == "predicted_error":
-        return LossNeeds(estimator=True, vae=True)
-    if cfg.kind == "heatmap" and cfg.source == "ground_truth":
-        return LossNeeds(keypoints=True)
-    return LossNeeds()
-
-
-def stage_estimator_config(config: Config, stage: StageConfig) -> EstimatorConfig | None:
-    """The estimator config of a stage whose loss needs one for its mask (``loss.estimator``,
-    else ``pose.estimator``); None when it needs none."""
-    if not loss_needs(stage.loss).estimator:
-        return None
-    return stage.loss.estimator or config.pose.estimator
-
-
-def reward_estimator_config(config: Config, stage: StageConfig) -> EstimatorConfig | None:
-    """The reward's estimator config (``loss.reward_estimator``, else ``pose.estimator``);
-    None for a stage without a reward."""
-    if not loss_needs(stage.loss).reward:
-        return None
-    return stage.loss.reward_estimator or config.pose.estimator
-
-
-def stage_estimator_configs(config: Config, stage: StageConfig) -> dict[str, EstimatorConfig]:
-    """Every estimator config the stage's loss uses, by role (``mask``, ``reward``)."""
-    found = {"mask": stage_estimator_config(config, stage),
-             "reward": reward_estimator_config(config, stage)}  # fmt: skip
-    return {k: v for k, v in found.items() if v is not None}
-
-
-def derived_terms(values: dict[str, float]) -> dict[str, float | None]:
-    """Logged terms as the user reads them: each ratio term of
-    :data:`poseguide.reward.REWARD_RATIOS` (a mean over the rewarded samples) from its two
-    reduced parts, which are dropped; None when nothing was rewarded."""
-    from poseguide.reward import REWARD_RATIOS
-
-    out: dict[str, float | None] = dict(values)
-    for name, (part, weight) in REWARD_RATIOS.items():
-        if part in values and weight in values:
-            out[name] = values[part] / values[weight] if values[weight] > 0 else None
-            out.pop(part)
-    out.pop("reward_people", None)
-    return out
-
-
-def term_reduction(name: str) -> str:
-    """How the term ``name`` is reduced: ``"mean"`` (default), ``"min"`` or ``"max"``."""
-    return TERM_REDUCTIONS.get(name, MEAN)
-
-
-def reduce_terms(values: dict[str, torch.Tensor], dim: int = 0) -> dict[str, torch.Tensor]:
-    """Reduce each term's tensor along ``dim`` as :func:`term_reduction` says (on its device).
-
-    Per-sample (B,) terms -> scalars; or terms stacked over micro-batches or processes."""
-    ops = {MEAN: torch.mean, MIN: torch.amin, MAX: torch.amax}
-    return {k: ops[term_reduction(k)](v.detach().float(), dim=dim) for k, v in values.items()}
-
-
-def denoising_target(
-    scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-) -> torch.Tensor:
-    """What the network must predict, read from ``scheduler.config.prediction_type`` (METHOD 1.4).
-
-    Args:
-        scheduler: the training noise scheduler (a diffusers DDPMScheduler).
-        latents: clean latents z0 (B, C, h, w).
-        noise: the noise eps added to them, same shape.
-        timesteps: (B,) integer timesteps.
-
-    Returns:
-        ``noise`` for "epsilon", the velocity ``sqrt(a_t) eps - sqrt(1 - a_t) z0`` for
-        "v_prediction", ``latents`` for "sample"; same shape as ``latents``.
-    """
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        if not hasattr(scheduler, "get_velocity"):
-            raise ValueError(
-                f"{type(scheduler).__name__} has no get_velocity() for prediction_type "
-                "'v_prediction'; train with a DDPMScheduler (poseguide.models.load_sd_parts)"
-            )
-        return scheduler.get_velocity(latents, noise, timesteps)
-    if kind == "sample":
-        return latents
-    raise ValueError(
-        f"unsupported scheduler prediction_type {kind!r}; poseguide trains with one of "
-        f"{', '.join(map(repr, PREDICTION_TYPES))} (see the scheduler's scheduler_config.json)"
-    )
-
-
-def _squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(pred - target)^2 in float32, contiguous, (B, C, h, w)."""
-    if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(
-            f"pred and target must both be (B, C, h, w); got {tuple(pred.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    return ((pred.float() - target.float()) ** 2).contiguous()
-
-
-def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over all but the first dimension: (B, ...) -> (B,).
-
-    The one reduction every loss term uses. Flattening to a contiguous (B, N) first makes the
-    summation order depend only on the values, so equal element values give bitwise-equal means.
-    """
-    return x.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def denoising_loss(pred: torch.Tensor, target: torch.Tensor) -> Losses:
-    """Stage-1 loss ``mean((pred - target)^2)`` per sample (METHOD 2).
-
-    Args:
-        pred: network output (B, C, h, w), any float dtype (autocast output is fine).
-        target: :func:`denoising_target`, same shape.
-
-    Returns:
-        ``{"loss": (B,), "mse": (B,)}`` float32, the mean over (C, h, w); the two are equal.
-    """
-    mse = _per_sample_mean(_squared_error(pred, target))
-    return {"loss": mse, "mse": mse}
 
 
 def _check_mask(h_e: torch.Tensor, pred: torch.Tensor) -> None:
@@ -223,18 +66,18 @@ def heatmap_weighted_loss(
         (C, h, w) loss elements whose weight ``1 + w * H_E`` is < 0, in [0, 1].
     """
     _check_mask(h_e, pred)
-    sq = _squared_error(pred, target)
+    sq = squared_error(pred, target)
     h_e = h_e.detach().to(device=sq.device, dtype=torch.float32)
     weight_map = 1.0 + weight * h_e  # (B, 1 or C, h, w); broadcast over channels below
     flat = h_e.reshape(h_e.shape[0], -1)
     return {
-        "loss": _per_sample_mean(weight_map * sq),
-        "mse": _per_sample_mean(sq),
+        "loss": per_sample_mean(weight_map * sq),
+        "mse": per_sample_mean(sq),
         "he_mean": flat.mean(dim=1),
         "he_min": flat.amin(dim=1),
         "he_max": flat.amax(dim=1),
         # Over (1, h, w) this equals the fraction over the channel-broadcast (C, h, w) elements.
-        "neg_weight_frac": _per_sample_mean((weight_map < 0).float()),
+        "neg_weight_frac": per_sample_mean((weight_map < 0).float()),
     }
 
 
@@ -392,7 +235,7 @@ def ground_truth_mask(
     return torch.stack(rows).float()
 
 
-def _mask_for(
+def heatmap_mask(
     cfg: LossConfig,
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -424,60 +267,3 @@ def _mask_for(
         latent_size = (pred.shape[-1], pred.shape[-2])
         return {"h_e": ground_truth_mask(keypoints, image_size, latent_size, cfg, pred.device)}
     raise ValueError(f"loss.source must be one of {', '.join(map(repr, MASK_SOURCES))}")
-
-
-def stage_loss(
-    cfg: LossConfig,
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    vae: Any = None,
-    estimator: Any = None,
-    keypoints: Sequence[np.ndarray | torch.Tensor | None] | None = None,
-    image_size: tuple[int, int] | None = None,
-    generator: torch.Generator | None = None,
-    reward: Any = None,
-    return_debug: bool = False,
-) -> Losses:
-    """The loss of one training step as the stage's :class:`LossConfig` says.
-
-    Args:
-        cfg: ``kind`` "denoising" (stage 1) or "heatmap" (stage 2, ``source`` picks H_E).
-        pred: network output (B, C, h, w), with gradients.
-        target: :func:`denoising_target`, same shape.
-        vae, estimator: needed for ``source: predicted_error``.
-        keypoints, image_size: needed for ``source: ground_truth`` (see
-            :func:`ground_truth_mask`).
-        generator: for the VAE posterior sample of ``predicted_error``.
-        reward: :class:`poseguide.reward.RewardInputs`, needed for ``kind: reward``.
-        return_debug: also return the mask and its intermediates under ``"_debug"`` (a dict of
-            tensors, e.g. for ``poseguide explain-loss``); off by default so that the big
-            decoded images are not kept alive.
-
-    Returns:
-        per-sample float32 (B,) terms, ``"loss"`` first (see :func:`denoising_loss` and
-        :func:`heatmap_weighted_loss`), plus ``"_debug"`` when asked.
-    """
-    if cfg.kind == "reward":
-        from poseguide.reward import add_reward
-
-        if reward is None:
-            raise ValueError("loss.kind 'reward' needs reward= (poseguide.reward.RewardInputs)")
-        base = stage_loss(replace(cfg, kind=cfg.base_loss), pred, target, vae=vae,
-                          estimator=estimator, keypoints=keypoints, image_size=image_size,
-                          generator=generator, return_debug=return_debug)  # fmt: skip
-        return add_reward(cfg, base, pred, reward, return_debug)
-    if cfg.kind == "denoising":
-        out = denoising_loss(pred, target)
-        if return_debug:
-            out["_debug"] = {}
-        return out
-    if cfg.kind != "heatmap":
-        raise ValueError(f"loss.kind must be one of {', '.join(map(repr, LOSS_KINDS))}")
-    debug = _mask_for(cfg, pred, target, vae, estimator, keypoints, image_size, generator)
-    out = heatmap_weighted_loss(pred, target, debug["h_e"], cfg.weight)
-    if "heatmaps" in debug:
-        out["mask_detected"] = mask_detected(debug["heatmaps"])
-    if return_debug:
-        out["_debug"] = debug
-    return out

@@ -1,4 +1,4 @@
-"""Tests for poseguide.losses: stage-1 / stage-2 losses, the H_E pipelines, targets."""
+"""Tests for poseguide.objectives: stage-1 / stage-2 losses, the H_E pipelines, targets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from poseguide.config.schema import LossConfig
-from poseguide.losses import (
+from poseguide.objectives import (
     denoising_loss,
     denoising_target,
     ground_truth_mask,
@@ -370,7 +370,7 @@ def test_bf16_mask_precision_is_close_but_not_exact(vae):
 
 
 def test_each_term_is_reduced_as_it_declares() -> None:
-    from poseguide.losses import reduce_terms, term_reduction
+    from poseguide.objectives import reduce_terms, term_reduction
 
     assert term_reduction("he_min") == "min" and term_reduction("he_max") == "max"
     assert term_reduction("loss") == term_reduction("neg_weight_frac") == "mean"
@@ -408,7 +408,7 @@ def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> Non
 def test_the_posterior_sample_is_diffusers_own(vae) -> None:
     """The stage-2 mask's posterior sample draws on the CPU generators and reaches the device
     without blocking; the numbers are those of DiagonalGaussianDistribution.sample."""
-    from poseguide.losses import _posterior_sample
+    from poseguide.objectives.heatmap import _posterior_sample
 
     posterior = vae.encode(_randn(2, 3, 64, 64, seed=7).clamp(-1, 1)).latent_dist
     for gens in ([_gen(1), _gen(2)], _gen(3)):
