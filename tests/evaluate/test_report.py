@@ -294,15 +294,15 @@ def test_rerun_replaces_the_files(run_dir: Path) -> None:
 
 def test_the_setup_says_whether_the_judge_is_the_rewards_estimator() -> None:
     from poseguide.config import load_config, to_dict
-    from poseguide.evaluate.report import _judge_note
+    from poseguide.evaluate.report import judge_note
 
     mini = to_dict(load_config("mini"))
-    note = _judge_note({"config": mini})
+    note = judge_note({"config": mini})
     assert note == ("judge yolo11n-pose.pt at imgsz 640; the reward trained against "
                     "yolo11n-pose.pt at imgsz 320")  # fmt: skip
     same = to_dict(load_config("mini", ["pose.estimator.imgsz=640"]))
-    assert _judge_note({"config": same}).startswith("NOT an independent judge")
-    assert "no reward stage" in _judge_note({"config": to_dict(load_config("tiny"))})
+    assert judge_note({"config": same}).startswith("NOT an independent judge")
+    assert "no reward stage" in judge_note({"config": to_dict(load_config("tiny"))})
 
 
 def test_a_full_disk_while_writing_the_report_is_one_line(

@@ -145,16 +145,9 @@ def _chunks(prefix: str, items: list, size: int) -> dict[str, list]:
 
 
 def build_cache(
-    source: Source,
-    rows: list[int],
-    cfg: DataConfig,
-    parts: Any,
-    style: Any,
-    seed: int,
-    progress: bool = True,
-    team: Team = SOLO,
-    extras: RowExtras | None = None,
-) -> CacheInfo:
+    source: Source, rows: list[int], cfg: DataConfig, parts: Any, style: Any, seed: int,
+    progress: bool = True, team: Team = SOLO, extras: RowExtras | None = None,
+) -> CacheInfo:  # fmt: skip
     """Build (or finish, or just find) the cache of ``rows`` of ``source`` for these models.
 
     ``parts`` are the loaded SD parts (:class:`poseguide.models.SDParts`); only the VAE, the text
@@ -196,9 +189,7 @@ def build_cache(
     manifest = {"key": key, "rows": rows, "shard_size": size, "captions": unique,
                 "shards": records, "complete": True}  # fmt: skip
     if extras is not None:  # the hook's counts over all shards (pseudo: rows and people)
-        metas = [done[name][1].get(extras.summary, {}) for name in shards]
-        names = sorted({k for m in metas for k in m})
-        manifest[extras.summary] = {k: sum(m.get(k, 0) for m in metas) for k in names}
+        manifest[extras.summary] = _summed([done[n][1].get(extras.summary, {}) for n in shards])
     main = team.is_main  # then every process can open it; a failure to write it stops all
     team.run(lambda: atomic_write_json(folder / MANIFEST, manifest, indent=None) if main else None)
     info = _info(folder, manifest, built + built_text)
@@ -230,3 +221,8 @@ def _damaged_to_rebuild(folder: Path, key: dict, manifest: dict | None,
 def _info(folder: Path, manifest: dict, built: int) -> CacheInfo:
     total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     return CacheInfo(folder, len(manifest["rows"]), len(manifest["captions"]), total, built)
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Per-shard counts summed by name."""
+    return {k: sum(c.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c})}

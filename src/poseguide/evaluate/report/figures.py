@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from poseguide.evaluate.report.data import EvalRun, as_number
 from poseguide.paths import file_stem
 from poseguide.pose.skeleton import COCO17_NAMES
 from poseguide.utils.grid import image_grid
@@ -31,16 +32,6 @@ OKS_BINS = 20  # equal-width bins on [0, 1], the same for every model
 GRID_CELL = 192
 GRID_TEXT_WIDTH = 380
 
-EvalRun = Any  # poseguide.evaluate.report.EvalRun (not imported: it imports this module)
-
-
-def _num(value: Any) -> float:
-    """A float, NaN for None or anything that is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
 
 def _open(path: Path) -> Any:
     """The image at ``path``, or None when it is missing or unreadable (a grey cell)."""
@@ -51,7 +42,7 @@ def _open(path: Path) -> Any:
 
 
 def _fmt(value: Any, decimals: int) -> str:
-    value = _num(value)
+    value = as_number(value)
     return f"{value:.{decimals}f}" if math.isfinite(value) else "n/a"
 
 
@@ -103,7 +94,7 @@ def oks_histogram_figure(run: EvalRun) -> bytes | None:
         1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, sharex=True, sharey=True
     )
     for k, (ax, model) in enumerate(zip(axes[0], models, strict=True)):
-        oks = [v for v in (_num(r.get("oks")) for r in run.rows_of(model)) if math.isfinite(v)]
+        oks = [v for v in (as_number(r.get("oks")) for r in run.rows_of(model)) if math.isfinite(v)]
         if oks:
             ax.hist(np.clip(oks, 0.0, 1.0), bins=bins, color=f"C{k}")
             ax.axvline(
@@ -124,7 +115,7 @@ def joints_figure(run: EvalRun) -> bytes | None:
     for k, model in enumerate(run.models):
         accuracy = run.entry(model).get("per_joint_accuracy")
         if isinstance(accuracy, list) and len(accuracy) == len(COCO17_NAMES):
-            series.append((k, model, [_num(a) for a in accuracy]))
+            series.append((k, model, [as_number(a) for a in accuracy]))
         elif accuracy is not None:
             log.warning("%s: per_joint_accuracy is not 17 values; left out", model)
     if not series:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from poseguide.errors import UserError
-from poseguide.evaluate.report_figures import _num
 from poseguide.paths import RunPaths
 
 log = logging.getLogger(__name__)
@@ -103,22 +102,30 @@ def load_eval(run_dir: str | Path) -> EvalRun:
     return EvalRun(run_dir, eval_dir, metrics, _read_samples(paths.samples))
 
 
-def _finite_mean(values: Any) -> float:
-    finite = [v for v in map(_num, values) if math.isfinite(v)]
+def as_number(value: Any) -> float:
+    """A float, NaN for None or anything that is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def finite_mean(values: Any) -> float:
+    finite = [v for v in map(as_number, values) if math.isfinite(v)]
     return math.fsum(finite) / len(finite) if finite else math.nan
 
 
-def _summary(entry: dict, key: str) -> dict[str, float]:
+def metric_summary(entry: dict, key: str) -> dict[str, float]:
     """``entry[key]`` as mean/low/high/std/nan; a bare number is a mean; missing gives NaNs."""
     value = entry.get(key) if isinstance(entry, dict) else None
     if not isinstance(value, dict):
         value = {"mean": value}
-    nan = _num(value.get("nan", value.get("n_nan")))
+    nan = as_number(value.get("nan", value.get("n_nan")))
     return {
-        "mean": _num(value.get("mean")),
-        "low": _num(value.get("ci_low")),
-        "high": _num(value.get("ci_high")),
-        "std": _num(value.get("std")),
+        "mean": as_number(value.get("mean")),
+        "low": as_number(value.get("ci_low")),
+        "high": as_number(value.get("ci_high")),
+        "std": as_number(value.get("std")),
         "nan": int(nan) if math.isfinite(nan) else 0,
     }
 
@@ -137,11 +144,11 @@ def check_consistency(run: EvalRun, tol: float = CONSISTENCY_TOL) -> list[str]:
         if not rows:
             problems.append(f"{model}: no rows in samples.jsonl")
             continue
-        recomputed = {key: _finite_mean(r.get(key) for r in rows) for key in ("clip", "lpips")}
+        recomputed = {key: finite_mean(r.get(key) for r in rows) for key in ("clip", "lpips")}
         if all("per_gt_oks" in r for r in rows):
-            recomputed["oks"] = _finite_mean(v for r in rows for v in r["per_gt_oks"] or [])
+            recomputed["oks"] = finite_mean(v for r in rows for v in r["per_gt_oks"] or [])
         for key, value in recomputed.items():
-            reported = _summary(run.entry(model), key)["mean"]
+            reported = metric_summary(run.entry(model), key)["mean"]
             if math.isnan(value) and math.isnan(reported):
                 continue
             if not abs(value - reported) <= tol:  # also true when just one of them is NaN
