@@ -55,6 +55,7 @@ def test_the_probe_times_the_step_training_runs(
 ) -> None:
     """The dry-run's timing calls training's own optimizer step on a state built by training's
     own start_stage, with the config's optimizer, gradient checkpointing and autocast."""
+    import poseguide.reproduce as reproduce
     import poseguide.train.step as step
     from poseguide.reproduce import probe
 
@@ -67,7 +68,7 @@ def test_the_probe_times_the_step_training_runs(
         calls.append((stage.name, checkpointing, type(state.optimizer.optimizer).__name__))
         return real_step(trainer, stage, state, batches, key)
 
-    monkeypatch.setattr(step, "optimizer_step", spy_step)
+    monkeypatch.setattr(reproduce, "optimizer_step", spy_step)  # the step the probe calls
     overrides = ["data.resolution=64", "generate.steps=2", "train.gradient_checkpointing=true",
                  "train.batch_size=1"]  # fmt: skip
     measured = probe(load_config("tiny", overrides), "builtin:tiny-sd", steps=2, warmup=1)

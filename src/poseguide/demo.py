@@ -22,11 +22,15 @@ import torch
 from PIL import Image
 
 from poseguide.config import Config, save_config
+from poseguide.evaluate.report import make_report
+from poseguide.evaluate.runner import run_evaluation
+from poseguide.paths import RunPaths
 from poseguide.pose.api import detections_to_coco, estimator_from_config
 from poseguide.pose.heatmaps import binary_mask
 from poseguide.pose.io import write_pose
 from poseguide.pose.render import RENDER_STYLES, render_skeleton
 from poseguide.pose.skeleton import COCO17_NAMES
+from poseguide.train.runner import train_or_resume
 from poseguide.utils.images import figure_to_image, pyplot
 from poseguide.utils.io import atomic_save_image
 
@@ -119,10 +123,6 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 def run_demo(config: Config) -> dict:
     """The whole pipeline for ``config`` (see the module docstring); returns the metrics."""
-    from poseguide.evaluate.report import make_report
-    from poseguide.evaluate.runner import run_evaluation
-    from poseguide.paths import RunPaths
-    from poseguide.train.runner import train_or_resume
 
     start = time.perf_counter()
     run = RunPaths.of(config)

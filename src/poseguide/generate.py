@@ -47,8 +47,11 @@ from poseguide.pose.inputs import (  # noqa: F401 - re-exported: the generation 
     pose_condition,
     pose_from_path,
 )
+from poseguide.pose.io import write_pose
 from poseguide.pose.render import canvas_limit, check_canvas_size
 from poseguide.text import CaptionCuts, encode_captions
+from poseguide.utils.device import resolve_device
+from poseguide.utils.io import atomic_save_image, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +296,6 @@ def run_generate(
     ``pose.json`` (its keypoints, when rendered from keypoints or a photo), ``image_{seed}.png``
     and ``generate.json`` (the settings). Returns the image paths.
     """
-    from poseguide.utils.device import resolve_device
 
     if n < 1:
         raise InputError(f"n: must be at least 1, got {n}")
@@ -331,8 +333,6 @@ def _write_generated(out: Path, cond: PoseCondition, images: list[Image.Image], 
                      record: dict) -> list[Path]:  # fmt: skip
     """``pose.png``, ``pose.json`` (keypoints, when there are some), ``image_{seed}.png`` and
     ``generate.json`` in ``out``; returns the image paths."""
-    from poseguide.pose.io import write_pose
-    from poseguide.utils.io import atomic_save_image, atomic_write_json
 
     atomic_save_image(out / "pose.png", cond.image)
     if cond.people is not None:

@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from poseguide.config import Config
 from poseguide.config.schema import SourceConfig
 from poseguide.errors import UserError
+from poseguide.models import ControlNetRef, resolve_pretrained
 from poseguide.objectives import estimator_configs
-from poseguide.paths import RunPaths
+from poseguide.pose.weights import resolve_pose_weights
+from poseguide.utils.offline import is_offline, offline_reason
 
 # Captioned COCO-Pose's size as the thesis gives it, for time estimates when the dataset
 # itself cannot be reached.
@@ -71,7 +72,6 @@ def source_check(what: str, cfg: SourceConfig) -> Check:
             if not path.exists():
                 raise FileNotFoundError(f"{path} does not exist")
             return
-        from poseguide.utils.offline import is_offline, offline_reason
 
         if is_offline():
             raise FileNotFoundError(
@@ -91,58 +91,9 @@ def source_check(what: str, cfg: SourceConfig) -> Check:
     return Check(what, f"{cfg.kind}:{cfg.path}", probe)
 
 
-def evaluation_checks(config: Config, run: RunPaths, trained_later: bool = False) -> list[Check]:
-    """What ``poseguide evaluate`` needs. ``trained_later``: exports of this run's stages will
-    be written by the training that runs first (``reproduce``), so they are not checked."""
-    from poseguide.models import resolve_pretrained
-    from poseguide.pose.weights import resolve_pose_weights
-
-    m, e = config.model, config.evaluate
-    checks = [
-        Check("Stable Diffusion base", m.base, lambda: resolve_pretrained(m.base, m.revision)),
-        Check("evaluation pose weights", e.estimator.weights,
-              lambda: resolve_pose_weights(e.estimator.weights)),
-        Check("CLIP model", e.clip_model,
-              lambda: resolve_pretrained(e.clip_model, what="CLIP model")),
-    ]  # fmt: skip
-    if config.data.eval is None:
-        checks.append(Check("eval split", "data.eval", _fail("no eval split: set data.eval")))
-    else:
-        checks.append(source_check("eval split", config.data.eval))
-    for model in e.models:
-        checks += _model_checks(model, run, trained_later)
-    if e.lpips_pretrained:
-        from poseguide.evaluate.lpips_metric import BACKBONE_WEIGHTS
-        from poseguide.evaluate.metrics import ensure_torch_hub_weights
-
-        url = BACKBONE_WEIGHTS[e.lpips_net]
-        checks.append(Check("LPIPS backbone", url, lambda: ensure_torch_hub_weights(url, "LPIPS")))
-    return checks
-
-
-def _model_checks(model: Any, run: RunPaths, trained_later: bool) -> list[Check]:
-    """One evaluation model: its export (``stage:NAME``) or its folder or hub id."""
-    from poseguide.models import ControlNetRef, resolve_pretrained
-
-    ref = ControlNetRef.parse(model.controlnet)
-    where, what = ref.location(run.exports), f"model {model.name!r}"
-    if ref.kind == "stage":
-        if trained_later:
-            return [Check(what, where, None, f"written by training ({ref.name})")]
-        if not (Path(where) / "config.json").is_file():
-            fix = f"train it first (poseguide train CONFIG --stage {ref.name})"
-            return [Check(what, where, _fail(f"the export {where} is missing; {fix}"))]
-        return []
-    if ref.kind == "pretrained":
-        return [Check(what, where, lambda: resolve_pretrained(where, what="ControlNet"))]
-    return []
-
-
 def training_checks(config: Config) -> list[Check]:
     """What ``poseguide train`` needs: the base model, the data, stage inits, each stage's pose
     weights (every stage's, before the first step)."""
-    from poseguide.models import ControlNetRef, resolve_pretrained
-    from poseguide.pose.weights import resolve_pose_weights
 
     m = config.model
     checks = [
@@ -161,7 +112,7 @@ def training_checks(config: Config) -> list[Check]:
     return checks
 
 
-def _fail(message: str) -> Callable[[], object]:
+def failing(message: str) -> Callable[[], object]:
     def probe() -> object:
         raise ValueError(message)
 

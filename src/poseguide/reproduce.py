@@ -19,8 +19,25 @@ from typing import Any
 import torch
 
 from poseguide.config import Config
+from poseguide.data.sources import open_source
+from poseguide.evaluate.checks import evaluation_checks
+from poseguide.evaluate.report import make_report
+from poseguide.evaluate.runner import EvaluationError, run_evaluation
+from poseguide.generate import generate, pipeline_from_parts
+from poseguide.models import untrained_controlnet
+from poseguide.models.sd import vae_scale_factor
+from poseguide.objectives import estimator_configs, loss_needs
 from poseguide.paths import RunPaths
-from poseguide.preflight import THESIS_ROWS, evaluation_checks, run_checks, training_checks
+from poseguide.pose.render import render_skeleton
+from poseguide.pose.weights import PoseWeightsNotFoundError, resolve_pose_weights
+from poseguide.preflight import THESIS_ROWS, run_checks, training_checks
+from poseguide.synth.people import make_sample
+from poseguide.text import caption_limit
+from poseguide.train.loop import end_stage, start_stage
+from poseguide.train.runner import train_or_resume
+from poseguide.train.setup import make_trainer
+from poseguide.train.step import epoch_key, optimizer_step
+from poseguide.utils.device import synchronize
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +59,6 @@ def _rows(cfg: Any) -> tuple[int | None, str]:
     known = THESIS_ROWS.get((cfg.path, cfg.split))
     if cfg.kind in ("manifest", "coco", "synthetic"):
         try:
-            from poseguide.data.sources import open_source
-
             return len(open_source(cfg)), "counted"
         except (OSError, ValueError):
             pass
@@ -54,9 +69,6 @@ def _rows(cfg: Any) -> tuple[int | None, str]:
 
 def _fake_batch(config: Config, parts: Any) -> dict:
     """Cached-path inputs of the configured size with random values (a stand-in for data)."""
-    from poseguide.models.sd import vae_scale_factor
-    from poseguide.synth.people import make_sample
-    from poseguide.text import caption_limit
 
     b, r = config.train.batch_size, config.data.resolution
     latent = r // vae_scale_factor(parts.vae)
@@ -81,9 +93,6 @@ def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int,
     """Seconds per optimizer step of stage ``index`` (or ``stage`` in its place): training's own
     step (:func:`poseguide.train.step.optimizer_step`) on a fresh stage state (the same
     optimizer, autocast, gradient checkpointing and clipping as ``poseguide train``)."""
-    from poseguide.train.loop import end_stage, start_stage
-    from poseguide.train.step import epoch_key, optimizer_step
-    from poseguide.utils.device import synchronize
 
     stage = stage or trainer.config.train.stages[index]
     state = start_stage(trainer, index, "unet", None, None, 0, warmup + steps)
@@ -100,9 +109,6 @@ def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int,
 
 def probe(config: Config, model: str, steps: int = 2, warmup: int = 1) -> Probe:
     """Measure each stage's step and one generated image for ``config`` with ``model``."""
-    from poseguide.generate import generate, pipeline_from_parts
-    from poseguide.models import untrained_controlnet
-    from poseguide.train.setup import make_trainer
 
     stages = [_usable_stage(config, s) for s in config.train.stages]
     config = replace(config, model=replace(config.model, base=model),
@@ -125,7 +131,6 @@ def _stage_seconds(trainer: Any, index: int, batch: dict, steps: int, warmup: in
     """A stage's expected seconds per step. A reward stage's step costs more when its samples
     are rewarded (t <= ``reward_timestep_max``): timed with every sample rewarded and with none,
     weighed by the share of timesteps rewarded (exact for batch 1, the mean otherwise)."""
-    from poseguide.objectives import loss_needs
 
     stage = trainer.config.train.stages[index]
     if not loss_needs(stage.loss).reward:
@@ -142,7 +147,6 @@ def _stage_seconds(trainer: Any, index: int, batch: dict, steps: int, warmup: in
 def _usable_stage(config: Config, stage: Any) -> Any:
     """The stage with pose weights that exist here when its loss needs an estimator (the
     bundled ones when the configured ones are missing: the probe times the step)."""
-    from poseguide.objectives import estimator_configs
 
     keys = {"mask": "estimator", "reward": "reward_estimator"}
     usable = {keys[role]: replace(cfg, weights=_usable_weights(cfg.weights))
@@ -152,7 +156,6 @@ def _usable_stage(config: Config, stage: Any) -> Any:
 
 def _usable_weights(weights: str) -> str:
     """The configured pose weights when present, else the bundled yolo11n-pose (timing only)."""
-    from poseguide.pose.weights import PoseWeightsNotFoundError, resolve_pose_weights
 
     try:
         return str(resolve_pose_weights(weights))
@@ -162,9 +165,6 @@ def _usable_weights(weights: str) -> str:
 
 def _pose_image(config: Config) -> Any:
     from PIL import Image
-
-    from poseguide.pose.render import render_skeleton
-    from poseguide.synth.people import make_sample
 
     r = config.data.resolution
     return Image.fromarray(render_skeleton(make_sample(0, 0, (r, r), 0.0).keypoints, (r, r)))
@@ -234,16 +234,11 @@ def dry_run(config: Config, probe_model: str | None = None, steps: int = 2) -> d
 
 def run_reproduce(config: Config) -> dict:
     """Train every unfinished stage, evaluate, write the report (each step resumes)."""
-    from poseguide.evaluate.report import make_report
-    from poseguide.evaluate.runner import run_evaluation
-    from poseguide.train.runner import train_or_resume
 
     run = RunPaths.of(config)
     checks = training_checks(config) + evaluation_checks(config, run, True)
     problems = [r for r in run_checks(checks) if not r.ok]
     if problems:
-        from poseguide.evaluate.runner import EvaluationError
-
         raise EvaluationError("cannot reproduce:\n  - " + "\n  - ".join(
             f"{r.check.what}: {r.error}" for r in problems))  # fmt: skip
     train_or_resume(config)

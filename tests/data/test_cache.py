@@ -255,15 +255,13 @@ def one_thread(monkeypatch):
     the text encoded by one thread at a time."""
     import threading
 
-    import poseguide.models as models
-
-    threads, real, lock = torch.get_num_threads(), models.encode_prompts, threading.Lock()
+    threads, real, lock = torch.get_num_threads(), cache_mod.encode_prompts, threading.Lock()
 
     def one_at_a_time(*args, **kwargs):
         with lock:
             return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "encode_prompts", one_at_a_time)
+    monkeypatch.setattr(cache_mod, "encode_prompts", one_at_a_time)  # the build's text encoder
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
@@ -435,9 +433,9 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
     scale = placement.scale[0] * placement.scale[1]
     assert batch["pseudo_areas"][1] == pytest.approx(areas * scale)
     assert batch["pseudo_keypoints"][2].shape == (0, 17, 3)
-    from poseguide.train.step import _reward_target
+    from poseguide.objectives.reward import batch_targets
 
-    targets = [_reward_target(batch, i, "reward") for i in range(3)]
+    targets = batch_targets(batch, "reward")
     assert [t is not None and t.pseudo for t in targets[:2]] == [False, True]
     assert targets[2] is None  # nobody found: the row is not rewarded
 
@@ -467,13 +465,9 @@ def test_pseudo_ground_truth_is_the_estimators_on_the_original_image(tmp_path: P
 
 
 def test_a_reward_without_keypoints_or_cache_names_the_row(tiny_sd: str) -> None:
-    from types import SimpleNamespace
-
-    from poseguide.config.schema import LossConfig, StageConfig
+    from poseguide.objectives.reward import batch_targets
     from poseguide.train.setup import TrainingError
-    from poseguide.train.step import _reward_inputs
 
-    stage = StageConfig(name="reward", loss=LossConfig(kind="reward"))
     batch = {"ids": ["a", "b"], "keypoints": [None, None], "areas": [None, None]}
     with pytest.raises(TrainingError, match="row a: no keypoints .*data.cache.enabled=true"):
-        _reward_inputs(SimpleNamespace(), stage, batch, SimpleNamespace())
+        batch_targets(batch, "reward")

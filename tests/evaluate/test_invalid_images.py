@@ -62,7 +62,7 @@ def test_a_low_precision_vae_overflow_is_decoded_again_in_float32(tiny_sd, monke
 
 
 def test_invalid_images_are_not_scored(tmp_path: Path, monkeypatch, caplog) -> None:
-    import poseguide.generate as gen
+    import poseguide.evaluate.runner as gen  # the evaluation's generate_arrays
 
     models = [{"name": "baseline", "controlnet": "unet"},
               {"name": "painted", "controlnet": "unet"},

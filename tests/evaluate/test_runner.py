@@ -201,7 +201,7 @@ def test_the_untrained_controlnet_is_built_once_for_all_processes(
     failure there stops both instead of leaving one at the barrier."""
     from helpers import run_as_team
 
-    import poseguide.models as models
+    import poseguide.evaluate.runner as models  # where the evaluation builds it
     from poseguide.evaluate.runner import build_untrained_once
     from poseguide.utils.team import SharedWorkError
 

@@ -31,11 +31,14 @@ from PIL import Image
 from poseguide.config import Config
 from poseguide.errors import OOM_HINT, InputError, UserError, classify, one_line
 from poseguide.generate import PoseInput, generate, guess_image_kind, pose_condition
+from poseguide.models import load_pipeline, load_sd_parts, pipeline_from_parts, untrained_controlnet
 from poseguide.models.controlnet import UNTRAINED, ControlNetRef, is_export
 from poseguide.paths import RunPaths
+from poseguide.pose.api import estimator_from_config
 from poseguide.pose.io import MAX_POSE_JSON_BYTES, load_pose_json, parse_pose, pose_to_json
 from poseguide.pose.render import MAX_CANVAS_PIXELS, canvas_limit, check_canvas_size
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.utils.device import resolve_device
 from poseguide.utils.images import ImageReadError, read_image
 from poseguide.utils.io import atomic_write_json, writing
 
@@ -249,8 +252,6 @@ class AppBackend:
     @property
     def estimator(self) -> Any:
         if self._estimator is None:
-            from poseguide.pose.api import estimator_from_config
-
             self._estimator = estimator_from_config(self.config.pose.estimator)
         return self._estimator
 
@@ -369,14 +370,6 @@ class AppBackend:
             return pipe
 
     def _load(self, model: str) -> Any:
-        from poseguide.models import (
-            load_pipeline,
-            load_sd_parts,
-            pipeline_from_parts,
-            untrained_controlnet,
-        )
-        from poseguide.utils.device import resolve_device
-
         cfg, m = self.config, self.config.model
         device = resolve_device(cfg.run.device)
         start = time.perf_counter()

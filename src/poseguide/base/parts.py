@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from poseguide.base.config import BaseConfig
 from poseguide.models.tiny import byte_vocab, tiny_tokenizer
+from poseguide.synth import make_sample
+from poseguide.text import encode_captions
 
 PHASES = ("vae", "unet")
 
@@ -26,7 +28,6 @@ PHASES = ("vae", "unet")
 
 def training_images(cfg: BaseConfig, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
     """The synthetic people, (N, 3, R, R) float32 in [-1, 1], and their captions."""
-    from poseguide.synth import make_sample
 
     d, size = cfg.data, (cfg.data.resolution, cfg.data.resolution)
     images = np.empty((d.n, size[1], size[0], 3), dtype=np.uint8)
@@ -121,7 +122,6 @@ class Latents:
 def encode_training_set(vae: Any, models: dict, pixels: torch.Tensor, captions: list[str],
                         batch: int = 64) -> Latents:  # fmt: skip
     """Latent distributions of every image, the scaling factor (1 / their std) and captions."""
-    from poseguide.text import encode_captions
 
     means, stds = [], []
     for start in range(0, len(pixels), batch):

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from poseguide.config import Config
 from poseguide.config.schema import SourceConfig
+from poseguide.data.cache import build_cache
 from poseguide.data.record import Source
 from poseguide.data.sources import open_source
 from poseguide.data.validate import ScanReport, scan
+from poseguide.models import load_sd_parts
 from poseguide.paths import RunPaths
 from poseguide.pseudo import pseudo_shards
+from poseguide.utils.device import resolve_device
 from poseguide.utils.team import SOLO, Team
 
 log = logging.getLogger(__name__)
@@ -93,9 +96,6 @@ def open_first_on_main(which: SourceConfig, max_image_pixels: int, team: Team = 
 
 def build_train_cache(config: Config, progress: bool = True) -> dict:
     """``poseguide cache build``: scan the training rows and cache their latents and captions."""
-    from poseguide.data.cache import build_cache
-    from poseguide.models import load_sd_parts
-    from poseguide.utils.device import resolve_device
 
     source, report = checked_source(config, progress=progress)
     parts = load_sd_parts(

@@ -45,6 +45,8 @@ from poseguide.data.preprocess import image_to_tensor, prepare
 from poseguide.data.record import RowError, Source
 from poseguide.errors import InputError
 from poseguide.pose.render import render_skeleton
+from poseguide.pose.skeleton import flip_keypoints
+from poseguide.pose.transforms import place_keypoints
 from poseguide.pseudo import cached_pseudo
 
 # The epoch's data order draws from its own stream of (run.seed, epoch key): a number no other
@@ -67,7 +69,6 @@ class LatentLookup(Protocol):
 def placed(people: tuple[np.ndarray, np.ndarray], placement: Any) -> tuple[np.ndarray, ...]:
     """Pseudo ground truth ((P, 17, 3) keypoints, (P,) areas in the original image's pixels)
     moved onto the training canvas like the image (areas scale with both axes)."""
-    from poseguide.pose.transforms import place_keypoints
 
     sx, sy = placement.scale
     return place_keypoints(people[0], placement), people[1] * sx * sy
@@ -125,8 +126,6 @@ class PoseDataset(Dataset):
         if found is not None:  # only the reward reads them: keypoints stay None
             people, areas = placed(found, item.placement)
             if item.flipped:  # the image was mirrored: so are its people
-                from poseguide.pose.skeleton import flip_keypoints
-
                 people = flip_keypoints(people, self.cfg.resolution)
             out["pseudo_keypoints"], out["pseudo_areas"] = people, areas
             if self.condition_from_pseudo:

@@ -17,6 +17,7 @@ from PIL import Image
 from poseguide.config.schema import DataConfig
 from poseguide.data.record import RowError, Sample
 from poseguide.pose.render import render_skeleton
+from poseguide.pose.skeleton import flip_keypoints
 from poseguide.pose.transforms import Placement, place_image, place_keypoints, plan_resize
 
 # Streams of the per-sample generator, so each random choice has its own independent draw.
@@ -115,7 +116,6 @@ def prepare(
             raise RowError(
                 sample.id, "bad_keypoints", "data.hflip > 0 needs keypoints to re-render the pose"
             )
-        from poseguide.pose.skeleton import flip_keypoints
 
         image = None if image is None else image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         keypoints = flip_keypoints(keypoints, cfg.resolution)

@@ -25,6 +25,7 @@ from poseguide.data.coco import KEYPOINTS_PREFIX, CocoSource
 from poseguide.data.hub import HUB_ID, HubSource
 from poseguide.data.manifest import ManifestSource
 from poseguide.data.record import Source, SourceError
+from poseguide.synth.people import ensure_synthetic
 from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
@@ -59,8 +60,6 @@ def open_source(
     if cfg.kind == "coco":
         return CocoSource(cfg.path, cfg.images_dir, cfg.captions, **common)
     if cfg.kind == "synthetic":
-        from poseguide.synth.people import ensure_synthetic
-
         return ManifestSource(ensure_synthetic(cfg.path, cfg.synthetic), **common)
     raise SourceError(f"unknown source kind {cfg.kind!r}")
 

@@ -9,14 +9,16 @@ from typing import Any
 import numpy as np
 
 from poseguide.config import Config
+from poseguide.evaluate.controls import placement_summary
+from poseguide.evaluate.metrics import aggregate_oks, fid_kid, sample_oks, summarize
 from poseguide.paths import EvalPaths
-from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.pose.detections import Detections
+from poseguide.pose.skeleton import COCO17_NAMES, NUM_COCO17
+from poseguide.utils.images import read_image
 
 
 def _oks_inputs(record: dict, min_oks: float) -> dict:
     """Re-match one stored row (for set-level OKS, per-joint accuracy and COCO AP)."""
-    from poseguide.evaluate.metrics import sample_oks
-    from poseguide.pose.detections import Detections
 
     preds = np.asarray(record["preds"], dtype=np.float64).reshape(-1, NUM_COCO17, 3)
     scores = np.asarray(record["scores"], dtype=np.float64)
@@ -27,9 +29,6 @@ def _oks_inputs(record: dict, min_oks: float) -> dict:
 
 def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str) -> dict:
     """One model's aggregates from its per-sample rows (see docs/evaluation-format.md)."""
-    from poseguide.evaluate.controls import placement_summary
-    from poseguide.evaluate.metrics import aggregate_oks, summarize
-    from poseguide.pose.skeleton import COCO17_NAMES
 
     e = config.evaluate
     stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
@@ -73,9 +72,6 @@ def _plain(value: Any) -> Any:
 
 
 def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
-    from poseguide.evaluate.metrics import fid_kid
-    from poseguide.utils.images import read_image
-
     real = [read_image(paths.original(r["id"]), what="original image") for r in records]
     fake = [read_image(paths.image(model, r["id"]), what="generated image") for r in records]
     result = fid_kid(real, fake, kid_subset_size=min(1000, len(records)))

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from poseguide.evaluate.metrics import summarize
 from poseguide.pose.oks import box_area_from_keypoints, box_from_keypoints, match_greedy
 from poseguide.pose.skeleton import NUM_COCO17
 
@@ -78,7 +79,6 @@ def pose_specific_rows(records: Sequence[dict]) -> list[dict]:
 def placement_summary(records: Sequence[dict], **stats: float) -> dict:
     """Pose-specific OKS, the moved-pose OKS, detection rate and person-count error, each a
     :func:`~poseguide.evaluate.metrics.summarize` dict (mean, bootstrap interval, n)."""
-    from poseguide.evaluate.metrics import summarize
 
     rows = pose_specific_rows(records)
     detected = [float(r["num_dets"] > 0) for r in records]
@@ -95,7 +95,6 @@ def paired_effect(records: Sequence[dict], model: str, against: str, **stats: fl
     """``model`` minus ``against`` on the rows both scored (the same prompt, pose and seed):
     the mean and bootstrap interval of the per-row differences of OKS and of pose-specific OKS
     (an interval that excludes 0 is an effect at that confidence)."""
-    from poseguide.evaluate.metrics import summarize
 
     def by_id(name: str, key: str, rows: Sequence[dict]) -> dict[str, float]:
         return {r["id"]: r[key] for r in rows if r.get("model", name) == name

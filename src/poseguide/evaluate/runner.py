@@ -26,14 +26,37 @@ from typing import Any
 
 import numpy as np
 
-from poseguide.config import Config
+from poseguide.config import Config, to_dict
+from poseguide.data.api import checked_source
+from poseguide.data.preprocess import prepare
 from poseguide.errors import UserError
 from poseguide.evaluate.aggregate import _plain, aggregate
+from poseguide.evaluate.checks import evaluation_checks
+from poseguide.evaluate.clip import ClipScorer
 from poseguide.evaluate.controls import paired_effect
+from poseguide.evaluate.lpips_metric import LpipsMetric
+from poseguide.evaluate.metrics import sample_oks
+from poseguide.generate import generate_arrays, image_problem, load_pipeline, to_pil
+from poseguide.models import load_sd_parts, load_tokenizer, untrained_controlnet
 from poseguide.models.controlnet import ControlNetRef
 from poseguide.paths import EvalPaths, RunPaths, file_stem  # noqa: F401 - file_stem re-exported
+from poseguide.pose.api import estimator_from_config
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.pose.transforms import restore_image
+from poseguide.preflight import run_checks
 from poseguide.pseudo import stored_pseudo
+from poseguide.text import count_cuts
+from poseguide.utils.device import wants_cpu
+from poseguide.utils.images import ImageReadError, read_image
+from poseguide.utils.io import (
+    atomic_directory,
+    atomic_save_image,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    write_error,
+    writing,
+)
 from poseguide.utils.lock import team_lock
 from poseguide.utils.team import Team, team_of
 
@@ -51,7 +74,6 @@ def controlnet_ref(ref: str, paths: RunPaths) -> str:
 
 def preflight(config: Config, run: RunPaths) -> list[str]:
     """Every problem that would stop the evaluation, found before any generation starts."""
-    from poseguide.preflight import evaluation_checks, run_checks
 
     results = run_checks(evaluation_checks(config, run))
     return [f"{r.check.what}: {r.error}" for r in results if not r.ok]
@@ -72,9 +94,6 @@ class Row:
 
 
 def _prepare_rows(config: Config, source: Any, indices: list[int], paths: EvalPaths) -> list[Row]:
-    from poseguide.data.preprocess import prepare
-    from poseguide.utils.io import atomic_save_image
-
     plain = replace(config.data, hflip=0.0, caption_dropout=0.0)
     rows = []
     for index in indices:
@@ -105,7 +124,6 @@ def _ground_truth_kind(config: Config, rows: list[Row]) -> str:
 def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank: int = 0) -> None:
     """Pseudo ground truth from the estimator on the original images (kept in the eval
     folder), by :mod:`poseguide.pseudo`'s rule."""
-    from poseguide.utils.images import read_image
 
     found = stored_pseudo(paths.pseudo_ground_truth(rank), [row.id for row in rows],
                           lambda i: read_image(paths.original(i)), estimator)  # fmt: skip
@@ -114,8 +132,6 @@ def _pseudo_ground_truth(rows: list[Row], estimator: Any, paths: EvalPaths, rank
 
 
 def _readable(path: Path) -> bool:
-    from poseguide.utils.images import ImageReadError, read_image
-
     if not path.is_file():
         return False
     try:
@@ -132,9 +148,6 @@ def _controlnet_folder(config: Config, ref: str, paths: EvalPaths) -> str:
         return ref
     folder = paths.untrained
     if not (folder / "config.json").is_file():
-        from poseguide.models import load_sd_parts, untrained_controlnet
-        from poseguide.utils.io import atomic_directory, writing
-
         log.info("building the untrained ControlNet (model unet) in %s", folder)
         parts = load_sd_parts(config.model.base, config.model.revision, config.model.variant)
         with writing(folder), atomic_directory(folder) as tmp:
@@ -157,8 +170,6 @@ def build_untrained_once(config: Config, run: RunPaths, team: Team) -> None:
 def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPaths,
                      run: RunPaths, device: Any) -> int:  # fmt: skip
     """Generate the rows whose image for ``model`` is missing or corrupt; returns how many."""
-    from poseguide.generate import generate_arrays, load_pipeline
-    from poseguide.utils.io import atomic_write_bytes
 
     todo = [r for r in rows if not _readable(paths.image(model.name, r.id))]
     if not todo:
@@ -187,9 +198,6 @@ def generate_missing(config: Config, model: Any, rows: list[Row], paths: EvalPat
 
 def _store_generated(paths: EvalPaths, model: str, row: Row, array: np.ndarray) -> None:
     """The image, mapped back to the original size; a sidecar when it is NaN, Inf or black."""
-    from poseguide.generate import image_problem, to_pil
-    from poseguide.pose.transforms import restore_image
-    from poseguide.utils.io import atomic_save_image, atomic_write_text
 
     problem = image_problem(array)
     sidecar = paths.invalid(model, row.id)
@@ -217,10 +225,6 @@ class Scorers:
 
 
 def make_scorers(config: Config, device: Any) -> Scorers:
-    from poseguide.evaluate.clip import ClipScorer
-    from poseguide.evaluate.lpips_metric import LpipsMetric
-    from poseguide.pose.api import estimator_from_config
-
     e = config.evaluate
     return Scorers(
         estimator_from_config(replace(e.estimator, device=str(device))),
@@ -252,8 +256,6 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
     """
     from tqdm.auto import tqdm
 
-    from poseguide.utils.images import read_image
-
     todo = [r for r in rows if (model, r.id) not in done]
     step = max(1, config.generate.batch_size)
     for start in tqdm(range(0, len(todo), step), desc=f"scoring ({model})", unit="batch"):
@@ -280,7 +282,6 @@ def score_rows(config: Config, model: str, rows: list[Row], scorers: Scorers, pa
 def _appending(path: Path) -> Iterator[Any]:
     """``path`` opened for appending rows; a failed write names the file (the rows already
     written stay, and a torn last line is ignored when the rows are read again)."""
-    from poseguide.utils.io import write_error
 
     try:
         with path.open("a", encoding="utf-8") as handle:
@@ -292,8 +293,6 @@ def _appending(path: Path) -> Iterator[Any]:
 def _score(config: Config, scorers: Scorers, rows: list[Row], generated: list,
            paths: EvalPaths) -> list[tuple]:  # fmt: skip
     """(clip, lpips, oks dict) of each usable generated image."""
-    from poseguide.evaluate.metrics import sample_oks
-    from poseguide.utils.images import read_image
 
     if not rows:
         return []
@@ -332,8 +331,6 @@ def _record(model: str, row: Row, size: tuple, clip: float, lpips: float, oks: d
 
 def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict:
     """How many eval captions the generation's text encoder and the CLIP score cut (logged)."""
-    from poseguide.models import load_tokenizer
-    from poseguide.text import count_cuts
 
     captions = sorted({r["caption"] for r in records})
     out = {}
@@ -348,8 +345,6 @@ def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict
 
 
 def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: int) -> dict:
-    from poseguide.config import to_dict
-
     e = config.evaluate
     gt = "dataset" if gt_kind == "dataset" else "estimator (pseudo ground truth)"
     return {
@@ -376,7 +371,6 @@ def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: 
 
 def _finish(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str) -> dict:
     """Merge the per-process rows into samples.jsonl and write metrics.json (main process)."""
-    from poseguide.utils.io import atomic_write_json, atomic_write_text
 
     paths = run.eval
     done = read_samples(paths)
@@ -406,8 +400,6 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
     """Evaluate every configured model on the eval split; returns what metrics.json holds."""
     from accelerate import PartialState
 
-    from poseguide.utils.device import wants_cpu
-
     state = PartialState(cpu=wants_cpu(config.run.device))
     team = team_of(state)
     run = RunPaths.of(config)
@@ -416,8 +408,6 @@ def run_evaluation(config: Config, limit: int | None = None) -> dict:
 
 
 def _evaluate(config: Config, limit: int | None, state: Any, team: Team, run: RunPaths) -> dict:
-    from poseguide.data.api import checked_source
-
     paths = run.eval
     problems = preflight(config, run)
     if problems:

@@ -21,6 +21,7 @@ import torch
 
 from poseguide.errors import InputError
 from poseguide.models.hub import ModelNotFoundError, resolve_pretrained
+from poseguide.models.sd import vae_scale_factor
 from poseguide.utils.checksum import folder_problem
 
 UNTRAINED = "unet"
@@ -122,7 +123,6 @@ def untrained_controlnet(parts: Any, seed: int) -> Any:
         unet = UNet2DConditionModel.from_pretrained(
             parts.source, subfolder="unet", torch_dtype=torch.float32, **kw
         )
-    from poseguide.models.sd import vae_scale_factor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

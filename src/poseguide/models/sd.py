@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from poseguide.models.hub import ModelNotFoundError, resolve_pretrained
+from poseguide.text import encode_captions
 
 
 @dataclass
@@ -88,7 +89,6 @@ def load_tokenizer(base: str, revision: str | None = None) -> Any:
 def encode_prompts(parts: SDParts, prompts: list[str], cuts: Any = None) -> torch.Tensor:
     """CLIP text embeddings (B, 77, hidden) for prompts, cut to the tokenizer's length by the one
     caption path (:func:`poseguide.text.encode_captions`; ``cuts`` counts what was cut)."""
-    from poseguide.text import encode_captions
 
     return encode_captions(parts.text_encoder, parts.tokenizer, prompts, cuts)
 

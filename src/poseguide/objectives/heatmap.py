@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from poseguide.config.schema import LossConfig
+from poseguide.models.sd import wide_range_vae
 from poseguide.objectives.denoising import Losses, per_sample_mean, squared_error
 from poseguide.pose.heatmaps import binary_mask, keypoint_mask, skeleton_mask
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.utils.device import to_device
 
 MASK_SOURCES: tuple[str, ...] = ("predicted_error", "ground_truth")
 
@@ -164,7 +166,6 @@ def _mask_vae(vae: Any, cfg: LossConfig) -> tuple[Any, bool]:
     never runs the mask in fp16, whatever ``mask_precision`` says: the decode of
     ``diff / scaling_factor`` and the encode of the unnormalised 0..17 mask overflow fp16's
     range (:func:`poseguide.models.sd.wide_range_vae`)."""
-    from poseguide.models.sd import wide_range_vae
 
     if vae.dtype != torch.float16:
         return vae, cfg.mask_precision == "bf16" and vae.dtype == torch.float32
@@ -177,7 +178,6 @@ def _posterior_sample(posterior: Any, generator: Any) -> torch.Tensor:
     blocking the host."""
     if generator is None:
         return posterior.sample()
-    from poseguide.utils.device import to_device
 
     mean = posterior.mean
     gens = generator if isinstance(generator, (list, tuple)) else [generator]

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from poseguide.errors import TrainingError
 from poseguide.models.sd import wide_range_vae
+from poseguide.pose.heatmaps import gaussian_heatmaps
 from poseguide.pose.oks import (
     box_area_from_keypoints,
     joint_similarity,
@@ -179,7 +180,6 @@ def _greedy(similarity: torch.Tensor) -> torch.Tensor:
 def _heatmaps(xy: torch.Tensor, labelled: torch.Tensor, size: tuple[int, int],
               heatmap: tuple[int, int], sigma: float) -> torch.Tensor:  # fmt: skip
     """(P, 17, h, w) Gaussian maps at ``xy`` (P, 17, 2) for the labelled joints."""
-    from poseguide.pose.heatmaps import gaussian_heatmaps
 
     people = torch.cat([xy, labelled[..., None].to(xy.dtype)], dim=-1)
     return torch.stack([gaussian_heatmaps(p, size, heatmap, sigma, device=xy.device,

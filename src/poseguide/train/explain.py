@@ -19,11 +19,16 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from poseguide.config import Config
-from poseguide.data.dataset import PoseDataset, collate
+from poseguide.data.dataset import PoseDataset, collate, placed
+from poseguide.data.preprocess import prepare
+from poseguide.data.sources import open_source
 from poseguide.paths import RunPaths
+from poseguide.pose.api import estimator_from_config
+from poseguide.pose.skeleton import COCO17_LIMBS, COCO17_NAMES
 from poseguide.pseudo import pseudo_estimator_config, pseudo_rows
-from poseguide.train.setup import TrainingError
+from poseguide.train.setup import TrainingError, controlnet_for_stage, make_trainer
 from poseguide.train.step import epoch_key, loss_terms
+from poseguide.utils.images import figure_to_image, pyplot
 from poseguide.utils.io import atomic_save_image, atomic_write_bytes, atomic_write_json
 
 
@@ -49,7 +54,6 @@ def _row(source: Any, sample_id: str) -> int:
 
 def _controlnet(config: Config, frozen: Any, index: int, controlnet: str | None) -> Any:
     """The given ControlNet, else this stage's export, else the previous stage's, else from_unet."""
-    from poseguide.train.setup import controlnet_for_stage
 
     paths = RunPaths.of(config)
     exports = [paths.export(s.name) for s in config.train.stages[: index + 1]][::-1]
@@ -64,8 +68,6 @@ def explain_loss(
     controlnet: str | None = None,
 ) -> dict:  # fmt: skip
     """Write the figure (``out``), its tensors and a JSON summary; return the summary."""
-    from poseguide.data.sources import open_source
-    from poseguide.train.setup import make_trainer
 
     index, spec = _stage(config, stage)
     trainer = make_trainer(config)
@@ -89,9 +91,6 @@ def explain_loss(
 def _pseudo(config: Config, source: Any, row: int, data: Any) -> tuple[np.ndarray, ...]:
     """The row's pseudo ground truth on the training canvas, by the latent cache's own rule
     (:func:`poseguide.pseudo.pseudo_rows`: ``pose.estimator`` on the original image)."""
-    from poseguide.data.dataset import placed
-    from poseguide.data.preprocess import prepare
-    from poseguide.pose.api import estimator_from_config
 
     sample = source.load(row)
     estimator = estimator_from_config(pseudo_estimator_config(config))
@@ -143,8 +142,6 @@ def _reward_summary(spec: Any, raw: dict, t: int) -> dict:
 
 
 def _skeleton(ax: Any, people: np.ndarray, colour: str, label: str) -> None:
-    from poseguide.pose.skeleton import COCO17_LIMBS
-
     for k, person in enumerate(people):
         xy, present = person[:, :2], person[:, 2] > 0
         for a, b in COCO17_LIMBS:
@@ -157,8 +154,6 @@ def _skeleton(ax: Any, people: np.ndarray, colour: str, label: str) -> None:
 def _reward_figure(batch: dict, raw: dict, debug: dict, summary: dict) -> Any:
     """Noisy input, the one-step prediction with the target (green) and predicted (red)
     skeletons over it, OKS per joint, the reward value."""
-    from poseguide.pose.skeleton import COCO17_NAMES
-    from poseguide.utils.images import figure_to_image, pyplot
 
     fig, axes = pyplot().subplots(1, 4, figsize=(17, 4.6))
     _show(axes[0], batch["conditioning"][0].permute(1, 2, 0).numpy(), "pose (condition)")
@@ -205,8 +200,6 @@ def _show(ax: Any, array: np.ndarray, title: str, cmap: str | None = None) -> No
 
 
 def _figure(batch: dict, debug: dict, summary: dict, weight: float) -> Any:
-    from poseguide.utils.images import figure_to_image, pyplot
-
     fig, axes = pyplot().subplots(2, 5, figsize=(16, 6.6))
     image = (batch["pixel_values"][0].permute(1, 2, 0).numpy() + 1) / 2
     _show(axes[0, 0], image.clip(0, 1), f"image {summary['sample']}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from poseguide.paths import RunPaths
+from poseguide.utils.images import figure_to_image, pyplot
 from poseguide.utils.io import atomic_save_image, atomic_write_text
 
 
@@ -77,7 +78,6 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_curves(metrics: list[dict], out: Path, stage: str | None = None) -> Path | None:
     """Loss and learning-rate curves per stage (the thesis' Fig. 4.1) as one PNG."""
-    from poseguide.utils.images import figure_to_image, pyplot
 
     rows = [m for m in metrics if stage is None or m["stage"] == stage]
     if not rows:

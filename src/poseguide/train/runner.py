@@ -20,8 +20,10 @@ import torch
 
 from poseguide.config import Config, save_config, to_dict
 from poseguide.data.api import checked_source, data_change, data_identity
+from poseguide.data.cache import build_cache, find_cache
 from poseguide.models.controlnet import STAGE_PREFIX
 from poseguide.paths import RunPaths
+from poseguide.preflight import run_checks, training_checks
 from poseguide.pseudo import pseudo_shards
 from poseguide.text import count_cuts
 from poseguide.train.checkpoint import (
@@ -35,6 +37,7 @@ from poseguide.train.checkpoint import (
 from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
+from poseguide.train.validation import make_validator
 from poseguide.utils.checksum import write_checksums
 from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from poseguide.utils.lock import team_lock
@@ -174,7 +177,6 @@ def _open_cache(config: Config, team: Team, source: Any, rows: list[int], parts:
     reward stage, say (log, ``reward_targets.json``) how many rows take pseudo ground truth."""
     if not config.data.cache.enabled:
         return None
-    from poseguide.data.cache import build_cache, find_cache
 
     pseudo = pseudo_shards(config)
     build_cache(source, rows, config.data, parts, config.pose.render, config.run.seed,
@@ -282,8 +284,6 @@ def _check_up_front(config: Config, selected: list[int]) -> None:
     """Everything every selected stage needs (models, data, pose weights), before any step."""
     from dataclasses import replace
 
-    from poseguide.preflight import run_checks, training_checks
-
     stages = [config.train.stages[i] for i in selected]
     subset = replace(config, train=replace(config.train, stages=stages))
     problems = [r for r in run_checks(training_checks(subset)) if not r.ok]
@@ -310,7 +310,6 @@ def _latest_done(paths: RunPaths) -> bool:
 
 def _validator(config: Config, acc: Any, frozen: Any, paths: RunPaths, source: Any,
                rows: list[int]) -> Any:  # fmt: skip
-    from poseguide.train.validation import make_validator
 
     return make_validator(config, acc, frozen, paths, source, rows)
 

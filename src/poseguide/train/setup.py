@@ -24,7 +24,8 @@ from poseguide.models import (
     untrained_controlnet,
 )
 from poseguide.objectives import loss_needs
-from poseguide.utils.device import MIXED_PRECISION_DTYPES
+from poseguide.train.step import Trainer
+from poseguide.utils.device import MIXED_PRECISION_DTYPES, wants_cpu
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def make_accelerator(config: Config) -> Any:
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
-
-    from poseguide.utils.device import wants_cpu
 
     deepspeed = deepspeed_requested()
     cpu = wants_cpu(config.run.device) and not deepspeed
@@ -176,7 +175,6 @@ def load_frozen(config: Config, device: torch.device) -> Frozen:
 def make_trainer(config: Config) -> Any:
     """The accelerator and the frozen SD parts on its device: what one training step needs
     (:class:`poseguide.train.step.Trainer`)."""
-    from poseguide.train.step import Trainer
 
     accelerator = make_accelerator(config)
     return Trainer(config, accelerator, load_frozen(config, accelerator.device))

@@ -30,6 +30,7 @@ from poseguide.config.schema import StageConfig
 from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import draw_timesteps, sample_torch_generator
 from poseguide.errors import UserError
+from poseguide.models import encode_prompts
 from poseguide.objectives import (
     Objective,
     build_objective,
@@ -91,8 +92,6 @@ def make_inputs(parts: Any, batch: dict, generators: list[torch.Generator], devi
     if "text_emb" in batch:
         text = to_device(batch["text_emb"], device)
     else:
-        from poseguide.models import encode_prompts
-
         text = encode_prompts(parts, batch["captions"], cuts)
     noisy = parts.scheduler.add_noise(latents, noise, t)
     cond = to_device(batch["conditioning"], device, dtype)

@@ -14,6 +14,8 @@ from typing import Any
 
 from poseguide.config import Config
 from poseguide.data.preprocess import prepare
+from poseguide.data.sources import open_source
+from poseguide.generate import generate, pipeline_from_parts
 from poseguide.paths import RunPaths
 from poseguide.utils.grid import image_grid
 from poseguide.utils.io import atomic_save_image
@@ -25,8 +27,6 @@ def _samples(cfg: Config, source: Any, rows: list[int] | None) -> list[tuple[Any
     """(pose image, caption) of the fixed validation rows."""
     n = cfg.train.validation.num_samples
     if cfg.data.eval is not None:
-        from poseguide.data.sources import open_source
-
         source, rows = open_source(cfg.data.eval, cfg.data.max_image_pixels), None
     indices = (rows or list(range(len(source))))[:n]
     plain = replace(cfg.data, hflip=0.0, caption_dropout=0.0)
@@ -48,8 +48,6 @@ def make_validator(config: Config, acc: Any, frozen: Any, paths: RunPaths, sourc
 
     def validate(controlnet: Any, stage: str, global_step: int) -> None:
         if acc.is_main_process:
-            from poseguide.generate import generate, pipeline_from_parts
-
             size = (config.data.resolution,) * 2
             text_encoder = frozen.parts.text_encoder
             home = text_encoder.device  # the CPU when the text cache made it unneeded
