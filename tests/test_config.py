@@ -11,7 +11,8 @@ import yaml
 
 from poseguide.cli import main
 from poseguide.config import Config, ConfigError, dump_yaml, load_config, save_config, to_dict
-from poseguide.config.core import apply_override, from_dict, load, read_yaml
+from poseguide.config.core import apply_override, from_dict, load
+from poseguide.config.yaml_files import read_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -282,7 +283,7 @@ def test_a_config_over_the_size_limit_is_refused_before_parsing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A YAML of a million keys took 82 s and 2.4 GB to reach its unknown-key error."""
-    import poseguide.config.core as core
+    import poseguide.config.yaml_files as core
 
     head = "run:\n  seed: 1\n"
     exact = tmp_path / "exact.yaml"

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from poseguide.config.checks import MAX_BATCH, MAX_COUNT, MAX_SIDE, _count
-from poseguide.config.core import ConfigError, read_yaml, to_dict
+from poseguide.config.core import ConfigError, to_dict
 from poseguide.config.core import load as _load
+from poseguide.config.yaml_files import read_yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "base"
 

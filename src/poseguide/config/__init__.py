@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from poseguide.config.core import ConfigError, dump_yaml, read_yaml, to_dict
+from poseguide.config.core import ConfigError, dump_yaml, to_dict
 from poseguide.config.core import load as _load
 from poseguide.config.schema import Config
+from poseguide.config.yaml_files import read_yaml
 from poseguide.utils.io import atomic_write_text
 
 __all__ = [
