@@ -36,6 +36,7 @@ from poseguide.train.checkpoint import (
 )
 from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
+from poseguide.train.plan import ResumePoint, plan_stages
 from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
 from poseguide.train.validation import make_validator
 from poseguide.utils.checksum import write_checksums
@@ -338,31 +339,28 @@ def run_training(
 
 def _run_stages(run: Run, loaded: Loaded | None, selected: list[int],
                 stages: list[str] | None) -> dict[str, Any]:  # fmt: skip
-    all_stages = run.config.train.stages
+    names = [stage.name for stage in run.config.train.stages]
+    finished = {name for name in names if _finished(run, name) is not None}
+    point = None if loaded is None else ResumePoint(loaded.position.stage_index,
+                                                    loaded.position.stage_done)  # fmt: skip
     exports: dict[str, str] = {}
     global_step = 0
     run.stop.install()
     try:
-        for index, stage in enumerate(all_stages):
-            done = _finished(run, stage.name)
-            if loaded is not None and loaded.position.stage_index == index \
-                    and loaded.position.stage_done:  # fmt: skip
-                done = done or _export_from_checkpoint(run, loaded)
-                loaded = None  # the stages after it start fresh
-            resuming = loaded is not None and loaded.position.stage_index == index
-            skip = index not in selected or (done is not None and not stages and not resuming)
-            if loaded is not None and loaded.position.stage_index > index:
-                skip = True
-            if skip:
+        for item in plan_stages(names, selected, bool(stages), finished, point):
+            if item.export_checkpoint:
+                _export_from_checkpoint(run, loaded)
+            if item.action == "skip":
+                done = _finished(run, item.name)
                 if done is not None:
                     global_step = done["global_step"]
-                    exports[stage.name] = str(run.paths.export(stage.name))
-                    if index in selected:
+                    exports[item.name] = str(run.paths.export(item.name))
+                    if item.index in selected:
                         log.info("%s already finished (%s); --stage %s trains it again",
-                                 stage.name, run.paths.export(stage.name), stage.name)  # fmt: skip
+                                 item.name, run.paths.export(item.name), item.name)  # fmt: skip
                 continue
-            exports[stage.name], global_step = _train(run, index, loaded if resuming else None,
-                                                      global_step)  # fmt: skip
+            resumed = loaded if item.action == "resume" else None
+            exports[item.name], global_step = _train(run, item.index, resumed, global_step)
         if run.cache is None or not run.cache.captions:  # counted as the steps encoded them
             _report_captions(run)
     finally:
