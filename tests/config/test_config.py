@@ -14,7 +14,7 @@ from poseguide.config import Config, ConfigError, dump_yaml, load_config, save_c
 from poseguide.config.core import apply_override, from_dict, load
 from poseguide.config.yaml_files import read_yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
