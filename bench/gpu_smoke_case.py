@@ -237,13 +237,13 @@ class Phases:
         self.name = "after the timed steps"
 
     def start_syncs(self) -> None:
-        from poseguide.train import step
+        from poseguide.train import monitor, step
         from poseguide.utils.syncs import count_cuda_syncs, count_host_reads
 
         self.name = "sync-counted"
         self.finite: Counter = Counter()
         enter = self.phase.enter_context
-        enter(patched(step.StepWindow, "read", counting(self.finite, "window")))
+        enter(patched(monitor.StepWindow, "read", counting(self.finite, "window")))
         enter(patched(step, "_flags", counting(self.finite, "every_step")))
         self.reads = enter(count_host_reads())
         self.syncs = enter(count_cuda_syncs()) if self.device.type == "cuda" else None

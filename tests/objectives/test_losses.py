@@ -386,7 +386,7 @@ def test_each_term_is_reduced_as_it_declares() -> None:
 def test_a_step_logs_the_true_extremes_over_micro_batches_and_processes() -> None:
     """Two micro-batches here, and a second process whose values arrive through gather: the
     logged he_min/he_max are the extremes of all samples, the loss the mean of all samples."""
-    from poseguide.train.step import step_terms
+    from poseguide.train.monitor import step_terms
 
     class TwoProcesses:
         device = torch.device("cpu")

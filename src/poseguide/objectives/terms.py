@@ -39,3 +39,11 @@ def reduce_terms(values: dict[str, torch.Tensor], dim: int = 0) -> dict[str, tor
     Per-sample (B,) terms -> scalars; or terms stacked over micro-batches or processes."""
     ops = {MEAN: torch.mean, MIN: torch.amin, MAX: torch.amax}
     return {k: ops[term_reduction(k)](v.detach().float(), dim=dim) for k, v in values.items()}
+
+
+def local_terms(micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One step's terms on this process: each reduced over its batch and the micro-batches as
+    its loss declares (mean, min or max); 0-dim tensors, still on the device."""
+    keys = [k for k, v in micro[0].items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
+    per_micro = [reduce_terms({k: terms[k] for k in keys}) for terms in micro]
+    return reduce_terms({k: torch.stack([m[k] for m in per_micro]) for k in keys})

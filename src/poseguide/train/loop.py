@@ -22,7 +22,7 @@ from poseguide.errors import Interrupted, is_out_of_memory
 from poseguide.paths import RunPaths
 from poseguide.train.checkpoint import LATEST, Loaded, Position, TrainState, rng_state
 from poseguide.train.checkpoint import save_checkpoint as write_checkpoint
-from poseguide.train.monitor import MetricsLog
+from poseguide.train.monitor import MetricsLog, StepWindow
 from poseguide.train.setup import (
     TrainingError,
     controlnet_for_stage,
@@ -34,7 +34,6 @@ from poseguide.train.setup import (
 from poseguide.train.step import (
     DivergedError,
     StepResult,
-    StepWindow,
     Trainer,
     epoch_key,
     optimizer_step,

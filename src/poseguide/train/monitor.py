@@ -7,16 +7,22 @@
      "he_max": 3.3, "neg_weight_frac": 0.0}
 
 A resumed run first drops the lines after its checkpoint's step, so the file always describes
-one uninterrupted run.
+one uninterrupted run. What is logged comes from the log window (:class:`StepWindow`): the steps
+since the last read stay on the device and are read to the host once per log, checkpoint or
+validation step, in one collective.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from poseguide.objectives.terms import derived_terms, local_terms, reduce_terms
 from poseguide.paths import RunPaths
 from poseguide.utils.images import figure_to_image, pyplot
 from poseguide.utils.io import atomic_save_image, atomic_write_text
@@ -98,3 +104,69 @@ def plot_curves(metrics: list[dict], out: Path, stage: str | None = None) -> Pat
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return atomic_save_image(out, figure_to_image(fig, dpi=100))
+
+
+@dataclass
+class WindowRead:
+    """What one host read of a window of steps tells: the last step's terms (reduced over the
+    processes), the first step whose loss was not finite (None: all were), a stop request."""
+
+    terms: dict[str, float]
+    first_bad: int | None
+    stop: bool
+
+
+def _merge(keys: list[str], local: torch.Tensor, acc: Any) -> list[float]:
+    """``local`` (one value per key) gathered from every process, each key reduced as declared
+    (``_first_bad``: the minimum, ``_stop``: the maximum), read to the host: one collective and
+    one host sync."""
+
+    every = acc.gather(local.to(acc.device)[None]).reshape(-1, len(keys))  # (processes, keys)
+    columns = {k: every[:, j] for j, k in enumerate(keys)}
+    merged = reduce_terms({k: v for k, v in columns.items() if not k.startswith("_")})
+    merged["_first_bad"] = columns["_first_bad"].amin() if "_first_bad" in columns else None
+    merged["_stop"] = columns["_stop"].amax() if "_stop" in columns else None
+    return torch.stack([merged[k] for k in keys]).tolist()
+
+
+def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
+    """The logged terms of one optimizer step, reduced over its batch, the micro-batches and
+    the processes as its loss declares, in one collective."""
+    terms = local_terms(micro)
+    keys = list(terms)
+    values = _merge(keys, torch.stack([terms[k] for k in keys]), acc)
+    return derived_terms(dict(zip(keys, values, strict=True)))
+
+
+class StepWindow:
+    """The steps since the last host read: kept on the device, read once (:meth:`read`) at log,
+    checkpoint and validation steps, so the steady state has no host sync in between."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, torch.Tensor] = {}
+        self.finite: list[torch.Tensor] = []
+        self.first_step = 0  # global step of the window's first step
+
+    def add(self, result: Any, global_step: int) -> None:
+        """Keep one step's result (its ``terms`` and ``finite`` flag) on the device."""
+        if not self.finite:
+            self.first_step = global_step
+        self.last, self.finite = result.terms, [*self.finite, result.finite]
+
+    def read(self, trainer: Any) -> WindowRead:
+        """One collective and one host read for the whole window (every process calls it)."""
+        keys = [*self.last, "_first_bad", "_stop"]
+        device = trainer.accelerator.device
+        finite = torch.stack(self.finite).to(device)
+        steps = torch.arange(len(self.finite), device=device, dtype=torch.float32)
+        first_bad = torch.where(finite, float(len(self.finite)), steps).amin()
+        stop = torch.full((), float(trainer.stop.requested), device=device)  # no copy
+        local = torch.stack([*(self.last[k].to(device) for k in self.last), first_bad, stop])
+        values = dict(zip(keys, _merge(keys, local, trainer.accelerator), strict=True))
+        bad = int(values.pop("_first_bad"))
+        stop_any = values.pop("_stop") > 0
+        read = WindowRead(derived_terms(values),
+                          self.first_step + bad if bad < len(self.finite) else None,
+                          stop_any)  # fmt: skip
+        self.finite = []
+        return read

@@ -31,13 +31,8 @@ from poseguide.data.cache import encode_latent_dist, sample_latents
 from poseguide.data.preprocess import draw_timesteps, sample_torch_generator
 from poseguide.errors import UserError
 from poseguide.models import encode_prompts
-from poseguide.objectives import (
-    Objective,
-    build_objective,
-    denoising_target,
-    derived_terms,
-    reduce_terms,
-)
+from poseguide.objectives import Objective, build_objective, denoising_target
+from poseguide.objectives.terms import local_terms
 from poseguide.text import CaptionCuts
 from poseguide.utils.device import to_device
 
@@ -212,80 +207,6 @@ class StepResult:
     terms: dict[str, torch.Tensor]  # 0-dim tensors
     finite: torch.Tensor  # 0-dim bool
     replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (skip policy)
-
-
-@dataclass
-class WindowRead:
-    """What one host read of a window of steps tells: the last step's terms (reduced over the
-    processes), the first step whose loss was not finite (None: all were), a stop request."""
-
-    terms: dict[str, float]
-    first_bad: int | None
-    stop: bool
-
-
-def local_terms(micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One step's terms on this process: each reduced over its batch and the micro-batches as
-    its loss declares (mean, min or max); 0-dim tensors, still on the device."""
-
-    keys = [k for k, v in micro[0].items() if isinstance(v, torch.Tensor) and not k.startswith("_")]
-    per_micro = [reduce_terms({k: terms[k] for k in keys}) for terms in micro]
-    return reduce_terms({k: torch.stack([m[k] for m in per_micro]) for k in keys})
-
-
-def _merge(keys: list[str], local: torch.Tensor, acc: Any) -> list[float]:
-    """``local`` (one value per key) gathered from every process, each key reduced as declared
-    (``_first_bad``: the minimum, ``_stop``: the maximum), read to the host: one collective and
-    one host sync."""
-
-    every = acc.gather(local.to(acc.device)[None]).reshape(-1, len(keys))  # (processes, keys)
-    columns = {k: every[:, j] for j, k in enumerate(keys)}
-    merged = reduce_terms({k: v for k, v in columns.items() if not k.startswith("_")})
-    merged["_first_bad"] = columns["_first_bad"].amin() if "_first_bad" in columns else None
-    merged["_stop"] = columns["_stop"].amax() if "_stop" in columns else None
-    return torch.stack([merged[k] for k in keys]).tolist()
-
-
-def step_terms(micro: list[dict[str, torch.Tensor]], acc: Any) -> dict[str, float]:
-    """The logged terms of one optimizer step, reduced over its batch, the micro-batches and
-    the processes as its loss declares, in one collective."""
-    terms = local_terms(micro)
-    keys = list(terms)
-    values = _merge(keys, torch.stack([terms[k] for k in keys]), acc)
-    return derived_terms(dict(zip(keys, values, strict=True)))
-
-
-class StepWindow:
-    """The steps since the last host read: kept on the device, read once (:meth:`read`) at log,
-    checkpoint and validation steps, so the steady state has no host sync in between."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, torch.Tensor] = {}
-        self.finite: list[torch.Tensor] = []
-        self.first_step = 0  # global step of the window's first step
-
-    def add(self, result: StepResult, global_step: int) -> None:
-        if not self.finite:
-            self.first_step = global_step
-        self.last, self.finite = result.terms, [*self.finite, result.finite]
-
-    def read(self, trainer: Trainer) -> WindowRead:
-        """One collective and one host read for the whole window (every process calls it)."""
-        keys = [*self.last, "_first_bad", "_stop"]
-        device = trainer.accelerator.device
-        finite = torch.stack(self.finite).to(device)
-        steps = torch.arange(len(self.finite), device=device, dtype=torch.float32)
-        first_bad = torch.where(finite, float(len(self.finite)), steps).amin()
-        stop = torch.full((), float(trainer.stop.requested), device=device)  # no copy
-        local = torch.stack([*(self.last[k].to(device) for k in self.last), first_bad, stop])
-        values = dict(zip(keys, _merge(keys, local, trainer.accelerator), strict=True))
-        bad = int(values.pop("_first_bad"))
-        stop_any = values.pop("_stop") > 0
-        read = WindowRead(derived_terms(values),
-                          self.first_step + bad if bad < len(self.finite) else None,
-                          stop_any)  # fmt: skip
-        self.finite = []
-        return read
 
 
 def _flags(trainer: Trainer, loss: torch.Tensor) -> tuple[bool, bool]:
