@@ -14,26 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from poseguide.config.checks import (  # noqa: F401 - part of the schema's API
-    MAX_BATCH,
-    MAX_COUNT,
-    MAX_DENOISING_STEPS,
-    MAX_PIXELS,
+from poseguide.config.checks import (  # noqa: F401 - the checks' names the schema's users read
     MAX_SEED,
-    MAX_SIDE,
-    MAX_WORKERS,
     NOT_STAGE_INITS,
     PREVIOUS_INIT,
     STAGE_REF_PREFIX,
     UNSUPPORTED_SCHEDULERS,
     UNTRAINED_INIT,
-    _below_one,
-    _count,
-    _folder_name,
     _invalid,
-    _positive,
-    _seed,
-    _unit_interval,
     lr_scheduler_names,
 )
 from poseguide.config.schema.evaluation import EvalConfig, EvalModelConfig
@@ -57,7 +45,6 @@ from poseguide.config.schema.training import (
     TrainConfig,
     ValidationConfig,
 )
-from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -93,7 +80,6 @@ class Config:
 
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_PIXELS",
     "CacheConfig",
     "Config",
     "DataConfig",
