@@ -315,13 +315,13 @@ def time_bare(run: Any, state: Any, data: tuple, case: Case, device: torch.devic
     x = make_inputs(frozen.parts, batch, row_generators(0, 0, batch["index"]), device,
                     frozen.weight_dtype)  # fmt: skip
     for _ in range(2):
-        bare_step(run, state.model, state.optimizer, x, clip)
+        bare_step(run.trainer, state.model, state.optimizer, x, clip)
     clock = Clock(device)
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(case.bare):
         clock.mark()
-        bare_step(run, state.model, state.optimizer, x, clip)
+        bare_step(run.trainer, state.model, state.optimizer, x, clip)
     clock.mark()
     synchronize(device)
     out = {"s_per_step": (time.perf_counter() - t0) / case.bare,
@@ -330,7 +330,7 @@ def time_bare(run: Any, state: Any, data: tuple, case: Case, device: torch.devic
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False, custom_mapping=cpu_sdpa_flops()) as counter:
-            bare_step(run, state.model, state.optimizer, x, clip)
+            bare_step(run.trainer, state.model, state.optimizer, x, clip)
         out["flops_per_step"] = counter.get_total_flops()
     return out
 
@@ -353,7 +353,7 @@ def measure_stage(run: Any, index: int, case: Case, global_step: int) -> dict:
     t0, where = time.perf_counter(), "start_stage"
     try:
         # accelerate's prepare is inside: DeepSpeed's engine starts here
-        state = start_stage(run, index, "unet", None, None, global_step, NO_LIMIT)
+        state = start_stage(run.trainer, index, "unet", None, None, global_step, NO_LIMIT)
         out["start_s"], where = time.perf_counter() - t0, "make_loader"
         data = make_loader(cfg, run.source, run.rows, run.cache, acc.process_index,
                            acc.num_processes, stage)  # fmt: skip
@@ -361,7 +361,7 @@ def measure_stage(run: Any, index: int, case: Case, global_step: int) -> dict:
         phases = Phases(case, device)
         out.update(phases.run(lambda n: _run_epochs(run, stage, state, data, per_epoch, n)))
         out["global_step"] = state.position.global_step
-        if case.bare and stage.name == "stage1" and not run.deepspeed:
+        if case.bare and stage.name == "stage1" and not run.trainer.deepspeed:
             phases, where = None, "bare steps"
             out["bare"] = time_bare(run, state, data, case, device)
     except Exception as err:  # recorded: the next stage and the figures so far survive
@@ -372,7 +372,7 @@ def measure_stage(run: Any, index: int, case: Case, global_step: int) -> dict:
     out["wall_s"] = time.perf_counter() - t0
     if state is not None:
         with contextlib.suppress(Exception):
-            end_stage(run, state)
+            end_stage(run.trainer, state)
     gc.collect()
     acc.free_memory()
     return out

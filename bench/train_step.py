@@ -137,7 +137,7 @@ class Bench:
         cfg = self.run.config
         self.device = self.run.frozen.device
         # One ControlNet, optimizer and LR schedule (training's own), stepped with each loss.
-        self.state = start_stage(self.run, 0, "unet", None, None, 0, 10**6)
+        self.state = start_stage(self.run.trainer, 0, "unet", None, None, 0, 10**6)
         self.model, self.opt = self.state.model, self.state.optimizer
         self.data = make_loader(cfg, self.run.source, self.run.rows, self.run.cache, 0, 1)
         self.iters = {i: batches(self.data[2], self.data[0], self.data[1], i)
@@ -148,7 +148,7 @@ class Bench:
 
         stage = self.run.config.train.stages[index]
         t0 = time.perf_counter()
-        optimizer_step(self.run, stage, self.state, self.iters[index], epoch_key(index, 0))
+        optimizer_step(self.run.trainer, stage, self.state, self.iters[index], epoch_key(index, 0))
         sync(self.device)
         return time.perf_counter() - t0
 
@@ -163,7 +163,7 @@ class Bench:
     def bare_step(self, x: Any) -> float:
         """One :func:`bare_step` on this run's ControlNet and optimizer, timed (synchronised)."""
         t0 = time.perf_counter()
-        bare_step(self.run, self.model, self.opt, x)
+        bare_step(self.run.trainer, self.model, self.opt, x)
         sync(self.device)
         return time.perf_counter() - t0
 

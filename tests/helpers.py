@@ -136,7 +136,31 @@ def wait_for_step(
     raise AssertionError(f"no {stage} step {step} within {timeout} s")
 
 
+def launch(
+    root: Path,
+    *args: str,
+    processes: int = 1,
+    command: str = "train",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``poseguide COMMAND config.yaml ARGS`` in ``root``: one process, or ``processes`` gloo
+    processes through torchrun; asserts it succeeded and returns it (``stdout`` holds what
+    the main process printed, ``stderr`` every process's log)."""
+    launcher = ["-m", "poseguide"]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", str(free_port()), *launcher]  # fmt: skip
+    proc = subprocess.run([sys.executable, *launcher, command, "config.yaml", *args], cwd=root,
+                          env=env or cli_env(), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
+    return proc
+
+
 def run_cli(root: Path, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml", *args],
-                          cwd=root, env=cli_env(), capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    launch(root, *args)
+
+
+def metrics(root: Path, run: str = "t") -> list[dict]:
+    """The rows of ``root/runs/RUN/metrics.jsonl`` (one per logged step)."""
+    lines = (root / "runs" / run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from poseguide.config import Config
+from poseguide.data.dataset import collate, training_item
 from poseguide.data.sources import open_source
 from poseguide.evaluate.checks import evaluation_checks
 from poseguide.evaluate.report import make_report
@@ -76,16 +77,14 @@ def _fake_batch(config: Config, parts: Any) -> dict:
     tokens = caption_limit(parts.tokenizer, parts.text_encoder.config)
     people = [make_sample(config.run.seed, i, (r, r), 0.0).keypoints for i in range(b)]
     generator = torch.Generator().manual_seed(config.run.seed)
-    return {
-        "index": torch.arange(b),
-        "rows": list(range(b)),
-        "ids": [f"probe-{i}" for i in range(b)],
-        "latent_mean": torch.randn(b, channels, latent, latent, generator=generator),
-        "latent_std": torch.full((b, channels, latent, latent), PROBE_LATENT_STD),
-        "text_emb": torch.randn(b, tokens, width, generator=generator),
-        "conditioning": torch.rand(b, 3, r, r, generator=generator),
-        "keypoints": people,
-    }
+    mean = torch.randn(b, channels, latent, latent, generator=generator)
+    text = torch.randn(b, tokens, width, generator=generator)
+    conditioning = torch.rand(b, 3, r, r, generator=generator)
+    std = torch.full_like(mean, PROBE_LATENT_STD)
+    items = [training_item(i, f"probe-{i}", "a person", conditioning[i], people[i],
+                           latent_mean=mean[i], latent_std=std[i], text_emb=text[i])
+             for i in range(b)]  # fmt: skip
+    return collate(items)
 
 
 def _time_stage(trainer: Any, index: int, batch: dict, steps: int, warmup: int,

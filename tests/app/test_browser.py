@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from PIL import Image
 
 from poseguide.app import AppLimits, launch
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.browser
 gr = pytest.importorskip("gradio", reason="the app extra is missing: pip install -e '.[app]'")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not CHROMIUM.exists():
@@ -55,7 +49,7 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def url(app_config) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     demo = launch(app_config, "127.0.0.1", port, limits=LIMITS, block=False)
     yield f"http://127.0.0.1:{port}/"
     demo.close()

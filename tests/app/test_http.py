@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 from PIL import Image
 
 from poseguide.app.core import default_person
@@ -48,17 +49,11 @@ class Server:
         return sorted(self.tmp.glob("poseguide-app-*"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(where: Path, app_config) -> Server:
     """``poseguide app`` in a subprocess, with TMPDIR under ``where``; returns once it serves."""
     tmp = where / "tmp"
     tmp.mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "poseguide", "app", "--port", str(port),
         "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS),

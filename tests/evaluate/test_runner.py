@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_config
+from helpers import launch, write_config
 
 from poseguide.cli import main
 from poseguide.config import load_config
@@ -162,26 +163,11 @@ def test_missing_things_are_reported_before_generation(
 def test_two_processes_share_the_rows(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    from helpers import cli_env
-
     monkeypatch.chdir(trained)
     single = run_evaluation(load_config("config.yaml"))
     root = tmp_path / "copy"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("eval"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(port), "-m", "poseguide", "evaluate", "config.yaml"],
-        cwd=root, env=cli_env(), capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = launch(root, processes=2, command="evaluate")
     assert proc.stdout.count("baseline") == 1  # one summary, from the main process
     # The untrained ControlNet (model "baseline") is built by one process; the other loads it.
     assert (proc.stdout + proc.stderr).count("building the untrained ControlNet") == 1

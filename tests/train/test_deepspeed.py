@@ -8,15 +8,15 @@ LR schedule and clipping reach the same updates), resumed from its own checkpoin
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
-from helpers import REPO, cli_env, free_port, write_config
+from helpers import REPO, cli_env, free_port, metrics, write_config
 from safetensors.torch import load_file
 
 from poseguide.train.checkpoint import LATEST, CheckpointError, load_checkpoint
@@ -48,14 +48,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def launch(root: Path, env: dict[str, str], zero: int | None, *args: str) -> str:
     """``poseguide train config.yaml ARGS`` in two processes: DeepSpeed ZeRO-``zero`` through
-    ``accelerate launch``, or DDP through torchrun when ``zero`` is None."""
-    port = str(free_port())
+    ``accelerate launch``, or DDP through torchrun (:func:`helpers.launch`) when ``zero`` is
+    None."""
     if zero is None:
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    else:
-        launcher = ["-m", "accelerate.commands.launch", "--config_file",
-                    str(REPO / f"configs/accelerate/deepspeed_zero{zero}.yaml"),
-                    "--num_processes", "2", "--main_process_port", port]  # fmt: skip
+        proc = helpers.launch(root, *args, processes=2, env=env)
+        return proc.stdout + proc.stderr
+    launcher = ["-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / f"configs/accelerate/deepspeed_zero{zero}.yaml"),
+                "--num_processes", "2", "--main_process_port", str(free_port())]  # fmt: skip
     proc = subprocess.run([sys.executable, *launcher, "-m", "poseguide", "train", "config.yaml",
                            *args], cwd=root, env=env, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
@@ -64,10 +64,6 @@ def launch(root: Path, env: dict[str, str], zero: int | None, *args: str) -> str
 
 def exported(root: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_file(str(root / "runs/t/exports" / stage / "diffusion_pytorch_model.safetensors"))
-
-
-def metrics(root: Path) -> list[dict]:
-    return [json.loads(x) for x in (root / "runs/t/metrics.jsonl").read_text().splitlines()]
 
 
 def fresh(root: Path, **train: object) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_config
+from helpers import metrics, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -24,8 +24,7 @@ ONE_STAGE = {"stages": [{"name": "stage1", "loss": {"kind": "denoising"}, "epoch
 
 
 def rows(root: Path) -> list[dict]:
-    path = root / "runs/t/metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return metrics(root) if (root / "runs/t/metrics.jsonl").is_file() else []
 
 
 def weights(root: Path, stage: str) -> dict[str, torch.Tensor]:

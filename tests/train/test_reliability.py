@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, cli_env, start_cli, write_config
+from helpers import REPO, cli_env, metrics, start_cli, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -112,7 +112,7 @@ def test_two_trains_racing_for_one_folder(tmp_path) -> None:
         assert f"is in use by PID {first.pid}" in out, out
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out
-    rows = [json.loads(x) for x in (tmp_path / "runs/t/metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path)
     steps = [r["global_step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 12
 
@@ -161,8 +161,7 @@ def test_a_bit_flip_in_the_newest_checkpoint_is_noticed_and_skipped(
         "not match the SHA-256" in caplog.text
     )
     assert "resuming from step-00000004" in caplog.text
-    rows = (tmp_path / "runs/t/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["global_step"] for r in rows] == list(range(1, 13))
+    assert [r["global_step"] for r in metrics(tmp_path)] == list(range(1, 13))
 
 
 def test_an_export_that_changed_after_it_was_written_is_refused(tmp_path, monkeypatch) -> None:
@@ -224,7 +223,7 @@ def test_a_config_change_names_the_key_and_lr_may_change_deliberately(tmp_path, 
     assert "train.batch_size: 2 -> 1" in capsys.readouterr().err
     assert main(["train", "config.yaml", lower, "--resume", "latest",
                  "--allow-config-change"]) == 0  # fmt: skip
-    rows = [json.loads(x) for x in (tmp_path / "runs/t/metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path)
     by_step = {r["global_step"]: r for r in rows if r["stage"] == "stage1"}
     assert by_step[2]["lr"] == pytest.approx(1e-3) and by_step[3]["lr"] == pytest.approx(1e-4)
 

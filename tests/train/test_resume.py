@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, free_port, run_cli, start_cli, wait_for_step, write_config
+from helpers import launch, metrics, run_cli, start_cli, wait_for_step, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -38,12 +36,19 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
     return out
 
 
-# A known bug, found on 2026-12-07 and present before that day's changes (reproduced on commit
-# b8942c6): killed at stage 2 step 2 with grad_accum 2, the resumed stage-2 weights differ from
-# an uninterrupted run's by up to 4e-7 (float summation order somewhere in the stage-2 path after
-# a resume); stage 1 and grad_accum 1 are exact. strict: the mark fails once it is fixed.
-KNOWN_STAGE2_ACCUM = pytest.mark.xfail(strict=True, reason="stage-2 resume with grad_accum 2 "
-                                       "differs by ~4e-7 (known bug, see the comment)")  # fmt: skip
+# A known bug, found on 2026-12-07 (reproduced on commit b8942c6): on some CPUs, killed at stage
+# 2 step 2 with grad_accum 2, the resumed stage-2 weights differ from an uninterrupted run's by
+# up to 4e-7 (float summation order somewhere in the stage-2 path after a resume); on others
+# (this session's machine, 2026-12-07 night) they are bitwise equal. A strict xfail would fail
+# on the CPUs where it is exact, so this one case is held to the measured bound instead; every
+# other case, stage 1 and grad_accum 1, must be bitwise equal everywhere.
+KNOWN_STAGE2_ACCUM_BOUND = 1e-6
+
+
+def _same(ref: torch.Tensor, got: torch.Tensor, bound: float) -> bool:
+    if bound == 0.0:
+        return torch.equal(ref, got)
+    return ref.shape == got.shape and float((ref - got).abs().max()) <= bound
 
 
 @pytest.mark.slow
@@ -55,10 +60,8 @@ def test_sigkill_then_resume_gives_identical_weights(
     stage: str,
     last_step: int,
     accumulate: bool,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if stage == "stage2" and accumulate:
-        request.applymarker(KNOWN_STAGE2_ACCUM)
+    bound = KNOWN_STAGE2_ACCUM_BOUND if stage == "stage2" and accumulate else 0.0
     write_config(tmp_path, train=ACCUMULATE if accumulate else {})
     # Any step (checkpoints are written every step), drawn from a seed fixed by the test id so
     # that a failure happens again on a rerun; the step is printed (shown on failure).
@@ -75,10 +78,10 @@ def test_sigkill_then_resume_gives_identical_weights(
     for name in STAGES:
         ref, got = weights(reference, name), weights(tmp_path, name)
         assert ref.keys() == got.keys()
-        assert all(torch.equal(ref[k], got[k]) for k in ref), (
-            f"{name} differs (killed at {stage} {kill_after})"
+        assert all(_same(ref[k], got[k], bound) for k in ref), (
+            f"{name} differs beyond {bound:g} (killed at {stage} {kill_after})"
         )
-    rows = [json.loads(x) for x in (tmp_path / "runs/t/metrics.jsonl").read_text().splitlines()]
+    rows = metrics(tmp_path)
     assert [r["global_step"] for r in rows] == list(range(1, 13))  # no duplicated or missing steps
 
 
@@ -105,22 +108,13 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path: Path) -> None:
     for root, batch in ((single, 2), (double, 1)):
         root.mkdir()
         write_config(root, train={"batch_size": batch, "checkpoint_every": 1000})
-    one = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml"], cwd=single,
-                         env=cli_env(), capture_output=True, text=True)  # fmt: skip
-    assert one.returncode == 0, one.stdout + one.stderr
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), "-m", "poseguide", "train", "config.yaml"],
-        cwd=double, env=cli_env(), capture_output=True, text=True,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stdout + two.stderr
+    launch(single)
+    launch(double, processes=2)
     state = json.loads(next((double / "runs/t/checkpoints").glob("step-*/state.json")).read_text())
     assert state["world_size"] == 2
     # The same samples, noise and timesteps reach the same optimizer steps: the logged losses
     # (means over the global batch) agree to float precision...
-    rows = [[json.loads(x) for x in (r / "runs/t/metrics.jsonl").read_text().splitlines()]
-            for r in (single, double)]  # fmt: skip
-    for a, b in zip(*rows, strict=True):
+    for a, b in zip(metrics(single), metrics(double), strict=True):
         assert a["global_step"] == b["global_step"]
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["mse"] - b["mse"]) < 1e-5, (a, b)
     # ...and so do the weights. Adam divides by sqrt(v), which turns float noise in near-zero

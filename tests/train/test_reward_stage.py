@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli, start_cli, wait_for_step, write_config
+from helpers import metrics, run_cli, start_cli, wait_for_step, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -108,7 +108,7 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
     monkeypatch.setattr(objective, "estimator_from_config", spy_estimator)
     assert main(["train", "config.yaml"]) == 0
     assert "finished at step 8" in capsys.readouterr().out
-    rows = [json.loads(line) for line in (tmp_path / "runs/t/metrics.jsonl").open()]
+    rows = metrics(tmp_path)
     reward_rows = [r for r in rows if r["stage"] == "stage3"]
     assert len(reward_rows) == 4
     for r in reward_rows:  # every sample rewarded (t <= 999); the loss is mse + 1.0 reward
@@ -141,8 +141,8 @@ def test_a_reward_stage_trains_exports_and_evaluates_from_the_cli(tmp_path: Path
     ControlNetModel.from_pretrained(tmp_path / "runs/t/exports/stage3")  # diffusers loads it
 
     assert main(["evaluate", "config.yaml"]) == 0
-    metrics = json.loads((tmp_path / "runs/t/eval/metrics.json").read_text())
-    assert {"stage1", "stage3"} <= set(metrics["models"])
+    scores = json.loads((tmp_path / "runs/t/eval/metrics.json").read_text())
+    assert {"stage1", "stage3"} <= set(scores["models"])
     assert main(["report", "runs/t"]) == 0
     report = (tmp_path / "runs/t/eval/report.md").read_text()
     assert "| stage3 |" in report.replace("**", "")
@@ -173,7 +173,7 @@ def test_sigkill_in_the_reward_stage_then_resume_is_bitwise(reference: Path,
     ours, theirs = export(tmp_path, "stage3"), export(reference, "stage3")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    rows = [json.loads(line) for line in (tmp_path / "runs/t/metrics.jsonl").open()]
+    rows = metrics(tmp_path)
     assert [r["global_step"] for r in rows] == list(range(1, 9))  # no step logged twice
 
 

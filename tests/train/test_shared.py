@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, write_config
+from helpers import launch, write_config
 
 from poseguide.config.schema import SynthConfig
 from poseguide.synth.people import ensure_synthetic
@@ -25,12 +22,6 @@ DATA = {
     "hflip": 0.5,  # the mirrored latents are cached too
     "cache": {"dir": "cache", "shard_size": 3, "batch_size": 2},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _contents(root: Path) -> dict[str, object]:
@@ -65,15 +56,8 @@ def test_two_processes_build_the_cache_and_the_scan_of_one(tmp_path: Path) -> No
     for root in (single, double):
         shutil.copytree(data, root / "data")
         write_config(root, data=DATA, train=ONE_STAGE)
-    one = subprocess.run([sys.executable, "-m", "poseguide", "train", "config.yaml"], cwd=single,
-                         env=cli_env(), capture_output=True, text=True)  # fmt: skip
-    assert one.returncode == 0, one.stdout + one.stderr
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "poseguide", "train", "config.yaml"],
-        cwd=double, env=cli_env(), capture_output=True, text=True,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stdout + two.stderr
+    launch(single)
+    two = launch(double, processes=2)
     log = two.stdout + two.stderr
     assert "(process 0 of 2: rows 0, 2, ...)" in log and "caching latents (process 0 of 2)" in log
     a, b = _contents(single), _contents(double)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_config
+from helpers import metrics, write_config
 from safetensors.torch import load_file
 
 from poseguide.cli import main
@@ -23,11 +22,6 @@ def export_weights(root: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_file(
         str(root / "runs" / "t" / "exports" / stage / "diffusion_pytorch_model.safetensors")
     )
-
-
-def metrics(root: Path) -> list[dict]:
-    lines = (root / "runs" / "t" / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 def test_stage1_then_stage2_from_the_cli(

@@ -74,6 +74,24 @@ def placed(people: tuple[np.ndarray, np.ndarray], placement: Any) -> tuple[np.nd
     return place_keypoints(people[0], placement), people[1] * sx * sy
 
 
+def training_item(index: int, row_id: str, caption: str, conditioning: torch.Tensor,
+                  keypoints: np.ndarray | None, areas: np.ndarray | None = None,
+                  flipped: bool = False, replaced: list[dict] | None = None,
+                  **cached: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+    """One dataset item, the layout :func:`collate` stacks into the batch of the module
+    docstring: the one place that layout is written (the dataset, the dry-run probe's stand-in
+    batch). ``cached``: ``latent_mean``/``latent_std`` (4, R/8, R/8) and ``text_emb`` (77, D)
+    for the cached path, or ``pixel_values`` (3, R, R) in [-1, 1]; the pseudo ground truth is
+    filled in by the dataset when the cache holds it."""
+    unknown = set(cached) - {"latent_mean", "latent_std", "text_emb", "pixel_values"}
+    if unknown:
+        raise TypeError(f"training_item: unknown keys {sorted(unknown)}")
+    return {"index": index, "id": row_id, "caption": caption, "conditioning": conditioning,
+            "keypoints": keypoints, "areas": areas, "flipped": flipped,
+            "replaced": list(replaced or []), "pseudo_keypoints": None, "pseudo_areas": None,
+            **cached}  # fmt: skip
+
+
 class PoseDataset(Dataset):
     """Training examples from a source: prepared images, or cached latents when available (the
     image is then not decoded at all: keypoints, caption, pose image and the size from the
@@ -109,18 +127,8 @@ class PoseDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         index, sample, replaced = self._load(i)
         item = prepare(sample, index, self.cfg, self.style, self.seed, self.epoch)
-        out: dict[str, Any] = {
-            "index": index,
-            "id": item.id,
-            "caption": item.caption,
-            "conditioning": image_to_tensor(item.pose, low=0.0),
-            "keypoints": item.keypoints,
-            "areas": item.areas,
-            "flipped": item.flipped,
-            "replaced": replaced,
-            "pseudo_keypoints": None,
-            "pseudo_areas": None,
-        }
+        out = training_item(index, item.id, item.caption, image_to_tensor(item.pose, low=0.0),
+                            item.keypoints, item.areas, item.flipped, replaced)  # fmt: skip
         own = item.keypoints is not None or self.cache is None
         found = None if own else cached_pseudo(self.cache, index)
         if found is not None:  # only the reward reads them: keypoints stay None

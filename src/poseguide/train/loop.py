@@ -47,27 +47,38 @@ log = logging.getLogger(__name__)
 # What a failing write raises: the OS (ENOSPC, EACCES, ...), torch.save's serializer
 # ("[enforce fail at inline_container.cc] ... unexpected pos") and safetensors (SafetensorError).
 WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)
-NO_STEP_LIMIT = 10**12
-FP32_BYTES, ADAM_MOMENTS = (
-    4,
-    2,
-)  # for the checkpoint size estimate  # stage.max_steps unset: the epochs decide
+NO_STEP_LIMIT = 10**12  # stage.max_steps unset: the epochs decide
+FP32_BYTES, ADAM_MOMENTS = 4, 2  # for the checkpoint size estimate
 
 
 @dataclass
-class Run(Trainer):
-    """A training run: the :class:`Trainer` plus its folder, data, cache, metrics and the
-    validator (a callable ``(controlnet, stage_name, global_step)`` or None)."""
+class Run:
+    """A training run: the step's :class:`Trainer` (config, accelerator, frozen parts, the
+    stages' objectives) and what the loop around the steps needs: the run folder, data, cache,
+    metrics and the validator (a callable ``(controlnet, stage_name, global_step)`` or None)."""
 
-    paths: RunPaths = None  # type: ignore[assignment]
-    source: Any = None
-    rows: list[int] | None = None
-    cache: Any = None
-    metrics: MetricsLog | None = None
+    trainer: Trainer
+    paths: RunPaths
+    source: Any
+    rows: list[int]
+    cache: Any
+    metrics: MetricsLog
     validator: Any = None
     data: dict | None = None  # the training data's identity, kept in every checkpoint
     lock: Any = None  # the run folder's lock when the run holds it itself (runner._make_run)
     replaced: list[dict] = field(default_factory=list)  # rows skipped at load time (this rank)
+
+    @property
+    def config(self) -> Any:
+        return self.trainer.config
+
+    @property
+    def accelerator(self) -> Any:
+        return self.trainer.accelerator
+
+    @property
+    def frozen(self) -> Any:
+        return self.trainer.frozen
 
 
 def start_stage(trainer: Trainer, index: int, init: str, previous: Path | None,
@@ -149,7 +160,7 @@ def save(run: Run, state: TrainState, done: bool = False) -> Path | None:
         state.position = replace(state.position, stage_done=True)
     rngs = gather_object([rng_state()])
     path, ds_dir = None, _deepspeed_save(run, state)
-    controlnet = plain_controlnet(run, state)  # collective under DeepSpeed: every process
+    controlnet = plain_controlnet(run.trainer, state)  # collective under DeepSpeed: every process
     if acc.is_main_process:
         try:
             path = write_checkpoint(
@@ -235,7 +246,7 @@ def export(run: Run, state: TrainState, stage: str) -> Path:
     """The stage's ControlNet as a diffusers folder (``save_pretrained``, safetensors): its EMA
     weights when the stage keeps an EMA (``ema_decay``), else its raw weights."""
     acc, target = run.accelerator, run.paths.export(stage)
-    controlnet = plain_controlnet(run, state)  # collective under DeepSpeed: every process
+    controlnet = plain_controlnet(run.trainer, state)  # collective under DeepSpeed: every process
     if acc.is_main_process:
         try:
             with atomic_directory(target) as tmp, _ema_weights(state, controlnet):
@@ -273,14 +284,14 @@ def train_stage(
                        stage)  # fmt: skip
     per_epoch = steps_per_epoch(data[1], cfg)
     total = min(stage.epochs * per_epoch, stage.max_steps or NO_STEP_LIMIT)
-    state = start_stage(run, index, init, previous, loaded, global_step, total)
+    state = start_stage(run.trainer, index, init, previous, loaded, global_step, total)
     _check_disk(run, state)
     _run_epochs(run, stage, state, data, per_epoch, total)
     save(run, state, done=True)
     if run.validator is not None:
-        run.validator(plain_controlnet(run, state), stage.name, state.position.global_step)
+        run.validator(plain_controlnet(run.trainer, state), stage.name, state.position.global_step)
     folder, step = export(run, state, stage.name), state.position.global_step
-    end_stage(run, state)
+    end_stage(run.trainer, state)
     _report_replaced(run, stage.name)
     return folder, step
 
@@ -359,7 +370,7 @@ def _run_epoch(run: Run, stage: StageConfig, state: TrainState, data: tuple,
         steps += 1
         if not _read_now(run, state, total):
             continue
-        seen = window.read(run)  # the one host sync of the window
+        seen = window.read(run.trainer)  # the one host sync of the window
         _stop_if_diverged(run, stage, state, seen)
         now = time.perf_counter()
         rate, tick, steps = global_batch * steps / max(now - tick, 1e-9), now, 0
@@ -410,7 +421,7 @@ def _after_divergence(run: Run, stage: StageConfig) -> str:
 
 def _step(run: Run, stage: StageConfig, state: TrainState, batches: Any, key: int) -> StepResult:
     try:
-        return optimizer_step(run, stage, state, batches, key)
+        return optimizer_step(run.trainer, stage, state, batches, key)
     except DivergedError as err:
         raise TrainingError(f"{err}. {_after_divergence(run, stage)}.") from None
 
@@ -429,4 +440,4 @@ def _periodic(run: Run, stage: StageConfig, state: TrainState, total: int, stop:
         save(run, state)
     every = cfg.validation.every
     if run.validator is not None and every and pos.global_step % every == 0 and not last:
-        run.validator(plain_controlnet(run, state), stage.name, pos.global_step)
+        run.validator(plain_controlnet(run.trainer, state), stage.name, pos.global_step)

@@ -38,6 +38,7 @@ from poseguide.train.loop import Run, is_deepspeed, train_stage
 from poseguide.train.monitor import MetricsLog, plot_curves, read_metrics
 from poseguide.train.plan import ResumePoint, plan_stages
 from poseguide.train.setup import TrainingError, check_shared, load_frozen, make_accelerator
+from poseguide.train.step import Trainer
 from poseguide.train.validation import make_validator
 from poseguide.utils.checksum import write_checksums
 from poseguide.utils.io import atomic_directory, atomic_write_json, remove_stale_temporaries
@@ -253,12 +254,12 @@ def _make_run(
     if loaded is not None:
         metrics.truncate_after(loaded.position.global_step)
     validator = _validator(config, acc, frozen, paths, source, report.valid)
-    run = Run(config, acc, frozen, paths=paths, source=source, rows=report.valid, cache=cache,
-              metrics=metrics, validator=validator, data=identity)  # fmt: skip
+    run = Run(Trainer(config, acc, frozen), paths, source, report.valid, cache, metrics,
+              validator=validator, data=identity)  # fmt: skip
     if own:
         run.lock = held
     if cache is not None and cache.captions:  # every training caption was tokenised once
-        run.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
+        run.trainer.captions = count_cuts(frozen.parts.tokenizer, cache.captions)
         _report_captions(run)
         # Every step's text embedding comes from the cache: the text encoder is not needed on
         # the device (validation moves it there and back).
@@ -296,9 +297,10 @@ def _check_up_front(config: Config, selected: list[int]) -> None:
 def _report_captions(run: Run) -> None:
     """Log once how many training captions the text encoder's limit cuts; keep it for the
     report (``<run>/captions.json``)."""
-    if run.accelerator.is_main_process and run.captions.seen:
-        log.info("%s", run.captions.describe("training captions"))
-        atomic_write_json(run.paths.captions, run.captions.summary())
+    captions = run.trainer.captions
+    if run.accelerator.is_main_process and captions.seen:
+        log.info("%s", captions.describe("training captions"))
+        atomic_write_json(run.paths.captions, captions.summary())
 
 
 def _latest_done(paths: RunPaths) -> bool:
@@ -345,7 +347,7 @@ def _run_stages(run: Run, loaded: Loaded | None, selected: list[int],
                                                     loaded.position.stage_done)  # fmt: skip
     exports: dict[str, str] = {}
     global_step = 0
-    run.stop.install()
+    run.trainer.stop.install()
     try:
         for item in plan_stages(names, selected, bool(stages), finished, point):
             if item.export_checkpoint:
@@ -364,7 +366,7 @@ def _run_stages(run: Run, loaded: Loaded | None, selected: list[int],
         if run.cache is None or not run.cache.captions:  # counted as the steps encoded them
             _report_captions(run)
     finally:
-        run.stop.restore()
+        run.trainer.stop.restore()
         run.metrics.close()
     return {"run_dir": str(run.paths.root), "exports": exports, "global_step": global_step}
 
