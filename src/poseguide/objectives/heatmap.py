@@ -267,3 +267,26 @@ def heatmap_mask(
         latent_size = (pred.shape[-1], pred.shape[-2])
         return {"h_e": ground_truth_mask(keypoints, image_size, latent_size, cfg, pred.device)}
     raise ValueError(f"loss.source must be one of {', '.join(map(repr, MASK_SOURCES))}")
+
+
+def heatmap_loss(
+    cfg: LossConfig,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    vae: Any,
+    estimator: Any,
+    keypoints: Sequence[np.ndarray | torch.Tensor | None] | None,
+    image_size: tuple[int, int] | None,
+    generator: torch.Generator | None,
+    return_debug: bool = False,
+) -> Losses:
+    """The stage-2 terms: H_E from ``cfg.source`` (:func:`heatmap_mask`), the weighted loss
+    (:func:`heatmap_weighted_loss`), ``mask_detected`` where an estimator drew the heatmaps, and
+    the mask's intermediates under ``"_debug"`` when ``return_debug``."""
+    debug = heatmap_mask(cfg, pred, target, vae, estimator, keypoints, image_size, generator)
+    out = heatmap_weighted_loss(pred, target, debug["h_e"], cfg.weight)
+    if "heatmaps" in debug:
+        out["mask_detected"] = mask_detected(debug["heatmaps"])
+    if return_debug:
+        out["_debug"] = debug
+    return out

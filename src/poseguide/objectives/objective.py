@@ -18,8 +18,8 @@ import torch
 
 from poseguide.config.schema import Config, EstimatorConfig, LossConfig, StageConfig
 from poseguide.objectives.denoising import Losses, denoising_loss
-from poseguide.objectives.heatmap import heatmap_mask, heatmap_weighted_loss, mask_detected
-from poseguide.objectives.reward import RewardInputs, add_reward, batch_targets
+from poseguide.objectives.heatmap import heatmap_loss
+from poseguide.objectives.reward import add_reward, reward_inputs
 from poseguide.pose.api import estimator_from_config
 
 LOSS_KINDS: tuple[str, ...] = ("denoising", "heatmap", "reward")
@@ -80,9 +80,7 @@ class Objective:
         generators of the mask's VAE sample; ``debug``: also the intermediates."""
         reward = None
         if self.needs.reward:
-            reward = RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps,
-                                  batch_targets(batch, self.stage), self.reward_estimator,
-                                  parts.vae)  # fmt: skip
+            reward = reward_inputs(parts, inputs, batch, self.stage, self.reward_estimator)
         return stage_loss(
             self.loss, pred, target, vae=parts.vae, estimator=self.mask_estimator,
             keypoints=batch["keypoints"], image_size=tuple(batch["conditioning"].shape[-1:-3:-1]),
@@ -142,24 +140,16 @@ def stage_loss(
         per-sample float32 (B,) terms, ``"loss"`` first (see :func:`denoising_loss` and
         :func:`heatmap_weighted_loss`), plus ``"_debug"`` when asked.
     """
-    if cfg.kind == "reward":
-        if reward is None:
-            raise ValueError("loss.kind 'reward' needs reward= (objectives.reward.RewardInputs)")
-        base = stage_loss(replace(cfg, kind=cfg.base_loss), pred, target, vae=vae,
-                          estimator=estimator, keypoints=keypoints, image_size=image_size,
-                          generator=generator, return_debug=return_debug)  # fmt: skip
-        return add_reward(cfg, base, pred, reward, return_debug)
-    if cfg.kind == "denoising":
+    kind = cfg.base_loss if cfg.kind == "reward" else cfg.kind
+    if cfg.kind == "reward" and reward is None:
+        raise ValueError("loss.kind 'reward' needs reward= (objectives.reward.RewardInputs)")
+    if kind == "denoising":
         out = denoising_loss(pred, target)
         if return_debug:
             out["_debug"] = {}
-        return out
-    if cfg.kind != "heatmap":
+    elif kind == "heatmap":  # a reward stage on a heatmap base reads the same fields of cfg
+        out = heatmap_loss(cfg, pred, target, vae, estimator, keypoints, image_size, generator,
+                           return_debug)  # fmt: skip
+    else:
         raise ValueError(f"loss.kind must be one of {', '.join(map(repr, LOSS_KINDS))}")
-    debug = heatmap_mask(cfg, pred, target, vae, estimator, keypoints, image_size, generator)
-    out = heatmap_weighted_loss(pred, target, debug["h_e"], cfg.weight)
-    if "heatmaps" in debug:
-        out["mask_detected"] = mask_detected(debug["heatmaps"])
-    if return_debug:
-        out["_debug"] = debug
-    return out
+    return add_reward(cfg, out, pred, reward, return_debug) if cfg.kind == "reward" else out

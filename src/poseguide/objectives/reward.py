@@ -297,6 +297,15 @@ class RewardInputs:
     vae: Any
 
 
+def reward_inputs(parts: Any, inputs: Any, batch: dict, stage: str,
+                  estimator: Any) -> RewardInputs:  # fmt: skip
+    """The reward's inputs for one step: the frozen ``parts``' scheduler and VAE, the step's
+    ``inputs`` (z_t, timesteps), the batch's targets (:func:`batch_targets`) and the
+    reward's ``estimator``."""
+    return RewardInputs(parts.scheduler, inputs.noisy, inputs.timesteps, inputs.steps,
+                        batch_targets(batch, stage), estimator, parts.vae)  # fmt: skip
+
+
 # Logged reward terms are per-sample sums over the rewarded samples (0 elsewhere), reduced as
 # means like every term; the logged value is their ratio to the mean of the weight term, which
 # is the mean over the rewarded samples (people) whatever the batch, micro-batch and process
