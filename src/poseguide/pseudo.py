@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from poseguide.config.schema import Config, EstimatorConfig
-from poseguide.models.hub import _file_digest
+from poseguide.models.hub import file_digest
 from poseguide.pose.api import detections_to_coco, estimator_from_config
 from poseguide.pose.detections import Detections
 from poseguide.pose.oks import area_from_box
@@ -58,7 +58,7 @@ def estimator_identity(cfg: EstimatorConfig) -> dict:
     """What an estimator's pseudo ground truth depends on: its weights' digest and the inference
     settings (a key of the caches that store its output)."""
     path = resolve_pose_weights(cfg.weights)
-    return {"backend": cfg.backend, "weights": _file_digest(path), "imgsz": cfg.imgsz,
+    return {"backend": cfg.backend, "weights": file_digest(path), "imgsz": cfg.imgsz,
             "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det,
             "min_score": PSEUDO_GT_MIN_SCORE}  # fmt: skip
 

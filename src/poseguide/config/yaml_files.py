@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from poseguide.config.core import ConfigData, ConfigError, Sources, _join
+from poseguide.utils.io import read_at_most
 
 # The largest config file read: presets are a few KB; a file of a million keys (several MB) took
 # over a minute and gigabytes to parse before its first unknown-key error.
@@ -86,9 +87,8 @@ def _merge_sources(base: Sources, top: dict, file: str) -> Sources:
 
 def _read_config_text(path: Path) -> str:
     """The file's text, refused unparsed when it is over :data:`MAX_CONFIG_BYTES`."""
-    with path.open("rb") as handle:  # read no more than the limit, whatever the file's size
-        data = handle.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
+    data = read_at_most(path, MAX_CONFIG_BYTES)
+    if data is None:
         raise ConfigError(
             f"{path}: over {MAX_CONFIG_BYTES:,} bytes, far more than a config holds (presets are "
             "a few KB); check that this is the right file"

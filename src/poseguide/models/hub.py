@@ -12,6 +12,7 @@ trained on first use: :mod:`poseguide.base.builtin`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -94,10 +95,8 @@ def resolve_pretrained(
         ) from None
 
 
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     """A cheap content digest: size plus the first and last MiB (weights files are large)."""
-    import hashlib
-
     digest = hashlib.sha256(str(path.stat().st_size).encode())
     with path.open("rb") as handle:
         digest.update(handle.read(chunk))
@@ -121,5 +120,5 @@ def model_identity(
         files = sorted(p for p in part.glob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise ModelNotFoundError(f"{part}: no config or weights to identify the {sub}")
-        identity[sub] = {p.name: _file_digest(p) for p in files}
+        identity[sub] = {p.name: file_digest(p) for p in files}
     return identity

@@ -27,7 +27,7 @@ import numpy as np
 
 from poseguide.errors import NotFoundError
 from poseguide.pose.skeleton import NUM_COCO17, KeypointError, validate_keypoints
-from poseguide.utils.io import atomic_write_json
+from poseguide.utils.io import atomic_write_json, read_at_most
 
 PEOPLE_KEYS = ("people", "annotations", "people_coco17")
 SIZE_KEYS = ("canvas_size", "image_size")
@@ -138,9 +138,8 @@ def read_pose(path: str | Path) -> PoseFile:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"keypoint file not found: {path}")
-    with path.open("rb") as handle:  # read no more than the limit, whatever the file's size
-        data = handle.read(MAX_POSE_JSON_BYTES + 1)
-    if len(data) > MAX_POSE_JSON_BYTES:
+    data = read_at_most(path, MAX_POSE_JSON_BYTES)
+    if data is None:
         raise KeypointError(
             f"{path}: over {MAX_POSE_JSON_BYTES:,} bytes, more than a keypoint file holds; "
             "check that this is the right file"

@@ -22,6 +22,15 @@ from typing import Any
 from poseguide.errors import InputError, UserError
 
 
+def read_at_most(path: str | os.PathLike, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than ``limit`` bytes: no more than
+    ``limit + 1`` bytes are read, whatever the file's size (a config or keypoint file that is
+    really a multi-GB dump is refused without reading it)."""
+    with Path(path).open("rb") as handle:
+        data = handle.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def _fsync_dir(path: Path) -> None:
     # Make the rename itself durable; not every filesystem supports opening a folder.
     with contextlib.suppress(OSError):
