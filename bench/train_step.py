@@ -265,7 +265,7 @@ def mask_parts(b: Bench, x: Any, n: int) -> dict:
     vae, stage = b.run.frozen.parts.vae, b.run.config.train.stages[2]
     z = (torch.randn_like(x.latents) / vae.config.scaling_factor).to(vae.dtype)
     decoded = ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
-    estimator = b.run.objective(stage).mask_estimator
+    estimator = b.run.trainer.objective(stage).mask_estimator
     heatmaps = estimator.heatmaps(decoded)
     mask = binary_mask(heatmaps, stage.loss.threshold, stage.loss.polarity, stage.loss.reduction)
     h_m = _resize(mask, tuple(decoded.shape[-2:]), stage.loss.mask_resize).expand(-1, 3, -1, -1)

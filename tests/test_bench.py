@@ -84,6 +84,25 @@ def test_gpu_smoke_cpu_mode_prints_every_stage(tmp_path: Path) -> None:
 # --- the wheels and the machine's packages (no download) -----------------------------------------
 
 
+@pytest.mark.slow  # ~20 s on 2 cores
+def test_train_step_bench_runs_on_the_tiny_model(tmp_path: Path) -> None:
+    """bench/train_step.py sets a run up as training does: a change to the run's shape that
+    the bench did not follow fails here, not when someone next measures."""
+    out = tmp_path / "step.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "train_step.py"), "--models", "tiny",
+         "--tiny-steps", "3", "--tiny-warmup", "1", "--threads", "1", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = [ln.split() for ln in done.stdout.splitlines() if ln.startswith("tiny     64")]
+    assert len(table) >= 4, done.stdout  # step, stage 2, medians, memory (and the reward)
+    trainer, bare, ratio = (float(v) for v in table[0][2:5])
+    assert trainer > 0 and bare > 0 and ratio == pytest.approx(trainer / bare, rel=0.01)
+    assert json.loads(out.read_text())
+
+
 def test_carried_wheels_requirements_are_provided() -> None:
     pins, skips = gpu_env.read_pins()
     machine = gpu_env.read_machine()
