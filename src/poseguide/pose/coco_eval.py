@@ -1,15 +1,29 @@
-"""COCO keypoint AP/AR by pycocotools' ``COCOeval`` on poseguide's arrays.
+"""COCO keypoint AP/AR by pycocotools' ``COCOeval`` on poseguide's arrays, and CAP.
 
 The ground truth and the detections are written as COCO-format dicts (images 1..N, the person
 category, COCO-17 keypoints) and scored by ``COCOeval(iouType="keypoints")`` itself, so the
-numbers are pycocotools' own (tests compare with it called directly).
+numbers are pycocotools' own (tests compare with it called directly). The same dicts are what
+the evaluation writes to disk (``coco_files``), so anyone can rerun COCOeval on them.
+
+**CAP** (HumanSD, ICCV 2023): the same AP/AR with a cosine similarity of the keypoint vectors in
+place of OKS: over the ground truth's labelled joints, each coordinate divided by its joint's
+sigma, min-max normalised per axis, L2-normalised per axis, x and y concatenated, cosine of the
+two vectors. The matching, thresholds (0.50:0.95) and accumulation are COCOeval's own: only
+``computeOks`` is replaced. HumanSD's released code (``utils/metrics/coco_similarity.py``) takes
+the detection's normalised y from its normalised x (``yd = xd / ...``); ``variant="humansd"``
+keeps that, for numbers comparable with the papers that ran that code, ``"corrected"`` uses the
+detection's own y. A degenerate axis (all labelled joints on one line) divides by zero: NaN in
+``"humansd"`` (which COCOeval's ``<`` test lets match, as in the released code), 0 in
+``"corrected"``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +49,7 @@ COCO_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "A
 PERSON_CATEGORY_ID = 1
 
 
-def _coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image) -> tuple[dict, int]:
+def coco_gt_dataset(gts_per_image, areas_per_image=None, boxes_per_image=None) -> tuple[dict, int]:
     """COCO ground-truth dict (images 1..N, person category) and the number of scoreable people.
 
     People without labelled joints go in only when a box is given (COCOeval then ignores them,
@@ -80,7 +94,7 @@ def _coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image) -> tuple[d
     return {"images": images, "annotations": annotations, "categories": [category]}, num_scoreable
 
 
-def _coco_detections(preds_per_image, scores_per_image) -> list[dict]:
+def coco_detections(preds_per_image, scores_per_image) -> list[dict]:
     detections = []
     for i, (preds, scores) in enumerate(zip(preds_per_image, scores_per_image, strict=True)):
         preds = _as_preds(preds, f"preds_per_image[{i}]")
@@ -97,6 +111,100 @@ def _coco_detections(preds_per_image, scores_per_image) -> list[dict]:
     return detections
 
 
+SIMILARITIES = ("oks", "cosine")
+CAP_VARIANTS = ("humansd", "corrected")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return v / np.sqrt((v**2).sum())
+
+
+def _min_max(v: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (v - v.min()) / (v.max() - v.min())
+
+
+def keypoint_cosine_similarity(det: np.ndarray, gt: np.ndarray,
+                               sigmas: np.ndarray = COCO17_OKS_SIGMAS,
+                               variant: str = "humansd") -> float:  # fmt: skip
+    """CAP's similarity of one detection (17, 3) and one ground-truth person (17, 3) (see the
+    module docstring); the ground truth's labelled joints (v > 0) are compared."""
+    if variant not in CAP_VARIANTS:
+        raise ValueError(f"variant must be one of {CAP_VARIANTS}, got {variant!r}")
+    sig = _as_sigmas(sigmas)
+    labelled = gt[:, 2] > 0
+    if not labelled.any():
+        return float("nan") if variant == "humansd" else 0.0
+    xg, yg = (_unit(_min_max(gt[labelled, k] / sig[labelled])) for k in (0, 1))
+    xd, yd = (_min_max(det[labelled, k] / sig[labelled]) for k in (0, 1))
+    xd_unit = _unit(xd)
+    yd = xd_unit / np.sqrt((yd**2).sum()) if variant == "humansd" else _unit(yd)
+    g, d = np.concatenate([xg, yg]), np.concatenate([xd_unit, yd])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(np.sum(g * d) / (np.linalg.norm(g) * np.linalg.norm(d)))
+    return value if variant == "humansd" or np.isfinite(value) else 0.0
+
+
+def _cosine_eval(coco_gt: Any, coco_dt: Any, variant: str) -> Any:
+    """pycocotools' COCOeval with CAP's similarity in place of OKS (``computeOks``: detections
+    sorted by score and cut to ``maxDets`` exactly as COCOeval's own)."""
+    from pycocotools.cocoeval import COCOeval
+
+    class CosineEval(COCOeval):
+        def computeOks(self, imgId: int, catId: int) -> Any:  # COCOeval's name
+            gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
+            order = np.argsort([-d["score"] for d in dts], kind="mergesort")
+            dts = [dts[i] for i in order][: self.params.maxDets[-1]]
+            if not gts or not dts:
+                return []
+            sig = self.params.kpt_oks_sigmas
+            as_array = [np.asarray(x["keypoints"], dtype=np.float64).reshape(-1, 3)
+                        for x in (*dts, *gts)]  # fmt: skip
+            d_arr, g_arr = as_array[: len(dts)], as_array[len(dts) :]
+            return np.array([[keypoint_cosine_similarity(d, g, sig, variant) for g in g_arr]
+                             for d in d_arr])  # fmt: skip
+
+    return CosineEval(coco_gt, coco_dt, iouType="keypoints")
+
+
+def cocoeval_stats(
+    dataset: dict,
+    detections: list[dict],
+    sigmas: np.ndarray = COCO17_OKS_SIGMAS,
+    similarity: str = "oks",
+    cap_variant: str = "humansd",
+) -> dict[str, float]:
+    """pycocotools' ten keypoint stats (``COCO_KEYPOINT_STAT_NAMES``; NaN where it reports -1)
+    of ``detections`` against the ground truth ``dataset`` (:func:`coco_gt_dataset`,
+    :func:`coco_detections`), with OKS or CAP's cosine ``similarity``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(dataset)
+        coco_gt.createIndex()
+        if detections:
+            coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+        else:  # loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {**dataset, "annotations": []}
+            coco_dt.createIndex()
+        if similarity == "oks":
+            evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+        else:
+            evaluator = _cosine_eval(coco_gt, coco_dt, cap_variant)
+        evaluator.params.kpt_oks_sigmas = _as_sigmas(sigmas)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = zip(COCO_KEYPOINT_STAT_NAMES, evaluator.stats, strict=True)
+    return {name: float(value) if value > -1 else float("nan") for name, value in stats}
+
+
 def coco_keypoint_ap(
     gts_per_image: Sequence[np.ndarray],
     preds_per_image: Sequence[np.ndarray],
@@ -104,8 +212,11 @@ def coco_keypoint_ap(
     areas_per_image: Sequence[np.ndarray | None] | None = None,
     boxes_per_image: Sequence[np.ndarray | None] | None = None,
     sigmas: np.ndarray = COCO17_OKS_SIGMAS,
+    similarity: str = "oks",
+    cap_variant: str = "humansd",
+    batch: int | None = None,
 ) -> dict:
-    """COCO keypoint AP/AR by pycocotools ``COCOeval(iouType="keypoints")``.
+    """COCO keypoint AP/AR by pycocotools ``COCOeval(iouType="keypoints")`` (or CAP).
 
     Args:
         gts_per_image: per image, (G, 17, 3) ground truth with visibility 0/1/2.
@@ -113,6 +224,11 @@ def coco_keypoint_ap(
         areas_per_image: per image (G,) areas; default ``0.53 * box w * h``.
         boxes_per_image: per image (G, 4) xywh; default the box of the labelled joints. People
             without labelled joints and without a box are left out.
+        similarity: "oks" (COCO's AP) or "cosine" (CAP, ``cap_variant``: module docstring).
+        batch: None scores the whole set at once; N scores consecutive batches of N images
+            and averages each stat over the batches where it is defined (HumanSD's and
+            Stable-Pose's aggregation: the figures then depend on N; ``num_batches`` says how
+            many were averaged).
 
     Returns:
         dict with ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` (pycocotools' ``stats``;
@@ -121,36 +237,40 @@ def coco_keypoint_ap(
         a labelled joint every metric is NaN, ``valid`` is False and ``reason`` says why.
         COCOeval keeps the 20 highest-scoring detections per image.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     n = len(gts_per_image)
     for name, seq in (("preds_per_image", preds_per_image), ("scores_per_image", scores_per_image)):
         if len(seq) != n:
             raise KeypointError(f"{name} has {len(seq)} images; gts_per_image has {n}")
-    dataset, num_gt = _coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image)
-    detections = _coco_detections(preds_per_image, scores_per_image)
-    result = {"num_images": n, "num_gt": num_gt, "num_dets": len(detections), "valid": True}
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be None or >= 1, got {batch}")
+    dataset, num_gt = coco_gt_dataset(gts_per_image, areas_per_image, boxes_per_image)
+    detections = coco_detections(preds_per_image, scores_per_image)
+    result: dict[str, Any] = {"num_images": n, "num_gt": num_gt, "num_dets": len(detections),
+                              "valid": True, "similarity": similarity}  # fmt: skip
     if num_gt == 0:
         result.update(dict.fromkeys(COCO_KEYPOINT_STAT_NAMES, float("nan")))
         result["valid"] = False
         result["reason"] = "no ground-truth person has a labelled keypoint; AP/AR are undefined"
         return result
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = dataset
-        coco_gt.createIndex()
-        if detections:
-            coco_dt = coco_gt.loadRes(detections)
-        else:  # loadRes cannot take an empty list
-            coco_dt = COCO()
-            coco_dt.dataset = {**dataset, "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        evaluator.params.kpt_oks_sigmas = _as_sigmas(sigmas)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    for name, value in zip(COCO_KEYPOINT_STAT_NAMES, evaluator.stats, strict=True):
-        result[name] = float(value) if value > -1 else float("nan")
+    parts = [(dataset, detections)] if batch is None else _batches(dataset, detections, batch)
+    rows = [cocoeval_stats(d, dets, sigmas, similarity, cap_variant) for d, dets in parts
+            if any(a["num_keypoints"] > 0 for a in d["annotations"])]  # fmt: skip
+    for name in COCO_KEYPOINT_STAT_NAMES:
+        values = [r[name] for r in rows if np.isfinite(r[name])]
+        result[name] = float(np.mean(values)) if values else float("nan")
+    if batch is not None:
+        result.update(batch=batch, num_batches=len(rows))
     return result
+
+
+def _batches(dataset: dict, detections: list[dict], batch: int) -> list[tuple[dict, list[dict]]]:
+    """The set cut into consecutive batches of ``batch`` images (image ids 1..N in order)."""
+    ids = [im["id"] for im in dataset["images"]]
+    out = []
+    for start in range(0, len(ids), batch):
+        keep = set(ids[start : start + batch])
+        images = [im for im in dataset["images"] if im["id"] in keep]
+        people = [a for a in dataset["annotations"] if a["image_id"] in keep]
+        part = {**dataset, "images": images, "annotations": people}
+        out.append((part, [d for d in detections if d["image_id"] in keep]))
+    return out
