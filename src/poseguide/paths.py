@@ -69,6 +69,14 @@ class EvalPaths:
     def original(self, row_id: str) -> Path:
         return self.root / "originals" / f"{file_stem(row_id)}.png"
 
+    def coco_ground_truth(self, model: str) -> Path:
+        """The COCO-format ground truth that ``model``'s COCO AP and CAP scored."""
+        return self.root / "coco" / model / "ground_truth.json"
+
+    def coco_results(self, model: str) -> Path:
+        """``model``'s detections as a COCO results file (``COCO.loadRes`` reads it)."""
+        return self.root / "coco" / model / "results.json"
+
     @property
     def untrained(self) -> Path:
         """The untrained ControlNet evaluated as model ``unet``, built once per run."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from poseguide.config.core import ConfigError, dump_yaml, to_dict
 from poseguide.config.core import load as _load
+from poseguide.config.protocols import with_protocol
 from poseguide.config.schema import Config
 from poseguide.config.yaml_files import read_yaml
 from poseguide.utils.io import atomic_write_text
@@ -40,7 +41,7 @@ def find_config(name_or_path: str | Path) -> Path:
 def load_config(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (or the defaults when None) and apply ``key.sub=value`` overrides."""
     data = read_yaml(find_config(name_or_path)) if name_or_path is not None else {}
-    return _load(Config, data, overrides)
+    return _load(Config, with_protocol(data, overrides), overrides)
 
 
 def save_config(config: Config, path: str | Path) -> Path:

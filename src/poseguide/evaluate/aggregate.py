@@ -12,9 +12,12 @@ from poseguide.config import Config
 from poseguide.evaluate.controls import placement_summary
 from poseguide.evaluate.metrics import aggregate_oks, fid_kid, sample_oks, summarize
 from poseguide.paths import EvalPaths
+from poseguide.pose.coco_eval import coco_detections, coco_gt_dataset
 from poseguide.pose.detections import Detections
+from poseguide.pose.oks import box_from_keypoints
 from poseguide.pose.skeleton import COCO17_NAMES, NUM_COCO17
 from poseguide.utils.images import read_image
+from poseguide.utils.io import atomic_write_json
 
 
 def _oks_inputs(record: dict, min_oks: float) -> dict:
@@ -35,7 +38,11 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
     invalid = {r["id"]: r["invalid"] for r in records if r.get("invalid")}
     records = [r for r in records if not r.get("invalid")]  # NaN, Inf, black: not in the means
     people = [v for r in records for v in r["per_gt_oks"] if v is not None]
-    sets = aggregate_oks([_oks_inputs(r, e.min_oks) for r in records])
+    inputs = [_oks_inputs(r, e.min_oks) for r in records]
+    areas = _coco_areas(e.coco_area, inputs)
+    sets = aggregate_oks(inputs, coco_areas=areas, coco_batch=e.coco_batch,
+                         cap_variant=e.cap_variant)  # fmt: skip
+    _write_coco_files(paths, model, inputs, areas)
     per_sample = [r["oks"] for r in records if r["oks"] is not None]
     counts, edges = np.histogram(per_sample, bins=20, range=(0.0, 1.0))
     joints = sets["oks"]["per_joint_accuracy"]
@@ -46,6 +53,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         "lpips": summarize([r["lpips"] for r in records], **stats),
         "oks": summarize(people, **stats),
         "coco": _plain(sets["coco"]),
+        "cap": _plain(sets["cap"]),
         "per_joint_accuracy": [None if np.isnan(v) else float(v) for v in joints],
         "joint_names": list(COCO17_NAMES),
         "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
@@ -53,9 +61,29 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         "kid": None,
         **placement_summary(records, **stats),
     }
+    out["pce"] = out["person_count_error"]  # HumanSD's PCE: mean |detected - ground-truth people|
     if e.fid:
-        out.update(_fid(records, paths, model))
+        out.update(_fid(records, paths, model, e.fid_feature, e.kid_subset_size))
     return out
+
+
+def _coco_areas(rule: str, inputs: list[dict]) -> list[np.ndarray]:
+    """The ground-truth areas COCO AP and CAP use: the rows' own ("dataset"), or w x h of the
+    labelled keypoints' box ("keypoint_box", HumanSD's rule; 0 for a person without one)."""
+    if rule == "dataset":
+        return [s["areas"] for s in inputs]
+    boxes = [box_from_keypoints(s["gts"]).reshape(-1, 4) for s in inputs]
+    return [np.nan_to_num(b[:, 2] * b[:, 3], nan=0.0) for b in boxes]
+
+
+def _write_coco_files(paths: EvalPaths, model: str, inputs: list[dict],
+                      areas: list[np.ndarray]) -> None:  # fmt: skip
+    """The COCO-format ground truth and results that COCO AP and CAP scored (images 1..N in
+    row order), so that COCOeval can be rerun on them as they are."""
+    dataset, _ = coco_gt_dataset([s["gts"] for s in inputs], areas)
+    detections = coco_detections([s["preds"] for s in inputs], [s["scores"] for s in inputs])
+    atomic_write_json(paths.coco_ground_truth(model), dataset, indent=None)
+    atomic_write_json(paths.coco_results(model), detections, indent=None)
 
 
 def _plain(value: Any) -> Any:
@@ -71,10 +99,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fid(records: list[dict], paths: EvalPaths, model: str) -> dict:
+def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset: int) -> dict:
     real = [read_image(paths.original(r["id"]), what="original image") for r in records]
     fake = [read_image(paths.image(model, r["id"]), what="generated image") for r in records]
-    result = fid_kid(real, fake, kid_subset_size=min(1000, len(records)))
+    result = fid_kid(real, fake, feature=feature, kid_subset_size=subset)
     return {
         "fid": result.get("fid"),
         "kid": {k: v for k, v in result.items() if k.startswith("kid")},

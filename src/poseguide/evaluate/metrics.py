@@ -167,26 +167,32 @@ def sample_oks(
     }
 
 
-def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5) -> dict:
-    """Mean OKS over all ground-truth people, per-joint accuracy and COCO keypoint AP/AR.
+def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5,
+                  coco_areas: Sequence[np.ndarray] | None = None,
+                  coco_batch: int | None = None, cap_variant: str = "humansd") -> dict:  # fmt: skip
+    """Mean OKS over all ground-truth people, per-joint accuracy, COCO keypoint AP/AR and CAP.
 
-    ``samples`` are :func:`sample_oks` results (all with the same ``min_oks``). Returns
-    ``{"oks": poseguide.pose.oks.mean_oks(...),
-    "coco": poseguide.pose.coco_eval.coco_keypoint_ap(...)}``.
+    ``samples`` are :func:`sample_oks` results (all with the same ``min_oks``). ``coco_areas``
+    replaces the samples' areas in COCO AP and CAP (a protocol's ground-truth area rule);
+    ``coco_batch`` averages them over batches of that many images
+    (:func:`poseguide.pose.coco_eval.coco_keypoint_ap`). Returns ``{"oks":
+    poseguide.pose.oks.mean_oks(...), "coco": coco_keypoint_ap(...), "cap": the same with
+    similarity "cosine"}``.
     """
     thresholds = {s["min_oks"] for s in samples}
     if len(thresholds) > 1:
         raise ValueError(f"samples were matched with different min_oks values: {thresholds}")
     min_oks = thresholds.pop() if thresholds else 0.0
     per_image = [(s["preds"], s["scores"], s["gts"], s["areas"]) for s in samples]
+    sets = ([s["gts"] for s in samples], [s["preds"] for s in samples],
+            [s["scores"] for s in samples])  # fmt: skip
+    areas = list(coco_areas) if coco_areas is not None else [s["areas"] for s in samples]
+    cap = coco_keypoint_ap(*sets, areas_per_image=areas, batch=coco_batch, similarity="cosine",
+                           cap_variant=cap_variant)  # fmt: skip
     return {
         "oks": mean_oks(per_image, min_oks=min_oks, joint_threshold=joint_threshold),
-        "coco": coco_keypoint_ap(
-            [s["gts"] for s in samples],
-            [s["preds"] for s in samples],
-            [s["scores"] for s in samples],
-            areas_per_image=[s["areas"] for s in samples],
-        ),
+        "coco": coco_keypoint_ap(*sets, areas_per_image=areas, batch=coco_batch),
+        "cap": cap,
     }
 
 

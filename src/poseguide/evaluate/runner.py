@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from poseguide.config import Config, to_dict
+from poseguide.config.protocols import protocol_report
 from poseguide.data.api import checked_source
 from poseguide.data.preprocess import prepare
 from poseguide.errors import UserError
@@ -346,6 +347,7 @@ def _caption_cuts(config: Config, scorers: Scorers, records: list[dict]) -> dict
 
 def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: int) -> dict:
     e = config.evaluate
+    fid = {"feature": e.fid_feature, "kid_subset_size": e.kid_subset_size} if e.fid else None
     gt = "dataset" if gt_kind == "dataset" else "estimator (pseudo ground truth)"
     return {
         "base_model": config.model.base,
@@ -365,6 +367,14 @@ def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: 
         "limit": e.limit,
         "bootstrap": e.bootstrap,
         "confidence": e.confidence,
+        "coco": {
+            "area": e.coco_area,
+            "batch": e.coco_batch,
+            "cap_variant": e.cap_variant,
+            "files": "coco/<model>/ground_truth.json + results.json",
+        },
+        "fid": fid,
+        "protocol": protocol_report(to_dict(config)),
         "config": to_dict(config),
     }
 

@@ -62,6 +62,19 @@ class EvalConfig:
     lpips_pretrained: bool = True  # false = random backbone (offline plumbing only, not a metric)
     clip_model: str = "openai/clip-vit-large-patch14"  # a hub id or folder
     fid: bool = False  # also FID and KID against the originals (torchmetrics)
+    fid_feature: Literal[64, 192, 768, 2048] = 2048  # Inception layer (HumanSD: 64)
+    kid_subset_size: int = 1000  # KID subset size (HumanSD 1000, Stable-Pose 200), capped at n
+    # The field's evaluation protocols (poseguide.config.protocols): "humansd" and "hyperhuman"
+    # set the sampler, steps, CFG, seed, negative prompt and metric variants as those papers
+    # did, unless the config sets a key itself; "thesis" changes nothing.
+    protocol: Literal["thesis", "humansd", "hyperhuman"] = "thesis"
+    # COCO AP/AR and CAP: the ground-truth areas ("dataset": the row's areas, else 0.53 x the
+    # keypoint box; "keypoint_box": w x h of the labelled keypoints' box, HumanSD's rule), and
+    # the aggregation (null: one COCOeval over the set; N: the mean over consecutive batches of
+    # N images, as HumanSD (10) and Stable-Pose (4) did, for comparability only)
+    coco_area: Literal["dataset", "keypoint_box"] = "dataset"
+    coco_batch: int | None = None
+    cap_variant: Literal["humansd", "corrected"] = "humansd"  # CAP as released, or fixed
     bootstrap: int = 1000  # resamples for the confidence intervals
     confidence: float = 0.95
     # [model, against] pairs: the per-row paired difference of OKS and pose-specific OKS with a
@@ -77,6 +90,9 @@ class EvalConfig:
         _seed("seed", self.seed)
         _unit_interval("min_oks", self.min_oks)
         _count("bootstrap", self.bootstrap, MAX_COUNT, low=0)
+        _count("kid_subset_size", self.kid_subset_size, MAX_COUNT)
+        if self.coco_batch is not None:
+            _count("coco_batch", self.coco_batch, MAX_COUNT)
         if not 0 < self.confidence < 1:
             raise _invalid("confidence", f"must be in (0, 1), got {self.confidence!r}")
         for pair in self.compare:
