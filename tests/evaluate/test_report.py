@@ -324,3 +324,36 @@ def test_a_full_disk_while_writing_the_report_is_one_line(
         "device; what was there before is unchanged",
         err,
     ), err
+
+
+def test_the_protocol_section_and_the_published_figures(run_dir: Path) -> None:
+    """With evaluate.protocol=humansd: its settings marked as followed or not, the differences,
+    and HumanSD's published Human-Art table beside this run's rows in the paper's units."""
+    from poseguide.config import load_config, to_dict
+    from poseguide.config.protocols import protocol_report
+
+    path = run_dir / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    config = to_dict(load_config(None, ["evaluate.protocol=humansd", "generate.steps=20"]))
+    metrics["setup"]["protocol"] = protocol_report(config)
+    entry = metrics["models"]["stage2"]
+    entry["cap"] = {"AP": 0.6123}
+    entry["pce"] = {"mean": 1.25, "ci_low": 1.0, "ci_high": 1.5}
+    entry["fid"], entry["kid"] = 31.5, {"mean": 0.1234, "std": 0.01}
+    path.write_text(json.dumps(metrics))
+    md = make_report(run_dir)["md"].read_text()
+    assert "## Protocol: humansd" in md and "Follows HumanSD (ICCV 2023)" in md
+    assert "`generate.steps`: 20 (the protocol: 50; this run differs)" in md
+    assert "`generate.scheduler`: 'ddim'" in md and "HigherHRNet" in md
+    table = md.split("### Published figures beside this run", 1)[1].split("\n## ", 1)[0]
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]]
+             for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln}  # fmt: skip
+    assert lines["Model"] == ["AP (%) ↑", "CAP (%) ↑", "PCE ↓", "FID ↓", "KID ×10 ↓", "CLIP ↑"]
+    assert lines["HumanSD (published)"] == ["31.85", "59.11", "1.61", "26.28", "2.56", "32.98"]
+    ours = lines["stage2 (this run)"]
+    assert ours[0] == "70.00" and ours[1] == "61.23"  # AP 0.7, CAP 0.6123 in percent
+    assert ours[2] == "1.25 [1.00, 1.50]" and ours[3] == "31.50" and ours[4] == "1.23 ± 0.10"
+    # Without a protocol (the thesis'), no such section.
+    metrics["setup"].pop("protocol")
+    path.write_text(json.dumps(metrics))
+    assert "Protocol:" not in make_report(run_dir)["md"].read_text()

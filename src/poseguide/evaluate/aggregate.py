@@ -105,5 +105,11 @@ def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset
     result = fid_kid(real, fake, feature=feature, kid_subset_size=subset)
     return {
         "fid": result.get("fid"),
-        "kid": {k: v for k, v in result.items() if k.startswith("kid")},
+        # mean and std over the KID subsets (the report shows "mean ± std")
+        "kid": {
+            "mean": result["kid_mean"],
+            "std": result["kid_std"],
+            "subset_size": min(subset, len(records)),
+            "feature": feature,
+        },
     }

@@ -22,6 +22,7 @@ from poseguide.evaluate.report.figures import (
     joints_figure,
     oks_histogram_figure,
 )
+from poseguide.evaluate.report.published import PUBLISHED
 from poseguide.evaluate.report.render import Block, render_html, render_markdown
 from poseguide.evaluate.report.setup import setup_items
 from poseguide.evaluate.report.tables import (
@@ -31,6 +32,7 @@ from poseguide.evaluate.report.tables import (
     comparisons_table,
     main_table,
     placement_table,
+    published_table,
     thesis_table,
 )
 from poseguide.paths import RunPaths
@@ -205,6 +207,36 @@ def _invalid_blocks(run: EvalRun) -> list[Block]:
             ("ul", items)]  # fmt: skip
 
 
+def _protocol_blocks(run: EvalRun) -> list[Block]:
+    """The evaluation protocol's settings (each marked as following it or not), what poseguide
+    does differently, and its published figures beside this run's rows."""
+    found = run.setup.get("protocol")
+    if not isinstance(found, dict) or found.get("name") in (None, "thesis"):
+        return []
+    name = found["name"]
+    rows = [f"`{r['key']}`: {r['used']!r}" + ("" if r["follows"] else
+            f" (the protocol: {r['protocol']!r}; this run differs)")
+            for r in found.get("settings", [])]  # fmt: skip
+    blocks: list[Block] = [
+        ("h2", f"Protocol: {name}"),
+        ("p", f"Follows {found.get('source')}. Its settings, as this evaluation used them:"),
+        ("ul", rows),
+        ("p", "Where poseguide differs from the protocol:"),
+        ("ul", list(found.get("differences") or [])),
+    ]
+    table = published_table(run, name)
+    if table is not None:
+        source = PUBLISHED[name]
+        blocks += [
+            ("h3", f"Published figures beside this run ({source['source']})"),
+            ("p", "Rows marked published are the paper's numbers, copied, not measured here; "
+             "they were scored with the paper's detector (HigherHRNet), this run's with "
+             f"poseguide's estimator. {source['notes']}"),
+            ("table", table),
+        ]  # fmt: skip
+    return blocks
+
+
 def build_blocks(
     run: EvalRun,
     figures: dict[str, bytes | None],
@@ -231,6 +263,7 @@ def build_blocks(
         ("h2", "Reference: the thesis' published numbers (not this run)"),
         ("p", thesis),
         ("table", thesis_table()),
+        *_protocol_blocks(run),
         ("h2", "Qualitative samples (thesis Fig. 4.3-4.6)"),
         ("p", grid_text),
         *([("ul", grid_notes)] if grid_notes else []),

@@ -11,7 +11,7 @@ import re
 
 Cell = list[tuple[str, bool]]  # a table cell: text segments, each bold or not
 Table = tuple[list[str], list[list[Cell]]]  # header, rows
-# A document block: ("h1" | "h2" | "p", text), ("ul", [text]), ("table", Table),
+# A document block: ("h1" | "h2" | "h3" | "p", text), ("ul", [text]), ("table", Table),
 # ("img", file name, png bytes, caption). Rendered to Markdown and HTML from the same list.
 Block = tuple
 
@@ -23,7 +23,7 @@ def _md_cell(cell: Cell) -> str:
 def render_markdown(blocks: list[Block]) -> str:
     out = []
     for kind, *args in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             out.append("#" * int(kind[1]) + " " + args[0])
         elif kind == "p":
             out.append(args[0])
@@ -61,7 +61,7 @@ def render_html(blocks: list[Block], title: str) -> str:
     """One self-contained page: inline CSS, images as base64 data URIs, nothing external."""
     out = []
     for kind, *args in blocks:
-        if kind in ("h1", "h2", "p"):
+        if kind in ("h1", "h2", "h3", "p"):
             out.append(f"<{kind}>{_html_text(args[0])}</{kind}>")
         elif kind == "ul":
             out.append("<ul>" + "".join(f"<li>{_html_text(i)}</li>" for i in args[0]) + "</ul>")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from poseguide.evaluate.report.data import EvalRun, metric_summary
+from poseguide.evaluate.report.published import PUBLISHED
 from poseguide.evaluate.report.render import Cell, Table
 
 # The thesis' published results, shown as a reference block (never mixed with this run's).
@@ -111,9 +112,11 @@ def comparisons_table(run: EvalRun) -> Table | None:
 
 
 def coco_table(run: EvalRun) -> Table:
-    """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, and FID/KID when present."""
+    """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, CAP, PCE, and FID/KID when
+    present."""
     columns: list[tuple[str, str | None, int]] = [("rows", None, 0), ("GT people", None, 0)]
     columns += [(key, "max", 3) for key in COCO_KEYS]
+    columns += [("CAP", "max", 3), ("PCE", "min", 2)]
     extra = [
         (k, t, d)
         for k, t, d in (("fid", "FID", 2), ("kid", "KID", 4))
@@ -129,6 +132,7 @@ def coco_table(run: EvalRun) -> Table:
         people = entry["oks"].get("n") if isinstance(entry.get("oks"), dict) else None
         row = [metric_summary({"v": rows}, "v"), metric_summary({"v": people}, "v")]
         row += [metric_summary(entry.get("coco") or {}, key) for key in COCO_KEYS]
+        row += [metric_summary(entry.get("cap") or {}, "AP"), metric_summary(entry, "pce")]
         row += [metric_summary(entry, key) for key, _, _ in extra]
         values.append(row)
     return ranked_table(run.models, columns, values)
@@ -138,3 +142,35 @@ def thesis_table() -> Table:
     rows = THESIS_TABLE_4_1["rows"]
     values = [[metric_summary({"v": v}, "v") for v in row[1:]] for row in rows]
     return ranked_table([row[0] for row in rows], [c[1:] for c in MAIN_COLUMNS], values)
+
+
+def _scaled(value: Any, scale: float) -> dict[str, float]:
+    """A metrics.json value (a number or a summary dict) in a published table's unit."""
+    s = metric_summary({"v": value}, "v")
+    return {k: (v * scale if k in ("mean", "low", "high", "std") else v) for k, v in s.items()}
+
+
+def published_table(run: EvalRun, protocol: str) -> Table | None:
+    """This run's models in the protocol's columns and units, then the paper's published rows
+    (labelled "published"), no best value marked; None for a protocol without published
+    figures here."""
+    found = PUBLISHED.get(protocol)
+    if found is None:
+        return None
+    columns = found["columns"]
+    values, labels = [], []
+    for model in run.models:
+        entry = run.entry(model)
+        row = []
+        for path, _, _, scale, _ in columns:
+            node: Any = entry
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            row.append(_scaled(node, scale))
+        values.append(row)
+        labels.append(f"{model} (this run)")
+    for label, *numbers in found["rows"]:
+        values.append([_scaled(v, 1.0) for v in numbers])
+        labels.append(f"{label} (published)")
+    # Nothing in bold: a measured row and a published one are not the same measurement.
+    return ranked_table(labels, [(title, None, d) for _, title, _, _, d in columns], values)
