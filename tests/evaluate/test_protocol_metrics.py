@@ -88,3 +88,20 @@ def test_coco_ap_cap_and_pce_from_the_stored_rows(tmp_path: Path, protocol: str)
     assert out["cap"]["similarity"] == "cosine" and out["cap"]["AP"] != out["coco"]["AP"]
     count = np.mean([abs(r["num_dets"] - r["num_gt"]) for r in records])
     assert out["pce"]["mean"] == pytest.approx(count) and count > 0
+
+
+def test_hyperhuman_adds_ap_clean(tmp_path: Path) -> None:
+    config = load_config(None, ["evaluate.protocol=hyperhuman", "evaluate.fid=false",
+                                "evaluate.bootstrap=20"])  # fmt: skip
+    records = _records()
+    out = aggregate(config, records, EvalPaths(tmp_path), "m")
+    gts = [np.asarray(r["gt"]).reshape(-1, NUM_COCO17, 3) for r in records]
+    preds = [np.asarray(r["preds"]).reshape(-1, NUM_COCO17, 3) for r in records]
+    scores = [np.asarray(r["scores"]) for r in records]
+    clean = coco_keypoint_ap(gts, preds, scores, areas_per_image=[r["areas"] for r in records],
+                             salient=3)  # fmt: skip
+    assert out["coco_clean"]["salient"] == 3
+    assert out["coco_clean"]["AP"] == pytest.approx(clean["AP"], abs=1e-12)
+    assert load_config(None).evaluate.coco_salient is None
+    assert aggregate(load_config(None, ["evaluate.fid=false"]), records, EvalPaths(tmp_path),
+                     "m")["coco_clean"] is None  # fmt: skip

@@ -102,3 +102,24 @@ def test_per_batch_aggregation_is_the_mean_of_the_batches() -> None:
     assert "batch" not in whole
     with pytest.raises(ValueError, match="batch"):
         coco_keypoint_ap(gts, dets, scores, batch=0)
+
+
+def test_the_most_salient_people_alone_are_scored() -> None:
+    """Four people of areas 4000..1000 in one image: detections on the three largest are all
+    of AP_clean's ground truth (AR 1) but 3/4 of the full set's; one on the smallest alone is
+    ignored by AP_clean (a crowd region) and a quarter of the full recall."""
+    people = np.zeros((4, NUM_COCO17, 3))
+    for k in range(4):
+        people[k, :, 0] = 100 * k + np.linspace(10, 60, NUM_COCO17)
+        people[k, :, 1] = np.linspace(10, 200, NUM_COCO17)
+        people[k, :, 2] = 2
+    areas = [np.array([4000.0, 3000.0, 2000.0, 1000.0])]
+    largest = coco_keypoint_ap([people], [people[:3]], [np.ones(3)], areas_per_image=areas)
+    clean = coco_keypoint_ap([people], [people[:3]], [np.ones(3)], areas_per_image=areas,
+                             salient=3)  # fmt: skip
+    assert largest["AR"] == pytest.approx(0.75) and clean["AR"] == pytest.approx(1.0)
+    assert clean["AP"] == pytest.approx(1.0) and clean["salient"] == 3
+    smallest = coco_keypoint_ap([people], [people[3:]], [np.ones(1)], areas_per_image=areas)
+    ignored = coco_keypoint_ap([people], [people[3:]], [np.ones(1)], areas_per_image=areas,
+                               salient=3)  # fmt: skip
+    assert smallest["AR"] == pytest.approx(0.25) and ignored["AR"] == 0.0

@@ -91,6 +91,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "evaluate.kid_subset_size": 1000,
             "evaluate.coco_area": "dataset",
             "evaluate.coco_batch": None,
+            "evaluate.coco_salient": 3,
         },
         expected={"data.resolution": 512, "data.resize_mode": "crop"},
         differences=(

@@ -41,7 +41,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
     inputs = [_oks_inputs(r, e.min_oks) for r in records]
     areas = _coco_areas(e.coco_area, inputs)
     sets = aggregate_oks(inputs, coco_areas=areas, coco_batch=e.coco_batch,
-                         cap_variant=e.cap_variant)  # fmt: skip
+                         cap_variant=e.cap_variant, salient=e.coco_salient)  # fmt: skip
     _write_coco_files(paths, model, inputs, areas)
     per_sample = [r["oks"] for r in records if r["oks"] is not None]
     counts, edges = np.histogram(per_sample, bins=20, range=(0.0, 1.0))
@@ -54,6 +54,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         "oks": summarize(people, **stats),
         "coco": _plain(sets["coco"]),
         "cap": _plain(sets["cap"]),
+        "coco_clean": _plain(sets.get("coco_clean")),
         "per_joint_accuracy": [None if np.isnan(v) else float(v) for v in joints],
         "joint_names": list(COCO17_NAMES),
         "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},

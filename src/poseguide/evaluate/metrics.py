@@ -169,7 +169,8 @@ def sample_oks(
 
 def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5,
                   coco_areas: Sequence[np.ndarray] | None = None,
-                  coco_batch: int | None = None, cap_variant: str = "humansd") -> dict:  # fmt: skip
+                  coco_batch: int | None = None, cap_variant: str = "humansd",
+                  salient: int | None = None) -> dict:  # fmt: skip
     """Mean OKS over all ground-truth people, per-joint accuracy, COCO keypoint AP/AR and CAP.
 
     ``samples`` are :func:`sample_oks` results (all with the same ``min_oks``). ``coco_areas``
@@ -177,7 +178,8 @@ def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5,
     ``coco_batch`` averages them over batches of that many images
     (:func:`poseguide.pose.coco_eval.coco_keypoint_ap`). Returns ``{"oks":
     poseguide.pose.oks.mean_oks(...), "coco": coco_keypoint_ap(...), "cap": the same with
-    similarity "cosine"}``.
+    similarity "cosine"}``, and with ``salient`` ``"coco_clean"``: AP/AR of the ``salient``
+    largest people per image (HyperHuman's AP_clean / AR_clean with 3).
     """
     thresholds = {s["min_oks"] for s in samples}
     if len(thresholds) > 1:
@@ -189,11 +191,15 @@ def aggregate_oks(samples: Sequence[dict], joint_threshold: float = 0.5,
     areas = list(coco_areas) if coco_areas is not None else [s["areas"] for s in samples]
     cap = coco_keypoint_ap(*sets, areas_per_image=areas, batch=coco_batch, similarity="cosine",
                            cap_variant=cap_variant)  # fmt: skip
-    return {
+    out = {
         "oks": mean_oks(per_image, min_oks=min_oks, joint_threshold=joint_threshold),
         "coco": coco_keypoint_ap(*sets, areas_per_image=areas, batch=coco_batch),
         "cap": cap,
     }
+    if salient is not None:
+        out["coco_clean"] = coco_keypoint_ap(*sets, areas_per_image=areas, batch=coco_batch,
+                                             salient=salient)  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

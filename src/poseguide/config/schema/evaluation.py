@@ -75,6 +75,7 @@ class EvalConfig:
     coco_area: Literal["dataset", "keypoint_box"] = "dataset"
     coco_batch: int | None = None
     cap_variant: Literal["humansd", "corrected"] = "humansd"  # CAP as released, or fixed
+    coco_salient: int | None = None  # also AP/AR of the N largest people per image (AP_clean)
     bootstrap: int = 1000  # resamples for the confidence intervals
     confidence: float = 0.95
     # [model, against] pairs: the per-row paired difference of OKS and pose-specific OKS with a
@@ -93,6 +94,8 @@ class EvalConfig:
         _count("kid_subset_size", self.kid_subset_size, MAX_COUNT)
         if self.coco_batch is not None:
             _count("coco_batch", self.coco_batch, MAX_COUNT)
+        if self.coco_salient is not None:
+            _count("coco_salient", self.coco_salient, MAX_COUNT)
         if not 0 < self.confidence < 1:
             raise _invalid("confidence", f"must be in (0, 1), got {self.confidence!r}")
         for pair in self.compare:

@@ -112,11 +112,13 @@ def comparisons_table(run: EvalRun) -> Table | None:
 
 
 def coco_table(run: EvalRun) -> Table:
-    """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, CAP, PCE, and FID/KID when
-    present."""
+    """Rows, ground-truth people, COCO keypoint AP/AP50/AP75/AR, CAP, PCE, and AP_clean /
+    AR_clean and FID/KID when present."""
     columns: list[tuple[str, str | None, int]] = [("rows", None, 0), ("GT people", None, 0)]
     columns += [(key, "max", 3) for key in COCO_KEYS]
     columns += [("CAP", "max", 3), ("PCE", "min", 2)]
+    clean = any(run.entry(m).get("coco_clean") for m in run.models)
+    columns += [("AP_clean", "max", 3), ("AR_clean", "max", 3)] if clean else []
     extra = [
         (k, t, d)
         for k, t, d in (("fid", "FID", 2), ("kid", "KID", 4))
@@ -133,6 +135,8 @@ def coco_table(run: EvalRun) -> Table:
         row = [metric_summary({"v": rows}, "v"), metric_summary({"v": people}, "v")]
         row += [metric_summary(entry.get("coco") or {}, key) for key in COCO_KEYS]
         row += [metric_summary(entry.get("cap") or {}, "AP"), metric_summary(entry, "pce")]
+        if clean:
+            row += [metric_summary(entry.get("coco_clean") or {}, k) for k in ("AP", "AR")]
         row += [metric_summary(entry, key) for key, _, _ in extra]
         values.append(row)
     return ranked_table(run.models, columns, values)
