@@ -15,7 +15,7 @@ from PIL import Image
 
 from poseguide.config.schema import SourceConfig
 from poseguide.data import hub
-from poseguide.data.record import SourceError
+from poseguide.data.record import RowError, SourceError
 from poseguide.data.sources import (
     CocoSource,
     HubSource,
@@ -331,6 +331,23 @@ def test_coco_captions_jsonl(make) -> None:
     assert source.load(0).caption == "second caption"  # the first line for the image wins
 
 
+def test_coco_captions_from_an_image_field(make) -> None:
+    """Human-Art's layout: each image entry carries its own caption (``description``)."""
+    truth = write_coco(make, captions_format="jsonl")
+    data = json.loads(truth["annotations"].read_text())
+    for img in data["images"]:
+        if img["id"] == 1:
+            img["description"] = "a dancer, watercolour"
+    truth["annotations"].write_text(json.dumps(data))
+    source = CocoSource(truth["annotations"], make.root / "coco/val2017", "image:description")
+    assert source.ids() == ["1", "3"]
+    assert source.load(0).caption == "a dancer, watercolour"
+    with pytest.raises(RowError, match="no caption for image id 3") as err:
+        source.load(1)  # image 3 has no description: a row error naming it
+    assert err.value.problem == "bad_caption"
+    assert "images[].description" in source.describe()["captions"]
+
+
 def test_coco_without_captions_says_what_to_pass(make) -> None:
     truth = write_coco(make, captions_format="jsonl")
     with pytest.raises(SourceError, match="no captions given"):
@@ -391,7 +408,6 @@ def test_every_source_loads_a_row_without_its_pixels(make, tmp_path: Path, monke
     """``load(i, image=False)``: the same row, the image's size from its header and no pixel
     decoded; a missing or oversized image is still the same row error."""
     from poseguide.data import checks
-    from poseguide.data.record import RowError
 
     manifest, _ = write_manifest(make)
     truth = write_coco(make)

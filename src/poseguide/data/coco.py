@@ -11,9 +11,11 @@ segment areas for OKS.
   (COCOeval ignores them for keypoints).
 * Captions: a COCO ``captions_*.json`` (several captions per image: the one with the smallest
   caption annotation id is used, so the choice is deterministic) or a JSONL of
-  ``{"image_id": ..., "caption": ...}`` (the first line for an image wins). When no captions file
-  is given, ``captions_<split>.json`` beside the keypoints file is used if it exists. An image
-  without a caption is a ``bad_caption`` row error.
+  ``{"image_id": ..., "caption": ...}`` (the first line for an image wins), or ``image:FIELD``:
+  each image entry's own ``FIELD`` in the keypoints file (Human-Art's annotation files carry a
+  ``description`` per image: ``captions: image:description``). When no captions are given,
+  ``captions_<split>.json`` beside the keypoints file is used if it exists. An image without a
+  caption is a ``bad_caption`` row error.
 * Pose images: none (``pose_image=None``): the skeleton is rendered from the keypoints when needed
   (preprocessing, preview).
 * The image's decoded size must match the ``width`` and ``height`` in the annotation file, or the
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 KEYPOINTS_PREFIX = "person_keypoints_"
 CAPTIONS_PREFIX = "captions_"
+IMAGE_FIELD_PREFIX = "image:"  # captions from a field of each image entry
 
 
 def _read_json(path: Path, what: str) -> tuple[object, bytes]:
@@ -115,6 +118,17 @@ def read_captions(path: Path) -> tuple[dict[object, object], bytes]:
     return {key: caption for key, (_, caption) in best.items()}, raw
 
 
+def _is_field(captions: object) -> bool:
+    return isinstance(captions, str) and captions.startswith(IMAGE_FIELD_PREFIX)
+
+
+def _image_field_captions(data: object, field: str) -> dict[object, object]:
+    """image id -> its entry's ``field`` (images without one get no caption: a row error)."""
+    images = data.get("images") if isinstance(data, dict) else None
+    return {img["id"]: img[field] for img in images or []
+            if isinstance(img, dict) and "id" in img and img.get(field) is not None}  # fmt: skip
+
+
 class CocoSource:
     """Rows of a COCO person-keypoints file (see the module docstring)."""
 
@@ -136,7 +150,14 @@ class CocoSource:
         data, raw = _read_json(self.annotations, "COCO keypoints file")
         digest = hashlib.sha256(raw)
         self._index(data)
+        field = str(captions)[len(IMAGE_FIELD_PREFIX) :] if _is_field(captions) else None
+        in_file = _image_field_captions(data, field) if field else None
         del data, raw
+        if in_file is not None:
+            self.captions_path = f"{self.annotations} (images[].{field})"
+            self._captions, self._digest = in_file, digest.hexdigest()
+            self._finish(limit)
+            return
         captions_path = Path(captions) if captions else default_captions_path(self.annotations)
         if captions_path is None:
             raise SourceError(
@@ -147,6 +168,9 @@ class CocoSource:
         self._captions, raw = read_captions(captions_path)
         digest.update(hashlib.sha256(raw).digest())
         self._digest = digest.hexdigest()  # a str, so the source pickles (DataLoader workers)
+        self._finish(limit)
+
+    def _finish(self, limit: int | None) -> None:
         self.limit = limit
         if limit is not None:
             self._image_ids = self._image_ids[:limit]

@@ -112,7 +112,9 @@ class SourceConfig:
     split: str = "train"  # hub: the split to read ("train" or "validation")
     revision: str | None = None  # hub: dataset revision
     images_dir: str | None = None  # coco: folder of the images
-    captions: str | None = None  # coco: captions_*.json or a JSONL of {image_id, caption}
+    # coco: captions_*.json, a JSONL of {image_id, caption}, or "image:FIELD" (each image
+    # entry's own FIELD, e.g. Human-Art's "image:description")
+    captions: str | None = None
     limit: int | None = None  # use only the first N rows
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
