@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,11 @@ def test_demo_runs_the_whole_pipeline(
     assert json.loads((tmp_path / "runs/tiny/captions.json").read_text())["cut"] > 0
     run = tmp_path / "runs" / "tiny"
     assert "1 person(s) found" in printed and "Report: runs/tiny/eval/report.html" in printed
+    phases = re.search(r"demo wall time (\d+) s \(pose toolkit (\d+) s, data \+ training "
+                       r"(\d+) s, evaluation (\d+) s, report (\d+) s\)", printed)  # fmt: skip
+    assert phases, printed[-500:]
+    total, *parts = map(int, phases.groups())
+    assert sum(parts) <= total + len(parts)  # the phases are parts of the whole (rounded)
     for name in (
         "summary.png",
         "pose_controlnet10.png",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,18 +128,27 @@ def run_demo(config: Config) -> dict:
     start = time.perf_counter()
     run = RunPaths.of(config)
     folder = run.root
+    phases: dict[str, float] = {}
+
+    def timed(name: str, work: Any) -> Any:
+        t0 = time.perf_counter()
+        result = work()
+        phases[name] = time.perf_counter() - t0
+        return result
+
     _banner("1/4 pose toolkit on a real photo")
-    pose_demo(config, run.pose_demo)
+    timed("pose toolkit", lambda: pose_demo(config, run.pose_demo))
     stages = ", ".join(stage.name for stage in config.train.stages)
     _banner(f"2/4 synthetic data, latent cache, training ({stages})")
-    train_or_resume(config)
+    timed("data + training", lambda: train_or_resume(config))
     _banner("3/4 generation and evaluation")
-    metrics = run_evaluation(config)
+    metrics = timed("evaluation", lambda: run_evaluation(config))
     _banner("4/4 report")
-    paths = make_report(folder)
+    paths = timed("report", lambda: make_report(folder))
     _print_table(metrics)
     print(f"\nReport: {paths['html']} (and {paths['md'].name} beside it)")
-    print(f"Run folder: {folder}  |  demo wall time {time.perf_counter() - start:.0f} s")
+    spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
+    print(f"Run folder: {folder}  |  demo wall time {time.perf_counter() - start:.0f} s ({spent})")
     return metrics
 
 
