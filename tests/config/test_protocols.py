@@ -68,3 +68,13 @@ def test_an_unknown_protocol_is_one_line() -> None:
     with pytest.raises(ConfigError, match="evaluate.protocol") as err:
         load_config(None, ["evaluate.protocol=stablepose"])
     assert "\n" not in str(err.value)
+
+
+def test_choosing_a_protocol_does_not_block_resuming_the_training() -> None:
+    """A protocol changes generation and evaluation only: a training checkpoint written under
+    the thesis protocol resumes under humansd; a training key still refuses."""
+    from poseguide.train.runner import config_changes
+
+    before = to_dict(load_config(None))
+    assert config_changes(before, load_config(None, ["evaluate.protocol=humansd"])) == []
+    assert config_changes(before, load_config(None, ["train.batch_size=3"])) == ["train.batch_size"]

@@ -49,10 +49,10 @@ log = logging.getLogger(__name__)
 
 STAGE_MARKER = "poseguide_stage.json"
 # Config keys that may change between a checkpoint and its resumption (they do not change what
-# is computed).
+# is computed; "evaluate", an evaluation protocol included, is read only after training).
 RESUME_FREE = {"run.name", "run.output_dir", "run.device", "data.num_workers", "data.cache.dir",
                "data.cache.batch_size", "train.checkpoint_every", "train.keep_checkpoints",
-               "train.log_every", "train.tensorboard", "train.validation", "generate",
+               "train.log_every", "train.tensorboard", "train.validation", "generate", "evaluate",
                "pose.render.min_score", "train.check_finite", "train.process_timeout_s",
                "train.compile", "pose.render.max_canvas_pixels"}  # fmt: skip
 
