@@ -99,7 +99,10 @@ def test_train_step_bench_runs_on_the_tiny_model(tmp_path: Path) -> None:
     table = [ln.split() for ln in done.stdout.splitlines() if ln.startswith("tiny     64")]
     assert len(table) >= 4, done.stdout  # step, stage 2, medians, memory (and the reward)
     trainer, bare, ratio = (float(v) for v in table[0][2:5])
-    assert trainer > 0 and bare > 0 and ratio == pytest.approx(trainer / bare, rel=0.01)
+    assert trainer > 0 and bare > 0
+    # The table prints each figure rounded to 3 decimals; the ratio is of the unrounded ones.
+    low, high = (trainer - 5e-4) / (bare + 5e-4), (trainer + 5e-4) / max(bare - 5e-4, 1e-9)
+    assert low - 5e-4 <= ratio <= high + 5e-4, (trainer, bare, ratio)
     assert json.loads(out.read_text())
 
 
