@@ -78,3 +78,12 @@ def test_choosing_a_protocol_does_not_block_resuming_the_training() -> None:
     before = to_dict(load_config(None))
     assert config_changes(before, load_config(None, ["evaluate.protocol=humansd"])) == []
     assert config_changes(before, load_config(None, ["train.batch_size=3"])) == ["train.batch_size"]
+
+
+def test_the_differences_match_what_is_computed() -> None:
+    """AP_clean is computed (coco_salient), so the hyperhuman protocol says how, not that it
+    is missing; what is missing (FID_CLIP, the subset's selection) is said."""
+    said = " ".join(PROTOCOLS["hyperhuman"].differences)
+    assert PROTOCOLS["hyperhuman"].settings["evaluate.coco_salient"] == 3
+    assert "three largest by area" in said and "not computed yet" not in said
+    assert "FID_CLIP" in said and "8,236" in said

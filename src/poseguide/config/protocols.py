@@ -97,7 +97,12 @@ PROTOCOLS: dict[str, Protocol] = {
         differences=(
             "detector: HyperHuman scores with HigherHRNet (mmpose); poseguide's AP/AR use "
             "evaluate.estimator (YOLO-pose), so they are not the paper's numbers",
-            "AP_clean / AR_clean (the three most salient people) and FID_CLIP are not computed yet",
+            "AP_clean / AR_clean: the paper scores 'the three most salient persons' without a "
+            "rule; poseguide keeps the three largest by area and ignores the others (COCO crowd "
+            "regions)",
+            "FID_CLIP (FID on CLIP image features) is not computed",
+            "COCO val2014's human subset (8,236 images in the paper) is not selected for you: "
+            "the paper does not state its rule; point data.eval at the COCO images you mean",
         ),
     ),
 }
