@@ -275,16 +275,26 @@ def coco_keypoint_ap(
         result["reason"] = "no ground-truth person has a labelled keypoint; AP/AR are undefined"
         return result
     parts = [(dataset, detections)] if batch is None else _batches(dataset, detections, batch)
-    rows = [cocoeval_stats(d, dets, sigmas, similarity, cap_variant) for d, dets in parts
-            if any(a["num_keypoints"] > 0 for a in d["annotations"])]  # fmt: skip
-    for name in COCO_KEYPOINT_STAT_NAMES:
-        values = [r[name] for r in rows if np.isfinite(r[name])]
-        result[name] = float(np.mean(values)) if values else float("nan")
+    stats, scored = _mean_stats(parts, sigmas, similarity, cap_variant)
+    result.update(stats)
     if batch is not None:
-        result.update(batch=batch, num_batches=len(rows))
+        result.update(batch=batch, num_batches=scored)
     if salient is not None:
         result["salient"] = salient
     return result
+
+
+def _mean_stats(parts: list[tuple[dict, list[dict]]], sigmas: np.ndarray, similarity: str,
+                cap_variant: str) -> tuple[dict[str, float], int]:  # fmt: skip
+    """Each stat's mean over the parts that have a scoreable person (where it is defined), and
+    the number of parts scored."""
+    rows = [cocoeval_stats(d, dets, sigmas, similarity, cap_variant) for d, dets in parts
+            if any(a["num_keypoints"] > 0 for a in d["annotations"])]  # fmt: skip
+    out = {}
+    for name in COCO_KEYPOINT_STAT_NAMES:
+        values = [r[name] for r in rows if np.isfinite(r[name])]
+        out[name] = float(np.mean(values)) if values else float("nan")
+    return out, len(rows)
 
 
 def _batches(dataset: dict, detections: list[dict], batch: int) -> list[tuple[dict, list[dict]]]:

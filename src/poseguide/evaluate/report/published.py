@@ -10,20 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-# (metrics.json path, column title (its arrow says which way is better), better, the unit scale
-# applied to this run's value, decimals)
-Column = tuple[tuple[str, ...], str, str | None, float, int]
+# Each column: (the metrics.json path, its title (the arrow says which way is better), the unit
+# scale applied to this run's value, decimals).
 
 PUBLISHED: dict[str, dict[str, Any]] = {
     "humansd": {
         "source": "HumanSD (Ju et al., ICCV 2023), Table 1, Human-Art validation set",
         "columns": [
-            (("coco", "AP"), "AP (%) ↑", "max", 100.0, 2),
-            (("cap", "AP"), "CAP (%) ↑", "max", 100.0, 2),
-            (("pce",), "PCE ↓", "min", 1.0, 2),
-            (("fid",), "FID ↓", "min", 1.0, 2),
-            (("kid",), "KID ×10 ↓", "min", 10.0, 2),
-            (("clip",), "CLIP ↑", "max", 1.0, 2),
+            (("coco", "AP"), "AP (%) ↑", 100.0, 2),
+            (("cap", "AP"), "CAP (%) ↑", 100.0, 2),
+            (("pce",), "PCE ↓", 1.0, 2),
+            (("fid",), "FID ↓", 1.0, 2),
+            (("kid",), "KID ×10 ↓", 10.0, 2),
+            (("clip",), "CLIP ↑", 1.0, 2),
         ],
         "rows": [
             ("ControlNet (openpose)", 18.45, 57.18, 2.47, 27.24, 2.60, 33.16),
@@ -36,11 +35,11 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "hyperhuman": {
         "source": "HyperHuman (Liu et al., ICLR 2024), Table 1, COCO val2014 human subset",
         "columns": [
-            (("coco", "AP"), "AP (%) ↑", "max", 100.0, 2),
-            (("coco", "AR"), "AR (%) ↑", "max", 100.0, 2),
-            (("fid",), "FID ↓", "min", 1.0, 2),
-            (("kid",), "KID ×1k ↓", "min", 1000.0, 2),
-            (("clip",), "CLIP ↑", "max", 1.0, 2),
+            (("coco", "AP"), "AP (%) ↑", 100.0, 2),
+            (("coco", "AR"), "AR (%) ↑", 100.0, 2),
+            (("fid",), "FID ↓", 1.0, 2),
+            (("kid",), "KID ×1k ↓", 1000.0, 2),
+            (("clip",), "CLIP ↑", 1.0, 2),
         ],
         "rows": [
             ("ControlNet", 20.46, 30.23, 27.16, 10.29, 31.60),

@@ -166,7 +166,7 @@ def published_table(run: EvalRun, protocol: str) -> Table | None:
     for model in run.models:
         entry = run.entry(model)
         row = []
-        for path, _, _, scale, _ in columns:
+        for path, _, scale, _ in columns:
             node: Any = entry
             for part in path:
                 node = node.get(part) if isinstance(node, dict) else None
@@ -177,4 +177,4 @@ def published_table(run: EvalRun, protocol: str) -> Table | None:
         values.append([_scaled(v, 1.0) for v in numbers])
         labels.append(f"{label} (published)")
     # Nothing in bold: a measured row and a published one are not the same measurement.
-    return ranked_table(labels, [(title, None, d) for _, title, _, _, d in columns], values)
+    return ranked_table(labels, [(title, None, d) for _, title, _, d in columns], values)
