@@ -247,8 +247,7 @@ def coco_keypoint_ap(
             and averages each stat over the batches where it is defined (HumanSD's and
             Stable-Pose's aggregation: the figures then depend on N; ``num_batches`` says how
             many were averaged).
-        salient: score only the ``salient`` largest people of each image
-            (:func:`most_salient`; HyperHuman's AP_clean / AR_clean with 3).
+        salient: score only each image's ``salient`` largest people (:func:`most_salient`).
 
     Returns:
         dict with ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` (pycocotools' ``stats``;
