@@ -68,7 +68,7 @@ def source_check(what: str, cfg: SourceConfig) -> Check:
         if cfg.kind == "synthetic":
             return
         path = Path(cfg.path)
-        if cfg.kind in ("manifest", "coco") or path.exists():
+        if cfg.kind in ("manifest", "coco", "humansd") or path.exists():
             if not path.exists():
                 raise FileNotFoundError(f"{path} does not exist")
             return

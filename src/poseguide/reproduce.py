@@ -58,7 +58,7 @@ def _rows(cfg: Any) -> tuple[int | None, str]:
     if cfg is None:
         return None, "no split"
     known = THESIS_ROWS.get((cfg.path, cfg.split))
-    if cfg.kind in ("manifest", "coco", "synthetic"):
+    if cfg.kind in ("manifest", "coco", "humansd", "synthetic"):
         try:
             return len(open_source(cfg)), "counted"
         except (OSError, ValueError):

@@ -40,6 +40,7 @@ def test_hyperhuman_preset_and_the_thesis_default() -> None:
     for key, value in PROTOCOLS["hyperhuman"].settings.items():
         assert _value(config, key) == value, key
     assert config.generate.guidance_scale == 7.5 and config.evaluate.fid_feature == 2048
+    assert config.evaluate.fid_clip and config.evaluate.coco_salient == 3
     assert to_dict(load_config(None, ["evaluate.protocol=thesis"])) == to_dict(load_config(None))
     assert load_config(None).evaluate.protocol == "thesis"
 

@@ -19,6 +19,7 @@ from poseguide.evaluate.metrics import (
     MetricUnavailableError,
     aggregate_oks,
     bootstrap_ci,
+    fid_clip,
     fid_kid,
     sample_oks,
     summarize,
@@ -408,3 +409,74 @@ def test_fid_kid_with_a_tiny_feature_extractor() -> None:
     assert abs(same["fid"]) < 1e-6
     assert near["fid"] < far["fid"] and near["kid_mean"] < far["kid_mean"]
     assert far["n_real"] == far["n_fake"] == 12
+
+
+class _Features(torch.nn.Module):
+    """A torchmetrics feature extractor over ``fn``: uint8 (B, 3, H, W) -> (B, dim)."""
+
+    def __init__(self, fn, dim: int) -> None:
+        super().__init__()
+        self.fn, self.num_features = fn, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _uint8_batch(images: list[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2)
+
+
+def test_fid_kid_equal_torchmetrics_called_directly() -> None:
+    """FID and KID of fid_kid equal torchmetrics' own FrechetInceptionDistance and
+    KernelInceptionDistance given the same feature extractor as a module (issue 20: 1e-6)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    with seeded(0):
+        conv = torch.nn.Conv2d(3, 8, 3).double()
+
+    def extractor(x: torch.Tensor) -> torch.Tensor:
+        return conv(x.double() / 255).mean((2, 3))
+
+    real = random_images(12, seed=0)
+    fake = [Image.fromarray(np.asarray(im) // 3) for im in random_images(12, seed=1)]
+    ours = fid_kid(real, fake, extractor=extractor, kid_subsets=5, kid_subset_size=6,
+                   device="cpu", seed=3)  # fmt: skip
+    module = _Features(extractor, 8)
+    fid = FrechetInceptionDistance(feature=module)
+    kid = KernelInceptionDistance(feature=module, subsets=5, subset_size=6)
+    for metric in (fid, kid):
+        metric.update(_uint8_batch(real), real=True)
+        metric.update(_uint8_batch(fake), real=False)
+    torch.manual_seed(3)  # KID draws its subsets from torch's global generator
+    kid_mean, kid_std = kid.compute()
+    assert ours["fid"] == pytest.approx(float(fid.compute()), rel=1e-6, abs=1e-6)
+    assert ours["kid_mean"] == pytest.approx(float(kid_mean), rel=1e-6, abs=1e-9)
+    assert ours["kid_std"] == pytest.approx(float(kid_std), rel=1e-6, abs=1e-9)
+    assert ours["fid"] > 1e-3
+
+
+def test_fid_clip_equals_torchmetrics_fid_on_clip_image_features(tiny_clip) -> None:
+    """FID_CLIP = torchmetrics' FID with CLIPModel.get_image_features as its feature module."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    scorer = ClipScorer(tiny_clip, device="cpu", batch_size=5)
+    model, _, processor = scorer._load()
+
+    def clip_features(x: torch.Tensor) -> torch.Tensor:
+        images = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in x]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        out = model.get_image_features(pixel_values=pixels)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    real = random_images(12, seed=0)
+    fake = [Image.fromarray(np.asarray(im) // 3) for im in random_images(12, seed=1)]
+    reference = FrechetInceptionDistance(feature=_Features(clip_features, 16))
+    with torch.no_grad():
+        reference.update(_uint8_batch(real), real=True)
+        reference.update(_uint8_batch(fake), real=False)
+        expected = float(reference.compute())
+    assert fid_clip(real, fake, scorer) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert expected > 1e-3 and abs(fid_clip(real, real, scorer)) < 1e-6
+    with pytest.raises(ValueError, match="at least 2"):
+        fid_clip(real[:1], fake, scorer)

@@ -92,7 +92,7 @@ def test_coco_ap_cap_and_pce_from_the_stored_rows(tmp_path: Path, protocol: str)
 
 def test_hyperhuman_adds_ap_clean(tmp_path: Path) -> None:
     config = load_config(None, ["evaluate.protocol=hyperhuman", "evaluate.fid=false",
-                                "evaluate.bootstrap=20"])  # fmt: skip
+                                "evaluate.fid_clip=false", "evaluate.bootstrap=20"])  # fmt: skip
     records = _records()
     out = aggregate(config, records, EvalPaths(tmp_path), "m")
     gts = [np.asarray(r["gt"]).reshape(-1, NUM_COCO17, 3) for r in records]
@@ -105,3 +105,26 @@ def test_hyperhuman_adds_ap_clean(tmp_path: Path) -> None:
     assert load_config(None).evaluate.coco_salient is None
     assert aggregate(load_config(None, ["evaluate.fid=false"]), records, EvalPaths(tmp_path),
                      "m")["coco_clean"] is None  # fmt: skip
+
+
+def test_fid_clip_is_written_when_asked(tmp_path: Path) -> None:
+    """evaluate.fid_clip (set by the hyperhuman preset) adds FID_CLIP to a model's metrics:
+    0 for images identical to the originals, above 0 for others."""
+    from PIL import Image
+
+    assert load_config(None, ["evaluate.protocol=hyperhuman"]).evaluate.fid_clip
+    assert not load_config(None).evaluate.fid_clip
+    config = load_config(None, ["evaluate.fid_clip=true", "evaluate.clip_model=builtin:tiny-clip",
+                                "evaluate.bootstrap=20"])  # fmt: skip
+    records, paths = _records(6), EvalPaths(tmp_path)
+    rng = np.random.default_rng(0)
+    for r in records:
+        original = rng.integers(0, 256, (48, 32, 3), dtype=np.uint8)
+        for path, pixels in ((paths.original(r["id"]), original),
+                             (paths.image("same", r["id"]), original),
+                             (paths.image("other", r["id"]), original // 4)):  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    same = aggregate(config, [dict(r, model="same") for r in records], paths, "same")
+    other = aggregate(config, [dict(r, model="other") for r in records], paths, "other")
+    assert abs(same["fid_clip"]) < 1e-6 and other["fid_clip"] > 1e-3 and other["fid"] is None

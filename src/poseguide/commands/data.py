@@ -51,11 +51,13 @@ def register(commands: Commands) -> None:
         ("preview", preview, "a PNG grid of image | pose | caption for a few rows"),
     ):
         sub = add_command(data, name, func, text)
-        sub.add_argument("source", help="manifest .jsonl, COCO person_keypoints .json, parquet "
-                         "folder, or hub dataset id")  # fmt: skip
-        sub.add_argument("--kind", choices=["hub", "manifest", "coco"], help="override the guess")
+        sub.add_argument("source", help="manifest .jsonl, COCO person_keypoints .json, HumanSD "
+                         "mapping*.json, parquet folder, or hub dataset id")  # fmt: skip
+        sub.add_argument(
+            "--kind", choices=["hub", "manifest", "coco", "humansd"], help="override the guess"
+        )
         sub.add_argument("--split", default="train", help="hub split (default: train)")
-        sub.add_argument("--images-dir", help="COCO: the images folder")
+        sub.add_argument("--images-dir", help="COCO: the images folder; HumanSD: the base folder")
         sub.add_argument("--captions", help="COCO: captions json or JSONL {image_id, caption}")
         sub.add_argument("--limit", type=int, help="only the first N rows")
         sub.add_argument("--rows", type=int, default=6 if name == "preview" else 3)

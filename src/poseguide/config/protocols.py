@@ -92,6 +92,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "evaluate.coco_area": "dataset",
             "evaluate.coco_batch": None,
             "evaluate.coco_salient": 3,
+            "evaluate.fid_clip": True,
         },
         expected={"data.resolution": 512, "data.resize_mode": "crop"},
         differences=(
@@ -100,9 +101,12 @@ PROTOCOLS: dict[str, Protocol] = {
             "AP_clean / AR_clean: the paper scores 'the three most salient persons' without a "
             "rule; poseguide keeps the three largest by area and ignores the others (COCO crowd "
             "regions)",
-            "FID_CLIP (FID on CLIP image features) is not computed",
-            "COCO val2014's human subset (8,236 images in the paper) is not selected for you: "
-            "the paper does not state its rule; point data.eval at the COCO images you mean",
+            "FID_CLIP: the Fréchet distance of evaluate.clip_model's image embeddings (the "
+            "paper does not name its CLIP model for it)",
+            "COCO val2014's human subset (8,236 images in the paper) cannot be rebuilt: the "
+            "paper names no detector or threshold; data.eval.select: {max_people: 3, "
+            "min_area_ratio: 0.15} applies HyperHuman's HumanVerse filter to COCO's "
+            "annotations instead",
         ),
     ),
 }

@@ -5,6 +5,9 @@ segment areas for OKS.
 
 * Rows: one per image that has at least one person annotation with ``iscrowd == 0`` and
   ``num_keypoints > 0``, in increasing image id. The row id is the COCO image id as a string.
+  ``select`` (:class:`~poseguide.config.schema.CocoSelect`) keeps only the images whose number of
+  non-crowd people (with or without keypoints) is in [min_people, max_people] and whose largest
+  person box covers at least ``min_area_ratio`` of the image (``select_dropped`` counts the rest).
 * People: those annotations, in increasing annotation id, as (P, 17, 3) keypoints and (P,)
   areas. Crowd annotations (``iscrowd == 1``) are dropped: they mark groups, not people, and
   COCOeval never matches them as ground truth. People with no labelled joint are dropped too
@@ -30,8 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
+from poseguide.config.schema import CocoSelect
 from poseguide.data.checks import (
     check_declared_size,
     check_sample,
@@ -76,6 +81,14 @@ def _num_keypoints(ann: dict) -> int:
     if not isinstance(flat, list):
         return 1  # keep it: the row reports bad_keypoints when loaded
     return sum(1 for v in flat[2::3] if isinstance(v, (int, float)) and v > 0)
+
+
+def _box_area(ann: dict) -> float:
+    """w x h of an annotation's ``bbox`` ([x, y, w, h]); 0 when it has none."""
+    box = ann.get("bbox")
+    if isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
+        return max(float(box[2]), 0.0) * max(float(box[3]), 0.0)
+    return 0.0
 
 
 def default_captions_path(annotations: Path) -> Path | None:
@@ -140,10 +153,12 @@ class CocoSource:
         *,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         limit: int | None = None,
+        select: CocoSelect | None = None,
     ) -> None:
         self.annotations = Path(annotations)
         self.images_dir = Path(images_dir)
         self.max_image_pixels = max_image_pixels
+        self.select = select or CocoSelect()
         self.name = f"coco:{self.annotations}"
         if not self.images_dir.is_dir():
             raise SourceError(f"COCO images folder not found: {self.images_dir}")
@@ -195,13 +210,17 @@ class CocoSource:
             c.get("id") for c in categories if isinstance(c, dict) and c.get("name") == "person"
         }
         self._people: dict[object, list[tuple]] = {}
+        self._boxes: dict[object, list[float]] = {}  # non-crowd people's box areas, per image
         self.counts = {"crowd_dropped": 0, "no_keypoints_dropped": 0, "unknown_image": 0}
         for k, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict) or (person and ann.get("category_id") not in person):
                 continue
             if ann.get("iscrowd", 0):
                 self.counts["crowd_dropped"] += 1
-            elif _num_keypoints(ann) <= 0:
+                continue
+            if ann.get("image_id") in self._images:
+                self._boxes.setdefault(ann["image_id"], []).append(_box_area(ann))
+            if _num_keypoints(ann) <= 0:
                 self.counts["no_keypoints_dropped"] += 1
             elif ann.get("image_id") not in self._images:
                 self.counts["unknown_image"] += 1
@@ -216,8 +235,27 @@ class CocoSource:
             )
         for people in self._people.values():
             people.sort(key=lambda p: p[0])
-        self._image_ids = sorted(self._people, key=lambda i: (str(type(i)), i))
-        self.total = len(self._image_ids)
+        self.total = len(self._people)
+        kept = [i for i in self._people if self._selected(i)]
+        self.counts["select_dropped"] = self.total - len(kept)
+        self._image_ids = sorted(kept, key=lambda i: (str(type(i)), i))
+
+    def _selected(self, image_id: object) -> bool:
+        """Whether ``image_id`` passes ``self.select`` (people count, largest box's area ratio)."""
+        sel, areas = self.select, self._boxes.get(image_id, [])
+        if len(areas) < sel.min_people or (sel.max_people is not None
+                                           and len(areas) > sel.max_people):  # fmt: skip
+            return False
+        if sel.min_area_ratio <= 0:
+            return True
+        width, height = self._images[image_id]["size"]
+        if not (isinstance(width, (int, float)) and isinstance(height, (int, float))
+                and width > 0 and height > 0):  # fmt: skip
+            raise SourceError(
+                f"{self.annotations}: image id {image_id} has no width/height, which "
+                "select.min_area_ratio needs; add them or set min_area_ratio: 0"
+            )
+        return max(areas) / (width * height) >= sel.min_area_ratio
 
     def __len__(self) -> int:
         return len(self._image_ids)
@@ -273,6 +311,7 @@ class CocoSource:
             "rows": len(self),
             "images_in_file": len(self._images),
             "images_with_people": self.total,
+            "select": asdict(self.select),
             "people": sum(len(self._people[i]) for i in self._image_ids),
             "captioned_rows": sum(i in self._captions for i in self._image_ids),
             **self.counts,

@@ -7,6 +7,8 @@ Three kinds of source yield the same :class:`~poseguide.data.record.Sample` (see
 * ``manifest`` (:class:`ManifestSource`, :mod:`poseguide.data.manifest`): a JSONL file;
 * ``coco`` (:class:`CocoSource`, :mod:`poseguide.data.coco`): a ``person_keypoints_*.json``,
   its images folder and captions;
+* ``humansd`` (:class:`HumanSDSource`, :mod:`poseguide.data.humansd`): HumanSD's mapping JSON
+  and pose ``.npz`` files (LAION-Human);
 
 and ``synthetic`` writes a manifest with :func:`poseguide.synth.people.ensure_synthetic` and opens
 it. Every source decodes lazily (building one reads no image) and raises
@@ -23,6 +25,7 @@ from poseguide.config.schema import SourceConfig
 from poseguide.data.checks import check_sample, open_image
 from poseguide.data.coco import KEYPOINTS_PREFIX, CocoSource
 from poseguide.data.hub import HUB_ID, HubSource
+from poseguide.data.humansd import HumanSDSource
 from poseguide.data.manifest import ManifestSource
 from poseguide.data.record import Source, SourceError
 from poseguide.synth.people import ensure_synthetic
@@ -31,6 +34,7 @@ from poseguide.utils.images import DEFAULT_MAX_IMAGE_PIXELS
 __all__ = [
     "CocoSource",
     "HubSource",
+    "HumanSDSource",
     "ManifestSource",
     "SourceError",
     "check_sample",
@@ -41,6 +45,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.jsonl"  # the file looked for when a folder is given
+HUMANSD_PREFIX = "mapping"  # HumanSD's mapping_file_training.json, mapping_validation.json
 
 
 def open_source(
@@ -58,7 +63,9 @@ def open_source(
     if cfg.kind == "manifest":
         return ManifestSource(cfg.path, **common)
     if cfg.kind == "coco":
-        return CocoSource(cfg.path, cfg.images_dir, cfg.captions, **common)
+        return CocoSource(cfg.path, cfg.images_dir, cfg.captions, select=cfg.select, **common)
+    if cfg.kind == "humansd":
+        return HumanSDSource(cfg.path, cfg.images_dir, **common)
     if cfg.kind == "synthetic":
         return ManifestSource(ensure_synthetic(cfg.path, cfg.synthetic), **common)
     raise SourceError(f"unknown source kind {cfg.kind!r}")
@@ -66,14 +73,16 @@ def open_source(
 
 def guess_kind(spec: str) -> tuple[str, str]:
     """(kind, path) for a command-line source: a ``.jsonl`` manifest (or a folder holding
-    ``manifest.jsonl``), a COCO ``.json``, a folder of parquet shards, or a hub id."""
+    ``manifest.jsonl``), a HumanSD ``mapping*.json``, a COCO ``.json``, a folder of parquet
+    shards, or a hub id."""
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix == ".jsonl":
             return "manifest", str(path)
         if path.suffix == ".json":
-            return "coco", str(path)
-        raise SourceError(f"{path}: expected a .jsonl manifest or a COCO .json keypoints file")
+            return ("humansd" if path.name.startswith(HUMANSD_PREFIX) else "coco"), str(path)
+        raise SourceError(f"{path}: expected a .jsonl manifest, a COCO .json keypoints file or "
+                          f"a HumanSD {HUMANSD_PREFIX}*.json")  # fmt: skip
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return "manifest", str(path / MANIFEST_NAME)

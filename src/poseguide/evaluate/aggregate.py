@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from poseguide.config import Config
+from poseguide.evaluate.clip import ClipScorer
 from poseguide.evaluate.controls import placement_summary
-from poseguide.evaluate.metrics import aggregate_oks, fid_kid, sample_oks, summarize
+from poseguide.evaluate.metrics import aggregate_oks, fid_clip, fid_kid, sample_oks, summarize
 from poseguide.paths import EvalPaths
 from poseguide.pose.coco_eval import coco_detections, coco_gt_dataset
 from poseguide.pose.detections import Detections
@@ -60,11 +61,15 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         "oks_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
         "fid": None,
         "kid": None,
+        "fid_clip": None,
         **placement_summary(records, **stats),
     }
     out["pce"] = out["person_count_error"]  # HumanSD's PCE: mean |detected - ground-truth people|
     if e.fid:
         out.update(_fid(records, paths, model, e.fid_feature, e.kid_subset_size))
+    if e.fid_clip:
+        out["fid_clip"] = fid_clip(*_real_and_fake(records, paths, model),
+                                   ClipScorer(e.clip_model))  # fmt: skip
     return out
 
 
@@ -100,9 +105,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset: int) -> dict:
+def _real_and_fake(records: list[dict], paths: EvalPaths, model: str) -> tuple[list, list]:
+    """The rows' original images and ``model``'s generated ones, in row order."""
     real = [read_image(paths.original(r["id"]), what="original image") for r in records]
     fake = [read_image(paths.image(model, r["id"]), what="generated image") for r in records]
+    return real, fake
+
+
+def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset: int) -> dict:
+    real, fake = _real_and_fake(records, paths, model)
     result = fid_kid(real, fake, feature=feature, kid_subset_size=subset)
     return {
         "fid": result.get("fid"),

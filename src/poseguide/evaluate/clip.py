@@ -119,15 +119,17 @@ class ClipScorer:
         return count_cuts(tokenizer, captions, self.max_length)
 
     @torch.no_grad()
-    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(N, D) float32 unit-length image embeddings (CPU)."""
+    def image_embeddings(self, images: Sequence[Image.Image], unit: bool = True) -> torch.Tensor:
+        """(N, D) float32 image embeddings (CPU): the projection's output, unit length unless
+        ``unit`` is False (FID_CLIP takes them as they are)."""
         model, _, processor = self._load()
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = [im.convert("RGB") for im in images[start : start + self.batch_size]]
             pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
             emb = _embedding(model.get_image_features(pixel_values=pixels.to(self.device)))
-            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+            emb = emb.float()
+            out.append((torch.nn.functional.normalize(emb, dim=-1) if unit else emb).cpu())
         return torch.cat(out) if out else torch.zeros(0, model.config.projection_dim)
 
     @torch.no_grad()

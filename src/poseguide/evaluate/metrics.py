@@ -17,6 +17,7 @@ import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -338,25 +339,44 @@ def _features(
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
+    """torchmetrics' Fréchet distance between two (N, D) feature sets (FID's formula on any
+    features: FID_CLIP passes CLIP image embeddings)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=_Precomputed(f_real.shape[1]))
+    fid.update(f_real.double(), real=True)
+    fid.update(f_fake.double(), real=False)
+    return float(fid.compute())
+
+
 def _fid_kid_values(f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int, subset: int,
                     seed: int) -> tuple[float, float, float]:  # fmt: skip
     """(FID, KID mean, KID std) of precomputed features, by torchmetrics."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
     dim = f_real.shape[1]
-    fid = FrechetInceptionDistance(feature=_Precomputed(dim))
     with warnings.catch_warnings():  # "KID will save all extracted features in buffer"
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=subsets,
                                       subset_size=subset)  # fmt: skip
-    for metric in (fid, kid):
-        metric.update(f_real, real=True)
-        metric.update(f_fake, real=False)
+    kid.update(f_real, real=True)
+    kid.update(f_fake, real=False)
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global RNG
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
-    return float(fid.compute()), float(kid_mean), float(kid_std)
+    return frechet_distance(f_real, f_fake), float(kid_mean), float(kid_std)
+
+
+def fid_clip(real: Sequence[Image.Image], fake: Sequence[Image.Image], scorer: Any) -> float:
+    """FID_CLIP (HyperHuman's table): the Fréchet distance of the CLIP image embeddings of real
+    and generated images, ``scorer`` a :class:`poseguide.evaluate.clip.ClipScorer` (its
+    projection's output, not unit-normalised). At least 2 of each."""
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"FID_CLIP needs at least 2 real and 2 fake images, got "
+                         f"{len(real)}/{len(fake)}")  # fmt: skip
+    f_real = scorer.image_embeddings(real, unit=False)
+    return frechet_distance(f_real, scorer.image_embeddings(fake, unit=False))
 
 
 def fid_kid(

@@ -374,6 +374,9 @@ def _setup(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str, rows: 
             "files": "coco/<model>/ground_truth.json + results.json",
         },
         "fid": fid,
+        "fid_clip": f"Fréchet distance of {e.clip_model}'s image embeddings"
+        if e.fid_clip
+        else None,
         "protocol": protocol_report(to_dict(config)),
         "config": to_dict(config),
     }

@@ -27,6 +27,7 @@ from poseguide.config.checks import (  # noqa: F401 - the checks' names the sche
 from poseguide.config.schema.evaluation import EvalConfig, EvalModelConfig
 from poseguide.config.schema.sections import (
     CacheConfig,
+    CocoSelect,
     DataConfig,
     EstimatorConfig,
     GenerateConfig,
@@ -81,6 +82,7 @@ class Config:
 
 __all__ = [
     "CacheConfig",
+    "CocoSelect",
     "Config",
     "DataConfig",
     "EstimatorConfig",

@@ -64,6 +64,7 @@ class EvalConfig:
     fid: bool = False  # also FID and KID against the originals (torchmetrics)
     fid_feature: Literal[64, 192, 768, 2048] = 2048  # Inception layer (HumanSD: 64)
     kid_subset_size: int = 1000  # KID subset size (HumanSD 1000, Stable-Pose 200), capped at n
+    fid_clip: bool = False  # also FID_CLIP: FID on clip_model's image embeddings (HyperHuman)
     # The field's evaluation protocols (poseguide.config.protocols): "humansd" and "hyperhuman"
     # set the sampler, steps, CFG, seed, negative prompt and metric variants as those papers
     # did, unless the config sets a key itself; "thesis" changes nothing.

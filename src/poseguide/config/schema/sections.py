@@ -104,25 +104,49 @@ class SynthConfig:
 
 
 @dataclass
+class CocoSelect:
+    """Which images of a COCO source become rows, beyond having a person with keypoints. People
+    are the image's non-crowd person annotations, with or without keypoints; the area ratio is
+    the largest one's box over the image. HumanVerse's (HyperHuman's) filter: 1 to 3 people,
+    ratio 0.15; HyperHuman's own rule for its COCO val2014 subset is not published."""
+
+    min_people: int = 1
+    max_people: int | None = None  # null: no upper limit
+    min_area_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _count("min_people", self.min_people, MAX_COUNT)
+        if self.max_people is not None and self.max_people < self.min_people:
+            raise _invalid("max_people", f"must be >= min_people ({self.min_people}), got "
+                           f"{self.max_people}")  # fmt: skip
+        _unit_interval("min_area_ratio", self.min_area_ratio)
+
+
+@dataclass
 class SourceConfig:
     # hub: a hub dataset id or a local folder of its parquet shards (data/<split>-*.parquet);
-    # manifest: a JSONL file; coco: a person_keypoints_*.json; synthetic: generated into `path`.
-    kind: Literal["hub", "manifest", "coco", "synthetic"] = "synthetic"
+    # manifest: a JSONL file; coco: a person_keypoints_*.json; humansd: HumanSD's mapping JSON
+    # (LAION-Human); synthetic: generated into `path`.
+    kind: Literal["hub", "manifest", "coco", "humansd", "synthetic"] = "synthetic"
     path: str = "runs/data/synthetic"
     split: str = "train"  # hub: the split to read ("train" or "validation")
     revision: str | None = None  # hub: dataset revision
-    images_dir: str | None = None  # coco: folder of the images
+    images_dir: str | None = None  # coco: folder of the images; humansd: the base folder
     # coco: captions_*.json, a JSONL of {image_id, caption}, or "image:FIELD" (each image
     # entry's own FIELD, e.g. Human-Art's "image:description")
     captions: str | None = None
     limit: int | None = None  # use only the first N rows
     synthetic: SynthConfig = field(default_factory=SynthConfig)
+    select: CocoSelect = field(default_factory=CocoSelect)  # coco: which images are rows
 
     def __post_init__(self) -> None:
         if not self.path:
             raise _invalid("path", f"required for a {self.kind} source")
         if self.kind == "coco" and not self.images_dir:
             raise _invalid("images_dir", "required for a coco source")
+        if self.kind != "coco" and self.select != CocoSelect():
+            raise _invalid("select", f"selects images of a coco source; this one is "
+                           f"{self.kind!r}: remove it")  # fmt: skip
         if self.limit is not None:
             _positive("limit", self.limit)
 

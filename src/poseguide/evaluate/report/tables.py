@@ -121,7 +121,7 @@ def coco_table(run: EvalRun) -> Table:
     columns += [("AP_clean", "max", 3), ("AR_clean", "max", 3)] if clean else []
     extra = [
         (k, t, d)
-        for k, t, d in (("fid", "FID", 2), ("kid", "KID", 4))
+        for k, t, d in (("fid", "FID", 2), ("kid", "KID", 4), ("fid_clip", "FID_CLIP", 2))
         if any(run.entry(m).get(k) is not None for m in run.models)
     ]
     columns += [(title, "min", decimals) for _, title, decimals in extra]
