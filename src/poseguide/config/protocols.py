@@ -66,8 +66,9 @@ PROTOCOLS: dict[str, Protocol] = {
         expected={"data.resolution": 512},
         differences=(
             "detector: HumanSD scores with bottom-up HigherHRNet-W48 (mmpose, pose_nms_thr=1); "
-            "poseguide's AP, CAP and PCE use evaluate.estimator (YOLO-pose), so they are not "
-            "the papers' numbers",
+            "poseguide's AP, CAP and PCE use evaluate.estimator: with YOLO-pose (the default) "
+            "they are not the papers' numbers; backend mmpose runs HigherHRNet from your "
+            "checkpoint",
             "seeds: HumanSD seeds once (seed_everything(42)) and draws every batch's noise from "
             "that stream; poseguide seeds each row (evaluate.seed + row index), so an image "
             "does not depend on the batch it falls in",
@@ -97,7 +98,8 @@ PROTOCOLS: dict[str, Protocol] = {
         expected={"data.resolution": 512, "data.resize_mode": "crop"},
         differences=(
             "detector: HyperHuman scores with HigherHRNet (mmpose); poseguide's AP/AR use "
-            "evaluate.estimator (YOLO-pose), so they are not the paper's numbers",
+            "evaluate.estimator: with YOLO-pose (the default) they are not the paper's "
+            "numbers; backend mmpose runs HigherHRNet from your checkpoint",
             "AP_clean / AR_clean: the paper scores 'the three most salient persons' without a "
             "rule; poseguide keeps the three largest by area and ignores the others (COCO crowd "
             "regions)",

@@ -30,6 +30,7 @@ def estimator_from_config(cfg: EstimatorConfig) -> PoseEstimator:
         max_det=cfg.max_det,
         heatmap_sigma=cfg.heatmap_sigma,
         heatmap_stride=cfg.heatmap_stride,
+        mmpose_config=cfg.mmpose_config,
     )
 
 

@@ -4,8 +4,9 @@ Every estimator returns COCO-17 keypoints ``(x, y, score)`` in the pixel coordin
 it was given (x before y, continuous coordinates, see :mod:`poseguide.pose.skeleton`) and can turn
 them into per-joint heatmaps for the stage-2 loss (METHOD 3.3). The images it accepts are listed
 in :mod:`poseguide.pose.image_inputs`; results are :mod:`poseguide.pose.detections`; where the
-weights come from is :mod:`poseguide.pose.weights`; the one backend, ultralytics YOLO-pose, is
-:mod:`poseguide.pose.yolo`.
+weights come from is :mod:`poseguide.pose.weights`; the backends are ultralytics YOLO-pose
+(:mod:`poseguide.pose.yolo`) and mmpose's bottom-up models such as HigherHRNet
+(:mod:`poseguide.pose.mmpose`, installed separately).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from poseguide.pose.image_inputs import Images
 from poseguide.pose.weights import DEFAULT_POSE_WEIGHTS
 from poseguide.pose.yolo import YoloPoseEstimator
 
-POSE_BACKENDS: tuple[str, ...] = ("ultralytics",)
+POSE_BACKENDS: tuple[str, ...] = ("ultralytics", "mmpose")
 
 
 @runtime_checkable
@@ -49,8 +50,13 @@ def build_pose_estimator(
     **kwargs: Any,
 ) -> PoseEstimator:
     """Build a pose estimator by backend name (``POSE_BACKENDS``); ``kwargs`` go to its class."""
+    mmpose_config = kwargs.pop("mmpose_config", None)
     if backend == "ultralytics":
         return YoloPoseEstimator(weights=weights, device=device, **kwargs)
+    if backend == "mmpose":
+        from poseguide.pose.mmpose import MMPoseBottomUpEstimator
+
+        return MMPoseBottomUpEstimator(mmpose_config, weights, device, **kwargs)
     raise ValueError(
         f"unknown pose estimator backend {backend!r}; choose one of "
         f"{', '.join(map(repr, POSE_BACKENDS))}"

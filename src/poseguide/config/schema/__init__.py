@@ -78,6 +78,11 @@ class Config:
                     raise _invalid(f"train.stages.{index}.init", f"{text!r}: stage {ref!r} is "
                                    f"not an earlier stage of this run (earlier: "
                                    f"{names[:index] or 'none'})")  # fmt: skip
+        reward = [s.name for s in self.train.stages if s.loss.kind == "reward"]
+        if reward and self.pose.estimator.backend != "ultralytics":
+            raise _invalid("pose.estimator.backend", f"the reward stage ({reward[0]!r}) needs "
+                           "differentiable keypoints, which only backend 'ultralytics' gives; "
+                           f"got {self.pose.estimator.backend!r}")  # fmt: skip
 
 
 __all__ = [

