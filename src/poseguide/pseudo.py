@@ -60,7 +60,7 @@ def estimator_identity(cfg: EstimatorConfig) -> dict:
     path = resolve_pose_weights(cfg.weights)
     return {"backend": cfg.backend, "weights": file_digest(path), "imgsz": cfg.imgsz,
             "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det,
-            "min_score": PSEUDO_GT_MIN_SCORE}  # fmt: skip
+            "mmpose_config": cfg.mmpose_config, "min_score": PSEUDO_GT_MIN_SCORE}  # fmt: skip
 
 
 def pseudo_estimator_config(config: Config) -> EstimatorConfig | None:

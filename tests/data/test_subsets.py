@@ -73,6 +73,12 @@ def test_select_keeps_images_by_people_count_and_largest_box(make, select, ids) 
 
 def test_select_is_a_config_key_of_coco_sources(make) -> None:
     annotations, images, captions = write_coco(make)
+
+    def fingerprint(select: CocoSelect | None) -> str:
+        return CocoSource(annotations, images, captions, select=select).fingerprint()
+
+    assert fingerprint(None) == fingerprint(CocoSelect())  # the rows of before select existed
+    assert fingerprint(None) != fingerprint(CocoSelect(max_people=9))
     cfg = SourceConfig(kind="coco", path=str(annotations), images_dir=str(images),
                        captions=str(captions),
                        select=CocoSelect(max_people=3, min_area_ratio=0.15))  # fmt: skip
@@ -181,3 +187,17 @@ def test_a_pose_file_that_would_run_code_is_refused(make, tmp_path: Path) -> Non
     with pytest.raises(RowError, match="row 00000_000000001: bad_keypoints: .*000000001.npz"):
         HumanSDSource(path).load(0)
     assert not evil.marker.exists()
+
+
+def test_a_checkpoint_from_before_select_existed_still_resumes() -> None:
+    """A training checkpoint's config written before ``select`` existed reads it as the default
+    (what that run computed): no change; a key the schema no longer knows is still one."""
+    from poseguide.config import to_dict
+    from poseguide.train.runner import config_changes
+
+    before = to_dict(load_config(None))
+    del before["data"]["train"]["select"]
+    assert config_changes(before, load_config(None)) == []
+    assert config_changes(before, load_config(None, ["train.batch_size=3"])) == ["train.batch_size"]
+    before["data"]["train"]["retired_key"] = 1
+    assert config_changes(before, load_config(None)) == ["data.train.retired_key"]

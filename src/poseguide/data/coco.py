@@ -298,7 +298,9 @@ class CocoSource:
         # Both json files' bytes plus each image's size and mtime (one stat per image).
         if self._fingerprint is None:
             paths = (self.images_dir / self._images[i]["file_name"] for i in self._image_ids)
-            parts = (self._digest, f"{len(self)}:{self.max_image_pixels}")
+            parts = [self._digest, f"{len(self)}:{self.max_image_pixels}"]
+            if self.select != CocoSelect():  # the default keeps the fingerprints of before it
+                parts.append(f"select:{sorted(asdict(self.select).items())}")
             self._fingerprint = files_fingerprint(parts, paths)
         return self._fingerprint
 

@@ -21,8 +21,9 @@ mapping file's folder, else ``images_dir``)::
 * Captions: each entry's ``prompt``. Areas: none (OKS uses the keypoint box's rule).
 
 ``arr_0`` is a pickled object array. It is read with an unpickler that builds only numpy arrays,
-dtypes, scalars and Python containers: any other class in the file is refused, so a crafted pose
-file cannot run code (``numpy.load(allow_pickle=True)`` would run it).
+dtypes, scalars and Python containers: any other class in the file is refused, so no Python code
+path of a crafted pose file runs (``numpy.load(allow_pickle=True)`` would run it; numpy's own
+parsing of a malformed array could still crash the process).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import logging
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +69,7 @@ def read_pose_npz(path: Path) -> np.ndarray | list:
     try:
         with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as f:
             raw = io.BytesIO(f.read())
-    except (zipfile.BadZipFile, KeyError) as err:
+    except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as err:
         raise ValueError(f"not an .npz with arr_0 ({err})") from None
     version = np.lib.format.read_magic(raw)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
@@ -79,7 +81,8 @@ def read_pose_npz(path: Path) -> np.ndarray | list:
         return np.lib.format.read_array(raw, allow_pickle=False)
     try:
         array = _ArraysOnly(raw).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError,
+            IndexError) as err:  # fmt: skip
         raise ValueError(f"refused: {err}") from None
     if not isinstance(array, np.ndarray) or array.shape != shape:
         raise ValueError(f"arr_0 is not the array its header declares ({shape})")
@@ -90,7 +93,7 @@ def people_keypoints(found: np.ndarray | list, size: tuple[int, int]) -> np.ndar
     """(P, 17, 3) x, y, v from a pose file's people (see the module docstring); v = 2 for a joint
     scored above :data:`KEYPOINT_THRESHOLD` inside the (width, height) image, else 0 (x, y = 0)."""
     if isinstance(found, np.ndarray):
-        raw = [found.reshape(-1, 17, 3)[k] for k in range(found.reshape(-1, 17, 3).shape[0])]
+        raw = list(found.reshape(-1, 17, 3))  # a numeric array: people x 17 x (x, y, score)
     else:
         raw = [p.get("keypoints") if isinstance(p, dict) else None for p in found]
     people = []
@@ -178,7 +181,7 @@ class HumanSDSource:
         pixels, size = decode_or_size(path, row, self.max_image_pixels, image)
         try:
             keypoints = people_keypoints(read_pose_npz(pose_path), size)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError) as err:  # TypeError: a person not a mapping
             raise RowError(row, "bad_keypoints", f"{pose_path}: {err}") from None
         if not len(keypoints):
             raise RowError(row, "bad_keypoints", f"{pose_path}: nobody with a joint scored "

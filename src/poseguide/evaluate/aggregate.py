@@ -31,8 +31,10 @@ def _oks_inputs(record: dict, min_oks: float) -> dict:
     return sample_oks(found, gt, record["areas"], min_oks)
 
 
-def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str) -> dict:
-    """One model's aggregates from its per-sample rows (see docs/evaluation-format.md)."""
+def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str,
+              clip: ClipScorer | None = None) -> dict:  # fmt: skip
+    """One model's aggregates from its per-sample rows (see docs/evaluation-format.md);
+    ``clip``: the evaluation's CLIP scorer, for FID_CLIP (default: one of evaluate.clip_model)."""
 
     e = config.evaluate
     stats = {"n": e.bootstrap, "confidence": e.confidence, "seed": e.seed}
@@ -69,7 +71,7 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str)
         out.update(_fid(records, paths, model, e.fid_feature, e.kid_subset_size))
     if e.fid_clip:
         out["fid_clip"] = fid_clip(*_real_and_fake(records, paths, model),
-                                   ClipScorer(e.clip_model))  # fmt: skip
+                                   clip or ClipScorer(e.clip_model))  # fmt: skip
     return out
 
 

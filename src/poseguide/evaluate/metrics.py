@@ -342,7 +342,13 @@ def _features(
 def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
     """torchmetrics' Fréchet distance between two (N, D) feature sets (FID's formula on any
     features: FID_CLIP passes CLIP image embeddings)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as err:
+        raise MetricUnavailableError(
+            f"FID needs torchmetrics ({err}): pip install torchmetrics, or set evaluate.fid=false "
+            "and evaluate.fid_clip=false."
+        ) from None
 
     fid = FrechetInceptionDistance(feature=_Precomputed(f_real.shape[1]))
     fid.update(f_real.double(), real=True)

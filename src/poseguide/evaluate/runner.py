@@ -397,7 +397,8 @@ def _finish(config: Config, run: RunPaths, scorers: Scorers, gt_kind: str) -> di
         mine = [r for r in records if r["model"] == model.name]
         models[model.name] = {"controlnet": model.controlnet,
                               "resolved": controlnet_ref(model.controlnet, run),
-                              **aggregate(config, mine, paths, model.name)}  # fmt: skip
+                              **aggregate(config, mine, paths, model.name,
+                                          scorers.clip)}  # fmt: skip
     rows = len({r["id"] for r in records})
     setup = _setup(config, run, scorers, gt_kind, rows)
     setup["captions"] = _caption_cuts(config, scorers, records)

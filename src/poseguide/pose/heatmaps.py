@@ -169,6 +169,16 @@ def batch_heatmaps(
     return torch.stack(maps)
 
 
+def default_heatmap_size(sizes: Sequence[Size], stride: int) -> Size:
+    """(w, h) of the heatmaps of images of ``sizes`` when none is asked for: their one size
+    divided by ``stride`` (at least 1); images of several sizes need an explicit size."""
+    if len(set(sizes)) > 1:
+        raise ValueError(f"images have different sizes {sorted(set(sizes))}; pass "
+                         "heatmap_size=(w, h)")  # fmt: skip
+    w, h = sizes[0] if sizes else (0, 0)
+    return max(w // stride, 1), max(h // stride, 1)
+
+
 def _per_image_sizes(image_size: Sequence, count: int) -> list[Size]:
     if len(image_size) == 2 and all(np.isscalar(s) for s in image_size):
         return [_check_size(image_size, "image_size")] * count

@@ -3,16 +3,17 @@ scored with) as a :class:`~poseguide.pose.estimator.PoseEstimator`, from a confi
 checkpoint the user supplies, offline.
 
 mmpose is not a dependency (its mmcv is a source archive on the registry); README "The field's
-protocols" gives the install recipe measured here (mmpose 0.29.0 ships the HigherHRNet configs,
-mmpose 1.x does not). Both APIs are supported: 0.x (``init_pose_model``,
-``inference_bottom_up_pose_model``) and 1.x (``init_model``, ``inference_bottomup``).
+protocols" gives the install recipe measured here. mmpose 0.x's API is used
+(``init_pose_model``, ``inference_bottom_up_pose_model``): 0.29.0 ships the HigherHRNet configs,
+mmpose 1.x neither ships them nor keeps that API, and is refused with that message.
 
 * Images: as every estimator takes them (:mod:`poseguide.pose.image_inputs`), handed to mmpose
   as BGR arrays, the layout its loader expects of an array (``cv2.imread``'s).
 * Checkpoint: read by poseguide with ``torch.load(weights_only=True)``, numpy arrays and
   scalars allowed (openmmlab checkpoints keep some in ``meta``), nothing else unpickled; its
   ``state_dict`` is loaded strictly.
-* People: mmpose's grouped people, those with a score >= ``conf``, best first, at most
+* People: mmpose's grouped people after its pose NMS at ``iou`` (mmpose's ``pose_nms_thr``;
+  HumanSD scored with 1, no suppression), those with a score >= ``conf``, best first, at most
   ``max_det``; the box is the extent of the joints scored >= ``conf``.
 * Heatmaps: the network's own (HumanSD averaged HigherHRNet's heatmaps), resized to the
   requested size, per image, clipped to [0, 1].
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,10 @@ import torch
 
 from poseguide.errors import UserError
 from poseguide.pose.detections import Detections
+from poseguide.pose.heatmaps import default_heatmap_size
 from poseguide.pose.image_inputs import Images, as_image_tensors, split_inputs
 from poseguide.pose.skeleton import NUM_COCO17
+from poseguide.pose.weights import resolve_pose_weights
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +51,23 @@ class MMPoseUnavailableError(UserError):
     """mmpose cannot be imported (it is an optional, separately installed backend)."""
 
 
-def _apis() -> tuple[str, Any]:
-    """("0.x" | "1.x", mmpose.apis), or a one-line error with the recipe."""
+def _apis() -> Any:
+    """``mmpose.apis`` of mmpose 0.x, or a one-line error with the recipe."""
     try:
         if not hasattr(np, "int"):  # mmpose 0.29's bottom-up pipeline uses np.int / np.float
             np.int, np.float = int, float  # type: ignore[attr-defined]
         import mmpose.apis as apis
     except ImportError as err:
         raise MMPoseUnavailableError(f"{INSTALL_HINT} ({err})") from None
-    return ("0.x" if hasattr(apis, "inference_bottom_up_pose_model") else "1.x"), apis
+    if not hasattr(apis, "inference_bottom_up_pose_model"):
+        import mmpose
+
+        raise MMPoseUnavailableError(
+            f"mmpose {getattr(mmpose, '__version__', '?')} has neither the HigherHRNet configs "
+            "nor the 0.x bottom-up API poseguide calls; install mmpose 0.29.0 (README 'The "
+            "field's protocols')"
+        )
+    return apis
 
 
 def load_checkpoint_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -65,10 +77,21 @@ def load_checkpoint_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         import numpy._core.multiarray as multiarray  # numpy 2
     except ImportError:  # numpy 1
         import numpy.core.multiarray as multiarray
-    allowed = [getattr(multiarray, name) for name in _NUMPY_GLOBALS]
+    # by both module names: checkpoints pickled under numpy 1 name numpy.core.multiarray
+    allowed: list[Any] = [
+        (getattr(multiarray, name), f"{module}.{name}")
+        for name in _NUMPY_GLOBALS
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    ]
     allowed += [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in "?bhilqefdBHILQFDUO"}]
-    with torch.serialization.safe_globals(allowed):
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path}: refused to load: it holds more than tensors and numpy arrays ({first})"
+        ) from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not an mmpose checkpoint (expected a state_dict of tensors)")
@@ -88,48 +111,40 @@ class MMPoseBottomUpEstimator:
     """
 
     def __init__(self, config: str | os.PathLike | Any, weights: str | os.PathLike | None = None,
-                 device: torch.device | str | None = None, conf: float = 0.25,
+                 device: torch.device | str | None = None, conf: float = 0.25, iou: float = 0.9,
                  max_det: int = 300, heatmap_stride: int = 4, **_: Any) -> None:  # fmt: skip
         # a path, or an mmcv/mmengine Config object already loaded (tests lower thresholds)
         self.config = str(config) if isinstance(config, (str, os.PathLike)) else config
         self.weights = weights
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.conf, self.max_det, self.heatmap_stride = conf, max_det, heatmap_stride
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        self.heatmap_stride = heatmap_stride
         self._model: Any = None
-        self._api: tuple[str, Any] | None = None
+        self._api: Any = None
 
     @property
     def model(self) -> Any:
         """The mmpose model, built from the config with the checkpoint's weights."""
         if self._model is None:
-            version, apis = self._api = _apis()
-            init = apis.init_pose_model if version == "0.x" else apis.init_model
-            model = init(self.config, None, device=str(self.device))
+            self._api = _apis()
+            model = self._api.init_pose_model(self.config, None, device=str(self.device))
             if self.weights is not None:
-                model.load_state_dict(load_checkpoint_state(self.weights), strict=True)
-            logger.info("mmpose %s bottom-up estimator %s (%s)", version, self.config,
+                path = resolve_pose_weights(self.weights, download=False)
+                model.load_state_dict(load_checkpoint_state(path), strict=True)
+            logger.info("mmpose bottom-up estimator %s (%s)", self.config,
                         self.weights or "random weights")  # fmt: skip
             self._model = model.eval()
         return self._model
 
     def _infer(self, bgr: np.ndarray, heatmap: bool) -> tuple[list[dict], np.ndarray | None]:
-        """mmpose on one BGR image: people as {keypoints (17, 3), score}, and (17, H, W)
+        """mmpose on one BGR image: people as {keypoints (17, 3), score}, and the (17, H, W)
         heatmaps when asked."""
         model = self.model
-        version, apis = self._api  # type: ignore[misc]
-        if version == "0.x":
-            infer = apis.inference_bottom_up_pose_model
-            people, outputs = infer(model, bgr, return_heatmap=heatmap)
-            maps = np.asarray(outputs[0]["heatmap"])[0] if heatmap else None
-            return [{"keypoints": p["keypoints"], "score": p["score"]} for p in people], maps
-        model.cfg.model.test_cfg["output_heatmaps"] = heatmap
-        sample = apis.inference_bottomup(model, bgr)[0]
-        found = sample.pred_instances
-        xy, scores = np.asarray(found.keypoints), np.asarray(found.keypoint_scores)
-        people = [{"keypoints": np.concatenate([xy[k], scores[k][:, None]], axis=1),
-                   "score": float(scores[k].mean())} for k in range(len(xy))]  # fmt: skip
-        maps = np.asarray(sample.pred_fields.heatmaps)[:NUM_COCO17] if heatmap else None
-        return people, maps
+        people, outputs = self._api.inference_bottom_up_pose_model(
+            model, bgr, pose_nms_thr=self.iou, return_heatmap=heatmap
+        )
+        maps = np.asarray(outputs[0]["heatmap"])[0] if heatmap else None
+        return [{"keypoints": p["keypoints"], "score": p["score"]} for p in people], maps
 
     def _detections(self, people: list[dict], size: tuple[int, int]) -> Detections:
         kept = sorted((p for p in people if float(p["score"]) >= self.conf),
@@ -165,12 +180,8 @@ class MMPoseBottomUpEstimator:
         default each image's size / ``heatmap_stride`` (images must then share one size)."""
         arrays = _uint8_arrays(images)
         if heatmap_size is None:
-            sizes = {(a.shape[1], a.shape[0]) for a in arrays}
-            if len(sizes) > 1:
-                raise ValueError(f"images have different sizes {sorted(sizes)}; pass "
-                                 "heatmap_size=(w, h)")  # fmt: skip
-            w, h = sizes.pop()
-            heatmap_size = (max(w // self.heatmap_stride, 1), max(h // self.heatmap_stride, 1))
+            sizes = [(a.shape[1], a.shape[0]) for a in arrays]
+            heatmap_size = default_heatmap_size(sizes, self.heatmap_stride)
         maps = []
         for image in arrays:
             _, found = self._infer(np.ascontiguousarray(image[..., ::-1]), heatmap=True)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from poseguide.config.schema import EstimatorConfig
 from poseguide.errors import InputError
 from poseguide.pose.detections import AnchorPredictions, Detections, TensorDetections
-from poseguide.pose.heatmaps import batch_heatmaps
+from poseguide.pose.heatmaps import batch_heatmaps, default_heatmap_size
 from poseguide.pose.image_inputs import Images, split_inputs
 from poseguide.pose.weights import resolve_pose_weights
 
@@ -214,14 +214,7 @@ class YoloPoseEstimator:
                               self.heatmap_sigma, scale_by_score=True)  # fmt: skip
 
     def _heatmap_size(self, sizes: list[tuple[int, int]], size: tuple[int, int] | None) -> tuple:
-        if size is not None:
-            return size
-        if len(set(sizes)) > 1:
-            raise ValueError(
-                f"images have different sizes {sorted(set(sizes))}; pass heatmap_size=(w, h)"
-            )
-        w, h = sizes[0] if sizes else (0, 0)
-        return max(w // self.heatmap_stride, 1), max(h // self.heatmap_stride, 1)
+        return size if size is not None else default_heatmap_size(sizes, self.heatmap_stride)
 
     def _tensor_heatmaps(self, images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
         """The torch path end to end on the images' device (the stage-2 loss): no copy of the

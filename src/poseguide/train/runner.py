@@ -10,6 +10,7 @@ of processes or on where a run was resumed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from poseguide.config import Config, save_config, to_dict
+from poseguide.config.core import ConfigError, from_dict
 from poseguide.data.api import checked_source, data_change, data_identity
 from poseguide.data.cache import build_cache, find_cache
 from poseguide.models.controlnet import STAGE_PREFIX
@@ -89,10 +91,40 @@ def _adjustable(key: str) -> bool:
                zip(p.split("."), parts, strict=True)) for p in ADJUSTABLE)  # fmt: skip
 
 
+def _drop(data: Any, dotted: str) -> bool:
+    """Remove the entry at ``dotted`` (dict keys, list positions) in place; False if absent."""
+    *path, last = dotted.split(".")
+    for part in path:
+        data = data[int(part)] if isinstance(data, list) and part.isdigit() else data.get(part) \
+            if isinstance(data, dict) else None  # fmt: skip
+    if isinstance(data, dict) and last in data:
+        del data[last]
+        return True
+    return False
+
+
+def _as_schema_reads_it(before: dict) -> dict[str, Any]:
+    """A checkpoint's config, flattened, as the current schema reads it: a key added since it
+    was written takes its default, which is what that run computed (a new key's default keeps
+    the behaviour from before it existed); a key removed since stays, as written, so that it
+    still counts as a change. A config the schema cannot read stays as written."""
+    data = copy.deepcopy(before)
+    for _ in range(1000):  # one retired key per try
+        try:
+            filled = _flatten(to_dict(from_dict(Config, data)))
+            break
+        except ConfigError as err:
+            if not str(err).startswith("unknown key") or not err.key or not _drop(data, err.key):
+                return _flatten(before)
+    else:
+        return _flatten(before)
+    return {**_flatten(before), **filled}
+
+
 def config_changes(before: dict, config: Config) -> list[str]:
     """The dotted keys whose values differ between a checkpoint's config and ``config``, less
     those that do not change what is computed (:data:`RESUME_FREE`)."""
-    old, new = _flatten(before), _flatten(to_dict(config))
+    old, new = _as_schema_reads_it(before), _flatten(to_dict(config))
     return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
             and not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)]  # fmt: skip
 

@@ -78,11 +78,14 @@ class Config:
                     raise _invalid(f"train.stages.{index}.init", f"{text!r}: stage {ref!r} is "
                                    f"not an earlier stage of this run (earlier: "
                                    f"{names[:index] or 'none'})")  # fmt: skip
-        reward = [s.name for s in self.train.stages if s.loss.kind == "reward"]
-        if reward and self.pose.estimator.backend != "ultralytics":
-            raise _invalid("pose.estimator.backend", f"the reward stage ({reward[0]!r}) needs "
-                           "differentiable keypoints, which only backend 'ultralytics' gives; "
-                           f"got {self.pose.estimator.backend!r}")  # fmt: skip
+        for index, stage in enumerate(self.train.stages):
+            judge = stage.loss.reward_estimator or self.pose.estimator  # what the reward uses
+            if stage.loss.kind == "reward" and judge.backend != "ultralytics":
+                key = (f"train.stages.{index}.loss.reward_estimator.backend"
+                       if stage.loss.reward_estimator else "pose.estimator.backend")  # fmt: skip
+                raise _invalid(key, f"the reward stage ({stage.name!r}) needs differentiable "
+                               "keypoints, which only backend 'ultralytics' gives; got "
+                               f"{judge.backend!r}")  # fmt: skip
 
 
 __all__ = [

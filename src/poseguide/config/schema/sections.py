@@ -60,6 +60,9 @@ class EstimatorConfig:
         if (self.backend == "mmpose") != bool(self.mmpose_config):
             raise _invalid("mmpose_config", "the mmpose backend needs its config file (and "
                            "weights: its checkpoint); other backends take none")  # fmt: skip
+        if self.backend == "mmpose" and self.weights.endswith("-pose.pt"):
+            raise _invalid("weights", f"{self.weights!r} is a YOLO model; the mmpose backend "
+                           "needs the checkpoint of mmpose_config (a .pth)")  # fmt: skip
         _unit_interval("conf", self.conf)
         _unit_interval("iou", self.iou)
         _positive("heatmap_sigma", self.heatmap_sigma)
