@@ -106,6 +106,7 @@ class MMPoseBottomUpEstimator:
         weights: its checkpoint (``.pth``), or None for random weights (tests only).
         device: where it runs; None = the CPU.
         conf: minimum person score kept.
+        iou: mmpose's pose NMS threshold (``pose_nms_thr``; HumanSD: 1.0, no suppression).
         max_det: at most this many people per image.
         heatmap_stride: default heatmap size = the image size / this.
     """
