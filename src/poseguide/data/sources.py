@@ -1,6 +1,6 @@
 """Dataset sources: build one from the config or from a command-line argument.
 
-Three kinds of source yield the same :class:`~poseguide.data.record.Sample` (see each module):
+These kinds of source yield the same :class:`~poseguide.data.record.Sample` (see each module):
 
 * ``hub`` (:class:`HubSource`, :mod:`poseguide.data.hub`): ``limingcv/Captioned_COCOPose`` by
   name, or a local folder of its parquet shards;

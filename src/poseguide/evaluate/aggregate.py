@@ -67,11 +67,12 @@ def aggregate(config: Config, records: list[dict], paths: EvalPaths, model: str,
         **placement_summary(records, **stats),
     }
     out["pce"] = out["person_count_error"]  # HumanSD's PCE: mean |detected - ground-truth people|
-    if e.fid:
-        out.update(_fid(records, paths, model, e.fid_feature, e.kid_subset_size))
-    if e.fid_clip:
-        out["fid_clip"] = fid_clip(*_real_and_fake(records, paths, model),
-                                   clip or ClipScorer(e.clip_model))  # fmt: skip
+    if e.fid or e.fid_clip:  # both read the same images: once
+        real, fake = _real_and_fake(records, paths, model)
+        if e.fid:
+            out.update(_fid(real, fake, e.fid_feature, e.kid_subset_size))
+        if e.fid_clip:
+            out["fid_clip"] = fid_clip(real, fake, clip or ClipScorer(e.clip_model))
     return out
 
 
@@ -114,8 +115,7 @@ def _real_and_fake(records: list[dict], paths: EvalPaths, model: str) -> tuple[l
     return real, fake
 
 
-def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset: int) -> dict:
-    real, fake = _real_and_fake(records, paths, model)
+def _fid(real: list, fake: list, feature: int, subset: int) -> dict:
     result = fid_kid(real, fake, feature=feature, kid_subset_size=subset)
     return {
         "fid": result.get("fid"),
@@ -123,7 +123,7 @@ def _fid(records: list[dict], paths: EvalPaths, model: str, feature: int, subset
         "kid": {
             "mean": result["kid_mean"],
             "std": result["kid_std"],
-            "subset_size": min(subset, len(records)),
+            "subset_size": min(subset, len(real)),
             "feature": feature,
         },
     }
